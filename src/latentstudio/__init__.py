@@ -1,0 +1,1 @@
+"""latentstudio: a Stable Diffusion studio (web UI, A1111-compatible API, CLI and training)."""

@@ -1,0 +1,90 @@
+"""Settings in one typed place, built once at start-up (never at import).
+
+Every field can be set from the environment with the ``LATENTSTUDIO_`` prefix
+(``LATENTSTUDIO_MODELS_DIR=/srv/a1111/models``) or passed explicitly by the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+# Environment variables that make huggingface_hub / transformers / diffusers refuse network access.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "DIFFUSERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+class Settings(BaseSettings):
+    """Directories, device and limits of one latentstudio process."""
+
+    model_config = SettingsConfigDict(env_prefix="LATENTSTUDIO_", frozen=True, extra="forbid")
+
+    models_dir: Path = Field(
+        default=Path("models"),
+        description="A1111-style models root: Stable-diffusion/, VAE/, Lora/ below it.",
+    )
+    embeddings_dir: Path | None = Field(
+        default=None, description="Textual-inversion folder; default: <models_dir>/../embeddings."
+    )
+    data_dir: Path = Field(default=Path("data"), description="Job store, hash cache and settings.")
+    device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
+    checkpoints_in_ram: int = Field(
+        default=2, ge=1, le=16, description="How many loaded checkpoints the model manager keeps."
+    )
+
+    def resolved_embeddings_dir(self) -> Path:
+        """The embeddings folder: explicit, or ``embeddings/`` beside the models root (A1111 layout)."""
+        return self.embeddings_dir or self.models_dir.parent / "embeddings"
+
+
+def resolve_device(name: DeviceName) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; other names are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
+    """``auto`` → fp16 on CUDA (bf16 where supported is a choice, not a default), fp32 elsewhere.
+
+    fp32 on CPU: CPUs without bf16 instructions run bf16 about 40× slower than fp32.
+    """
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def enforce_offline() -> None:
+    """Make every Hugging Face library refuse network access for the rest of this process.
+
+    Called by the CLI entry point and the model manager, never at import time.
+    """
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+    try:  # huggingface_hub reads the variable once at import; set the constant too if it is loaded
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of diffusers
+        pass

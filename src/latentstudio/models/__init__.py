@@ -1,0 +1,1 @@
+"""Model discovery, hashing, family detection, loading and management."""

@@ -1,0 +1,168 @@
+"""Reading model files safely: safetensors, or pickled tensors through ``torch.load(weights_only=True)``.
+
+Nothing from a model file ever executes. A safetensors header is validated before any tensor is touched;
+a ``.ckpt``/``.pt`` file is unpickled only by torch's restricted weights-only unpickler, and anything that
+needs more (a class from the file, a callback object) is refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+SAFETENSORS_SUFFIXES = frozenset({".safetensors", ".sft"})
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})
+MODEL_SUFFIXES = SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES
+
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_SAFETENSORS_DTYPES = frozenset(
+    {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2", "U16", "U32",
+     "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+)  # fmt: skip
+
+
+class ModelFileError(Exception):
+    """A model file that cannot be used; ``str()`` is one line naming the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class TensorFile:
+    """The tensors of one model file, still mapped from disk (no data read yet for safetensors).
+
+    ``tensors`` values are CPU tensors in the file's dtype; ``metadata`` is the safetensors
+    ``__metadata__`` (empty for pickled files).
+    """
+
+    path: Path
+    tensors: Mapping[str, torch.Tensor]
+    metadata: Mapping[str, str]
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Returns ``(entries, metadata)`` where ``entries[name] = {"dtype", "shape", "data_offsets"}``.
+    Raises :class:`ModelFileError` for a zero-byte, truncated or malformed file.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelFileError(path, f"not a safetensors file: {size} bytes, too short for a header")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > min(_MAX_HEADER_BYTES, size - 8):
+                raise ModelFileError(path, f"not a safetensors file: header length {header_len} is invalid")
+            raw = f.read(header_len)
+    except OSError as e:
+        raise ModelFileError(path, f"cannot read: {e.strerror or e}") from e
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(path, "not a safetensors file: header is not valid JSON") from e
+    if not isinstance(header, dict):
+        raise ModelFileError(path, "not a safetensors file: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelFileError(path, "invalid safetensors metadata: values must be strings")
+    _check_entries(path, header, size - 8 - header_len)
+    return header, metadata
+
+
+def _check_entries(path: Path, header: dict[str, object], data_size: int) -> None:
+    """Every tensor entry must be well formed and its bytes must lie inside the file."""
+    end_max = 0
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise ModelFileError(path, f"invalid safetensors entry for tensor {name!r}")
+        offsets = entry.get("data_offsets")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+            raise ModelFileError(path, f"invalid data offsets for tensor {name!r}")
+        end_max = max(end_max, offsets[1])
+    if end_max > data_size:
+        raise ModelFileError(
+            path,
+            f"truncated: tensors need {end_max} data bytes but the file has {data_size} (incomplete download?)",  # noqa: E501
+        )
+
+
+def read_tensor_file(path: Path) -> TensorFile:
+    """Open a model file and return its tensors, refusing anything that would execute code.
+
+    safetensors files are memory-mapped (no copy). ``.ckpt``/``.pt``/``.pth``/``.bin`` go through
+    ``torch.load(weights_only=True, mmap=True)``; a nested ``state_dict`` entry (Lightning checkpoints)
+    is unwrapped.
+    """
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelFileError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(path, "empty file (0 bytes)")
+    if suffix in SAFETENSORS_SUFFIXES:
+        _, metadata = read_safetensors_header(path)
+        try:
+            tensors = load_file(path, device="cpu")
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise ModelFileError(path, f"corrupt safetensors file: {_first_line(e)}") from e
+        return TensorFile(path, tensors, metadata)
+    if suffix in PICKLE_SUFFIXES:
+        return TensorFile(path, _load_pickled(path), {})
+    allowed = ", ".join(sorted(MODEL_SUFFIXES))
+    raise ModelFileError(
+        path, f"unsupported file extension {suffix or '(none)'!r}; expected one of {allowed}"
+    )
+
+
+def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load`` with the weights-only unpickler; classes and callables in the pickle are refused."""
+    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format; legacy tar/pickle files load eagerly
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(
+            path,
+            "refused: the file needs full unpickling, which could run code from the file "
+            f"({_unpickling_reason(e)}); convert it to .safetensors with a trusted tool",
+        ) from e
+    except Exception as e:  # untrusted bytes: the unpickler may raise anything; report, never crash
+        raise ModelFileError(path, f"corrupt or truncated checkpoint: {_first_line(e)}") from e
+    return _state_dict_of(path, obj)
+
+
+def _state_dict_of(path: Path, obj: object) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"state_dict": {...}}`` and keep only tensor entries."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelFileError(path, f"not a state dict: the file holds a {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelFileError(path, "no tensors in the file")
+    return tensors
+
+
+def _unpickling_reason(e: pickle.UnpicklingError) -> str:
+    """The informative line of torch's long weights-only message (the forbidden GLOBAL)."""
+    for line in str(e).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()[:300]
+    return _first_line(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

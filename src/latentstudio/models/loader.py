@@ -1,0 +1,288 @@
+"""Build ready-to-run components (UNet, VAE, text encoders, tokenizers) from a checkpoint file or folder.
+
+Single files: tensors stay memory-mapped; each module is created on the ``meta`` device (no random init,
+no allocation) and receives the file's tensors by ``load_state_dict(assign=True)``, converted to the target
+dtype/device one tensor at a time. Where the file already has the target dtype on the CPU the weights are
+the mapped file pages themselves: no copy at all. Replace a loaded checkpoint by renaming a new file over it,
+not by rewriting it in place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from latentstudio.models import arch, convert
+from latentstudio.models.families import (
+    Family,
+    FamilyInfo,
+    Prediction,
+    detect_family,
+)
+from latentstudio.models.files import ModelFileError, TensorFile, read_tensor_file
+from latentstudio.models.tokenizer import clip_tokenizer
+
+TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+
+
+@dataclass(frozen=True, eq=False)
+class Components:
+    """Everything one checkpoint contributes to generation, on one device in one dtype.
+
+    ``text_encoders``/``tokenizers`` are keyed by diffusers component name (``text_encoder``,
+    ``text_encoder_2``); ``alphas_cumprod`` is the training noise schedule, shape ``[1000]``, float64.
+    """
+
+    path: Path
+    info: FamilyInfo
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: Mapping[str, TextEncoder]
+    tokenizers: Mapping[str, CLIPTokenizer]
+    alphas_cumprod: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+    vae_path: Path | None = None
+
+
+def _place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Move one tensor to its final device/dtype (floating point only); a no-op when it already is."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+
+
+def _materialize(
+    path: Path,
+    what: str,
+    module: ModuleT,
+    state: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ModuleT:
+    """Give a meta-device ``module`` its weights from ``state`` (consumed), strictly."""
+    placed = {}
+    for key in list(state):
+        placed[key] = _place(state.pop(key), device, dtype)
+    missing, unexpected = module.load_state_dict(placed, strict=False, assign=True)
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ModelFileError(path, f"{what} weights do not match the architecture: {detail}")
+    module.to(device=device)  # buffers that were created on the CPU at construction
+    module.eval().requires_grad_(False)
+    return module
+
+
+def _build_unet(
+    path: Path, tf: TensorFile, info: FamilyInfo, overrides: dict[str, Any], **placement: Any
+) -> Any:
+    config = arch.unet_config(path, _shapes(tf), info, overrides.get("unet", {}))
+    state = convert.unet_to_diffusers(path, tf.tensors, config)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(config)
+    return _materialize(path, "UNet", unet, state, **placement)
+
+
+def build_vae(
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    info: FamilyInfo,
+    overrides: dict[str, Any],
+    **placement: Any,
+) -> AutoencoderKL:
+    """An ``AutoencoderKL`` from LDM-layout keys without prefix, or from diffusers-layout keys."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if "encoder.down.0.block.0.conv1.weight" in shapes:
+        config = arch.vae_config(shapes, info, "", overrides)
+        state = convert.vae_to_diffusers(path, tensors, config)
+    elif "encoder.down_blocks.0.resnets.0.conv1.weight" in shapes:
+        config = {**arch.shipped_config(info.family, "vae"), **overrides}
+        state = dict(tensors)
+    else:
+        raise ModelFileError(path, "no VAE weights (encoder.down.* or encoder.down_blocks.*)")
+    with init_empty_weights(include_buffers=False):
+        vae = AutoencoderKL.from_config(config)
+    return _materialize(path, "VAE", vae, state, **placement)
+
+
+def _build_text_encoders(
+    path: Path, tf: TensorFile, family: Family, overrides: dict[str, Any], **placement: Any
+) -> dict[str, TextEncoder]:
+    encoders: dict[str, TextEncoder] = {}
+    for spec in arch.TEXT_ENCODERS[family]:
+        config = arch.text_encoder_config(path, _shapes(tf), family, spec, overrides.get(spec.name, {}))
+        if spec.open_clip:
+            state = convert.open_clip_to_transformers(path, tf.tensors, spec.prefix, spec.with_projection)
+        else:
+            state = convert.clip_to_transformers(path, tf.tensors, spec.prefix)
+        cls = CLIPTextModelWithProjection if spec.with_projection else CLIPTextModel
+        text_config = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
+        with init_empty_weights(include_buffers=False):
+            model = cls(text_config)
+        state = convert.clip_keys_for(model, state)
+        encoders[spec.name] = _materialize(path, spec.name, model, state, **placement)
+    return encoders
+
+
+def _shapes(tf: TensorFile) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tf.tensors.items()}
+
+
+def sidecar_prediction(path: Path) -> Prediction | None:
+    """A1111's per-checkpoint ``<name>.yaml`` (LDM config): ``parameterization: "v"`` marks v-prediction.
+
+    Parsed with ``yaml.safe_load`` (no object construction); any ``target:`` classes are ignored.
+    """
+    sidecar = path.with_suffix(".yaml")
+    if not sidecar.is_file():
+        return None
+    try:
+        config = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
+        param = config["model"]["params"].get("parameterization", "eps")
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ModelFileError(sidecar, f"unreadable model config: {e}") from e
+    return Prediction.V if param == "v" else Prediction.EPSILON
+
+
+def identify(tf: TensorFile) -> FamilyInfo:
+    """The family of an opened single-file checkpoint."""
+    return detect_family(
+        tf.path, _shapes(tf), tf.metadata, lambda key: tf.tensors[key], sidecar_prediction(tf.path)
+    )
+
+
+def default_alphas_cumprod(family: Family) -> torch.Tensor:
+    """ᾱ_t of the family's training schedule (scaled-linear betas), shape ``[1000]``, float64."""
+    config = arch.shipped_config(family, "scheduler")
+    start, end, n = config["beta_start"], config["beta_end"], config["num_train_timesteps"]
+    betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def load_single_file(
+    path: Path, *, device: torch.device, dtype: torch.dtype, vae_path: Path | None = None
+) -> Components:
+    """Load an original-layout checkpoint (``.safetensors`` / weights-only ``.ckpt``) into components."""
+    tf = read_tensor_file(path)
+    info = identify(tf)
+    overrides = arch.architecture_overrides(path, tf.metadata)
+    placement = {"device": device, "dtype": dtype}
+    unet = _build_unet(path, tf, info, overrides, **placement)
+    encoders = _build_text_encoders(path, tf, info.family, overrides, **placement)
+    if vae_path is not None:
+        vae_file = read_tensor_file(vae_path)
+        vae_overrides = arch.architecture_overrides(vae_path, vae_file.metadata).get("vae", {})
+        vae = build_vae(vae_path, _strip_vae_prefix(vae_file.tensors), info, vae_overrides, **placement)
+    else:
+        vae = build_vae(path, _strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), **placement)
+    alphas = tf.tensors.get("alphas_cumprod")
+    alphas = default_alphas_cumprod(info.family) if alphas is None else alphas.to(torch.float64).clone()
+    return Components(
+        path=path,
+        info=info,
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
+        tokenizers=_tokenizers(info.family),
+        alphas_cumprod=alphas,
+        device=device,
+        dtype=dtype,
+        vae_path=vae_path,
+    )
+
+
+def _strip_vae_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """VAE tensors without their checkpoint prefix (``first_stage_model.``/``vae.``), or as-is."""
+    for prefix in VAE_PREFIXES:
+        sub = convert.sub_state_dict(tensors, prefix)
+        if sub:
+            return sub
+    return {
+        k: v
+        for k, v in tensors.items()
+        if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant"))
+    }
+
+
+def _tokenizers(family: Family) -> dict[str, CLIPTokenizer]:
+    """SD1 and SDXL's CLIP-L pad with <|endoftext|>; OpenCLIP encoders (SD2, SDXL-G) pad with "!"."""
+    pads = {
+        Family.SD1: {"text_encoder": "endoftext"},
+        Family.SD2: {"text_encoder": "!"},
+        Family.SDXL: {"text_encoder": "endoftext", "text_encoder_2": "!"},
+        Family.SDXL_REFINER: {"text_encoder_2": "!"},
+    }[family]
+    return {name: clip_tokenizer(pad) for name, pad in pads.items()}  # type: ignore[arg-type]
+
+
+def load_diffusers_folder(
+    path: Path, *, device: torch.device, dtype: torch.dtype, vae_path: Path | None = None
+) -> Components:
+    """Load a diffusers pipeline folder (``model_index.json``) strictly from local files."""
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    local = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": None}
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **local).to(device)
+    family = _folder_family(path, index, unet.config)
+    prediction = Prediction(
+        json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get(
+            "prediction_type", "epsilon"
+        )
+    )
+    native = unet.config.sample_size * 8
+    info = FamilyInfo(family, prediction, unet.config.in_channels == 9, native)
+    if vae_path is not None:
+        vae_file = read_tensor_file(vae_path)
+        vae = build_vae(vae_path, _strip_vae_prefix(vae_file.tensors), info, {}, device=device, dtype=dtype)
+    else:
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **local).to(device)
+    encoders: dict[str, TextEncoder] = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        if index.get(name) and index[name][0] is not None:
+            cls = CLIPTextModelWithProjection if index[name][1].endswith("Projection") else CLIPTextModel
+            encoders[name] = cls.from_pretrained(path, subfolder=name, **local).to(device)
+    for module in (unet, vae, *encoders.values()):
+        module.eval().requires_grad_(False)
+    return Components(
+        path,
+        info,
+        unet,
+        vae,
+        encoders,
+        _tokenizers(family),
+        default_alphas_cumprod(family),
+        device,
+        dtype,
+        vae_path,
+    )
+
+
+def _folder_family(path: Path, index: Mapping[str, Any], unet_config: Mapping[str, Any]) -> Family:
+    if unet_config.get("addition_embed_type") == "text_time":
+        return Family.SDXL if index.get("text_encoder") and index["text_encoder"][0] else Family.SDXL_REFINER
+    context = unet_config.get("cross_attention_dim")
+    if context == 768:
+        return Family.SD1
+    if context == 1024:
+        return Family.SD2
+    raise ModelFileError(path, f"unknown model family: diffusers folder with cross_attention_dim {context}")
+
+
+def load_checkpoint(
+    path: Path, *, device: torch.device, dtype: torch.dtype, vae_path: Path | None = None
+) -> Components:
+    """Load a single-file checkpoint or a diffusers folder; errors are :class:`ModelFileError`."""
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelFileError(path, "a folder checkpoint needs model_index.json (diffusers layout)")
+        return load_diffusers_folder(path, device=device, dtype=dtype, vae_path=vae_path)
+    return load_single_file(path, device=device, dtype=dtype, vae_path=vae_path)
