@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +30,7 @@ from latentstudio.models.tokenizer import (
     CLIP_VOCAB_SIZE,
     OpenAICLIPTokenizer,
     PadToken,
+    build_clip_tokenizer,
     clean_text,
     clip_tokenizer,
     load_clip_bpe,
@@ -165,16 +165,16 @@ MIXED_CASE_ASCII = st.text(
 
 
 @pytest.fixture(scope="module")
-def reference() -> Iterator[Any]:
+def reference() -> Any:
     """open_clip's copy of OpenAI's SimpleTokenizer (importing open_clip sets an env var: undone here)."""
     before = os.environ.get("TOKENIZERS_PARALLELISM")
-    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415 - slow import, only for these tests
+    from open_clip.tokenizer import SimpleTokenizer  # slow import (torch): only for these tests
 
     if before is None:
         os.environ.pop("TOKENIZERS_PARALLELISM", None)
     else:
         os.environ["TOKENIZERS_PARALLELISM"] = before
-    yield SimpleTokenizer()
+    return SimpleTokenizer()
 
 
 def _ids(tokenizer: OpenAICLIPTokenizer, text: str) -> list[int]:
@@ -220,10 +220,12 @@ def test_vocab_and_merges_equal_reference(reference: Any) -> None:
 
 
 def test_factory_is_cached_and_validates() -> None:
-    assert clip_tokenizer() is clip_tokenizer("endoftext")
+    assert clip_tokenizer() is clip_tokenizer("endoftext") is clip_tokenizer(pad="endoftext")
     assert clip_tokenizer("!") is not clip_tokenizer("endoftext")
-    with pytest.raises(ValueError, match="pad must be one of"):
-        clip_tokenizer("<pad>")  # type: ignore[arg-type]
+    assert build_clip_tokenizer("!") is not clip_tokenizer("!")
+    for factory in (clip_tokenizer, build_clip_tokenizer):
+        with pytest.raises(ValueError, match="pad must be one of 'endoftext', '!'; got '<pad>'"):
+            factory("<pad>")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("pad", ["endoftext", "!"])
@@ -239,7 +241,7 @@ def test_pads_to_77_with_the_variant_pad_id(pad: PadToken, reference: Any) -> No
 def test_truncates_to_77_ending_with_eos(pad: PadToken, reference: Any) -> None:
     text = "a beautiful painting of a lighthouse, " * 20
     content = _ids(clip_tokenizer(pad), text)
-    assert len(content) > 200
+    assert len(content) > 100
     ids = clip_tokenizer(pad)(text, padding="max_length", truncation=True, return_tensors="pt").input_ids
     assert ids.shape == (1, 77)
     row = ids[0].tolist()
@@ -278,7 +280,9 @@ def test_special_token_literals(reference: Any) -> None:
     assert _ids(tokenizer, "a <|endoftext|> b") == [320, CLIP_EOS_ID, 321]
     assert _ids(tokenizer, "a <|STARTOFTEXT|> b") == [320, CLIP_BOS_ID, 321]
     assert reference.encode("a <end_of_text> b") == [320, CLIP_EOS_ID, 321]
-    assert _ids(tokenizer, "a <end_of_text> b") == reference.encode("a <|endoftext|> b")
+    for ours, theirs in [("a <end_of_text> b", "a <|endoftext|> b"), ("<start_of_text>", "<|startoftext|>")]:
+        spelled_out = _ids(tokenizer, ours), reference.encode(theirs)
+        assert all(len(ids) > 3 and not {CLIP_BOS_ID, CLIP_EOS_ID} & set(ids) for ids in spelled_out)
 
 
 def test_pretokenized_input_is_refused() -> None:
@@ -321,13 +325,15 @@ def test_copies_are_independent_and_picklable() -> None:
     copied.add_tokens(["<my-embedding>"])
     assert "<my-embedding>" not in shared.get_vocab()
     restored = pickle.loads(pickle.dumps(shared))
-    ids = restored("wow! a cat", padding="max_length").input_ids
-    assert ids == shared("wow! a cat", padding="max_length").input_ids
-    assert restored.decode(ids, skip_special_tokens=True) == "wow ! a cat"
+    assert (
+        restored("wow! a cat", padding="max_length").input_ids
+        == shared("wow! a cat", padding="max_length").input_ids
+    )
+    assert restored.decode(restored("wow! a cat").input_ids, skip_special_tokens=True) == "wow ! a cat"
 
 
 def test_concurrent_calls_with_different_padding() -> None:
-    """The shared tokenizer reconfigures its Rust backend per call; calls must not see each other's settings."""
+    """Each call reconfigures the shared Rust backend; concurrent calls must not see each other's settings."""
     tokenizer = clip_tokenizer()
     errors: list[str] = []
 
@@ -355,7 +361,7 @@ def test_construction_opens_no_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", _refuse_network)
     monkeypatch.setattr(socket, "getaddrinfo", _refuse_network)
     for pad in ("endoftext", "!"):
-        tokenizer = clip_tokenizer.__wrapped__(pad)  # uncached: really constructs
+        tokenizer = build_clip_tokenizer(pad)  # uncached: really constructs
         assert tokenizer("a photo of a cat").input_ids[-1] == CLIP_EOS_ID
 
 

@@ -65,8 +65,12 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, object]], d
             if len(head) < 8:
                 raise ModelFileError(path, f"not a safetensors file: {size} bytes, too short for a header")
             (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            if header_len > _MAX_HEADER_BYTES:
                 raise ModelFileError(path, f"not a safetensors file: header length {header_len} is invalid")
+            if header_len > size - 8:
+                raise ModelFileError(
+                    path, f"truncated: the header needs {header_len} bytes but the file has {size} in all"
+                )
             raw = f.read(header_len)
     except OSError as e:
         raise ModelFileError(path, f"cannot read: {e.strerror or e}") from e

@@ -161,6 +161,21 @@ def identify(tf: TensorFile) -> FamilyInfo:
     )
 
 
+def identify_path(path: Path) -> FamilyInfo:
+    """The family of a checkpoint file or diffusers folder, without loading any module."""
+    if not path.is_dir():
+        return identify(read_tensor_file(path))
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    unet_config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    return FamilyInfo(
+        _folder_family(path, index, unet_config),
+        Prediction(scheduler.get("prediction_type", "epsilon")),
+        unet_config.get("in_channels") == 9,
+        unet_config.get("sample_size", 64) * 8,
+    )
+
+
 def default_alphas_cumprod(family: Family) -> torch.Tensor:
     """ᾱ_t of the family's training schedule (scaled-linear betas), shape ``[1000]``, float64."""
     config = arch.shipped_config(family, "scheduler")
@@ -182,9 +197,9 @@ def load_single_file(
     if vae_path is not None:
         vae_file = read_tensor_file(vae_path)
         vae_overrides = arch.architecture_overrides(vae_path, vae_file.metadata).get("vae", {})
-        vae = build_vae(vae_path, _strip_vae_prefix(vae_file.tensors), info, vae_overrides, **placement)
+        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, vae_overrides, **placement)
     else:
-        vae = build_vae(path, _strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), **placement)
+        vae = build_vae(path, strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), **placement)
     alphas = tf.tensors.get("alphas_cumprod")
     alphas = default_alphas_cumprod(info.family) if alphas is None else alphas.to(torch.float64).clone()
     return Components(
@@ -201,7 +216,7 @@ def load_single_file(
     )
 
 
-def _strip_vae_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_vae_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """VAE tensors without their checkpoint prefix (``first_stage_model.``/``vae.``), or as-is."""
     for prefix in VAE_PREFIXES:
         sub = convert.sub_state_dict(tensors, prefix)
@@ -231,18 +246,12 @@ def load_diffusers_folder(
     """Load a diffusers pipeline folder (``model_index.json``) strictly from local files."""
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     local = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": None}
+    info = identify_path(path)
+    family = info.family
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **local).to(device)
-    family = _folder_family(path, index, unet.config)
-    prediction = Prediction(
-        json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get(
-            "prediction_type", "epsilon"
-        )
-    )
-    native = unet.config.sample_size * 8
-    info = FamilyInfo(family, prediction, unet.config.in_channels == 9, native)
     if vae_path is not None:
         vae_file = read_tensor_file(vae_path)
-        vae = build_vae(vae_path, _strip_vae_prefix(vae_file.tensors), info, {}, device=device, dtype=dtype)
+        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, {}, device=device, dtype=dtype)
     else:
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **local).to(device)
     encoders: dict[str, TextEncoder] = {}

@@ -30,6 +30,7 @@ import gzip
 import html
 import importlib.util
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,7 +88,7 @@ def _byte_symbols() -> list[str]:
 
 
 def load_clip_bpe(path: Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Read the BPE file (default: open_clip's) into CLIP's ``(vocab, merges)``, exactly as OpenAI's tokenizer.
+    """Read the BPE file (default: open_clip's) into CLIP's ``(vocab, merges)`` exactly as OpenAI does.
 
     Returns new objects on every call; the caller owns them.
     """
@@ -137,15 +138,17 @@ class OpenAICLIPTokenizer(CLIPTokenizer):
     Text (single, batch, or pairs) is split with `clip_words` and handed to the Rust pipeline as words; the
     backend's normaliser and word splitter are removed (its byte-level mapping stays). Special tokens typed in
     the text (``<|endoftext|>``) become their ids, as in OpenAI's tokenizer. Pre-tokenised input
-    (``is_split_into_words=True``) is refused. The base class reconfigures padding/truncation on the shared Rust
-    tokenizer at every call, so calls are serialised by a lock.
+    (``is_split_into_words=True``) is refused. The base class reconfigures padding/truncation on the shared
+    Rust tokenizer at every call, so calls are serialised by a lock.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Build the tokenizer (arguments as ``CLIPTokenizer``) and strip the backend's text front end."""
         super().__init__(*args, **kwargs)
-        self._tokenizer.normalizer = None
-        self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        self.backend_tokenizer.normalizer = None
+        self.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
+            add_prefix_space=False, use_regex=False
+        )
         self._encode_lock = threading.Lock()
 
     def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> BatchEncoding:
@@ -165,20 +168,19 @@ class OpenAICLIPTokenizer(CLIPTokenizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore the lock and the decode fix that ``CLIPTokenizer`` attaches to its backend (lost by pickle)."""
+        """Restore the lock and the decode fix ``CLIPTokenizer`` attaches to its backend (pickle loses it)."""
         self.__dict__.update(state)
         self._encode_lock = threading.Lock()
-        self._wrap_decode_method_backend_tokenizer()
+        rewrap: Callable[[], None] = self._wrap_decode_method_backend_tokenizer  # untyped in transformers
+        rewrap()
 
 
-@functools.lru_cache(maxsize=len(_PAD_CHOICES))
-def clip_tokenizer(pad: PadToken = "endoftext") -> OpenAICLIPTokenizer:
-    """Return the CLIP tokenizer of Stable Diffusion (built once per ``pad``, then shared; treat as immutable).
+def build_clip_tokenizer(pad: PadToken = "endoftext") -> OpenAICLIPTokenizer:
+    """Build a new CLIP tokenizer of Stable Diffusion (~0.2 s); most callers want the shared `clip_tokenizer`.
 
     ``pad="endoftext"``: SD1.x's openai/clip-vit-large-patch14 tokenizer, pads with ``<|endoftext|>`` (49407).
     ``pad="!"``: SD2.x's and SDXL's second tokenizer (OpenCLIP ViT-H / bigG), pads with ``"!"`` (id 0).
-    Both: bos 49406, eos = unk = 49407, ``model_max_length`` 77. The object is shared: to add tokens or
-    change settings, ``copy.deepcopy`` it first.
+    Both: bos 49406, eos = unk = 49407, ``model_max_length`` 77. Reads only the BPE file: no network, no hub.
     """
     if pad not in _PAD_CHOICES:
         raise ValueError(f"pad must be one of {', '.join(map(repr, _PAD_CHOICES))}; got {pad!r}")
@@ -189,3 +191,18 @@ def clip_tokenizer(pad: PadToken = "endoftext") -> OpenAICLIPTokenizer:
         # token, which the tokenizer then splits out of prompts ("wow!" -> 0, not "!</w>" 256).
         tokenizer.pad_token = "!"
     return tokenizer
+
+
+@functools.lru_cache(maxsize=len(_PAD_CHOICES))
+def _shared_clip_tokenizer(pad: PadToken) -> OpenAICLIPTokenizer:
+    """Memoised `build_clip_tokenizer` (keyed by the pad choice alone)."""
+    return build_clip_tokenizer(pad)
+
+
+def clip_tokenizer(pad: PadToken = "endoftext") -> OpenAICLIPTokenizer:
+    """Return the shared CLIP tokenizer for ``pad`` (see `build_clip_tokenizer`), built on first use.
+
+    Thread-safe to call; treat the result as immutable: to add tokens or change settings, ``copy.deepcopy`` it
+    (or build a private one with `build_clip_tokenizer`).
+    """
+    return _shared_clip_tokenizer(pad)

@@ -1,0 +1,235 @@
+"""The model manager: owns loaded components, loads on first use, keeps the last N checkpoints in RAM.
+
+Only the worker (and the CLI) hold one. A failed load leaves nothing behind in the cache. VAE overrides
+are cached separately from checkpoints, so switching the VAE never reloads a UNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
+from latentstudio.models import discovery, loader
+from latentstudio.models.discovery import CheckpointInfo, VaeInfo
+from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
+from latentstudio.models.hashes import HashCache, legacy_hash, short_hash
+
+VAE_AUTOMATIC = "Automatic"
+VAE_NONE = "None"
+
+
+class ModelNotFoundError(LookupError):
+    """A checkpoint or VAE name that matches nothing; the message lists what is available."""
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One discovered checkpoint with its A1111 hashes (``sha256`` may be None before first hashing)."""
+
+    info: CheckpointInfo
+    sha256: str | None
+
+    @property
+    def shorthash(self) -> str | None:
+        """First 10 hex of the sha256, as in A1111's titles and ``Model hash``."""
+        return None if self.sha256 is None else short_hash(self.sha256)
+
+    @property
+    def title(self) -> str:
+        """``name [shorthash]`` (or just ``name`` before hashing)."""
+        return self.info.title(self.shorthash)
+
+
+@dataclass(frozen=True)
+class CheckpointDescription:
+    """What ``latentstudio models --json`` prints for one checkpoint (keys are a stable interface)."""
+
+    title: str
+    name: str
+    model_name: str
+    filename: str
+    hash: str  # A1111 legacy 8-hex hash
+    sha256: str | None
+    shorthash: str | None
+    family: str
+    family_label: str
+    prediction: str
+    inpainting: bool
+    native_size: int
+
+
+class ModelManager:
+    """Discovers, hashes, loads and caches checkpoints and VAEs for one device/dtype."""
+
+    def __init__(self, settings: Settings) -> None:
+        enforce_offline()
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.hashes = HashCache(settings.data_dir / "cache" / "hashes.json")
+        self._lock = threading.RLock()
+        self._loaded: OrderedDict[Path, loader.Components] = OrderedDict()
+        self._vaes: OrderedDict[Path, torch.nn.Module] = OrderedDict()
+        self._checkpoints: list[CheckpointInfo] | None = None
+        self._vae_infos: list[VaeInfo] | None = None
+
+    # -- discovery -------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Forget the scanned lists (A1111's refresh-checkpoints / refresh-vae)."""
+        with self._lock:
+            self._checkpoints = None
+            self._vae_infos = None
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted."""
+        with self._lock:
+            if self._checkpoints is None:
+                self._checkpoints = discovery.scan_checkpoints(self.settings.models_dir)
+            return list(self._checkpoints)
+
+    def vaes(self) -> list[VaeInfo]:
+        """VAE files under ``<models_dir>/VAE`` and ``*.vae.*`` beside checkpoints."""
+        with self._lock:
+            if self._vae_infos is None:
+                self._vae_infos = discovery.scan_vaes(self.settings.models_dir)
+            return list(self._vae_infos)
+
+    def entry(self, info: CheckpointInfo, *, compute_hash: bool = True) -> CheckpointEntry:
+        """The checkpoint with its sha256 (computed once, then cached by path, size and mtime)."""
+        if info.path.is_dir():
+            return CheckpointEntry(info, None)
+        digest = self.hashes.sha256(info.path) if compute_hash else self.hashes.cached(info.path)
+        return CheckpointEntry(info, digest)
+
+    def describe(self, info: CheckpointInfo) -> CheckpointDescription:
+        """Hashes and family of a checkpoint, read from its header/keys without building modules."""
+        family = loader.identify_path(info.path)
+        entry = self.entry(info)
+        return CheckpointDescription(
+            title=entry.title,
+            name=info.name,
+            model_name=info.model_name,
+            filename=str(info.path.resolve()),
+            hash=legacy_hash(info.path) if info.path.is_file() else "",
+            sha256=entry.sha256,
+            shorthash=entry.shorthash,
+            family=family.family.value,
+            family_label=family.label,
+            prediction=family.prediction.value,
+            inpainting=family.inpainting,
+            native_size=family.native_size,
+        )
+
+    def find(self, query: str) -> CheckpointInfo:
+        """A checkpoint by any A1111 alias (title, name, stem, hash) or by a file path."""
+        as_path = Path(query)
+        if (
+            as_path.suffix.lower() in MODEL_SUFFIXES
+            and as_path.is_file()
+            or (as_path / "model_index.json").is_file()
+        ):
+            root = as_path.parent
+            return CheckpointInfo.from_path(as_path, root)
+        infos = self.checkpoints()
+        found = discovery.find_checkpoint(infos, query, lambda i: self.entry(i, compute_hash=False).shorthash)
+        if found is None:
+            names = (
+                ", ".join(i.name for i in infos) or f"none in {self.settings.models_dir / 'Stable-diffusion'}"
+            )
+            raise ModelNotFoundError(f"unknown checkpoint {query!r}; available: {names}")
+        return found
+
+    def default_checkpoint(self) -> CheckpointInfo:
+        """The first checkpoint in natural order (A1111 picks the first one too)."""
+        infos = self.checkpoints()
+        if not infos:
+            raise ModelNotFoundError(f"no checkpoints in {self.settings.models_dir / 'Stable-diffusion'}")
+        return infos[0]
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def load(self, query: str | None = None, *, vae: str = VAE_AUTOMATIC) -> loader.Components:
+        """Components of a checkpoint (default: the first one) with the VAE chosen as A1111's ``sd_vae``.
+
+        ``vae``: ``"Automatic"`` (a ``<checkpoint stem>.vae.*`` or ``VAE/<stem>.*`` file if present, else
+        the checkpoint's own), ``"None"`` (the checkpoint's own) or a VAE file name from :meth:`vaes`.
+        """
+        info = self.default_checkpoint() if query is None else self.find(query)
+        with self._lock:
+            components = self._loaded.get(info.path)
+            if components is None:
+                components = loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
+                self._loaded[info.path] = components
+                self._evict(self._loaded, self.settings.checkpoints_in_ram)
+                if not info.path.is_dir():
+                    self.hashes.sha256(info.path)  # A1111 hashes a checkpoint when it is loaded
+            self._loaded.move_to_end(info.path)
+            vae_path = self._resolve_vae(info, vae)
+            if vae_path is None:
+                return components
+            return dataclasses.replace(
+                components, vae=self._load_vae(vae_path, components), vae_path=vae_path
+            )
+
+    def _resolve_vae(self, info: CheckpointInfo, choice: str) -> Path | None:
+        if choice == VAE_NONE:
+            return None
+        vaes = self.vaes()
+        if choice == VAE_AUTOMATIC:
+            stem = info.path.name.split(".")[0]
+            near = [v for v in vaes if v.path.name.split(".")[0] == stem]
+            return near[0].path if near else None
+        for v in vaes:
+            if choice in (v.name, str(v.path)):
+                return v.path
+        allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *(v.name for v in vaes)])
+        raise ModelNotFoundError(f"unknown VAE {choice!r}; allowed: {allowed}")
+
+    def _load_vae(self, path: Path, base: loader.Components) -> torch.nn.Module:
+        vae = self._vaes.get(path)
+        if vae is None:
+            tensors = read_tensor_file(path).tensors
+            vae = loader.build_vae(
+                path, loader.strip_vae_prefix(tensors), base.info, {}, device=self.device, dtype=self.dtype
+            )
+            self._vaes[path] = vae
+            self._evict(self._vaes, 4)
+        self._vaes.move_to_end(path)
+        return vae
+
+    @staticmethod
+    def _evict(cache: OrderedDict[Path, Any], keep: int) -> None:
+        if len(cache) <= keep:
+            return
+        while len(cache) > keep:
+            cache.popitem(last=False)
+        _release_memory()
+
+    def loaded(self) -> list[Path]:
+        """Paths of the checkpoints in RAM, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def unload(self) -> None:
+        """Drop every loaded checkpoint and VAE (A1111's unload-checkpoint)."""
+        with self._lock:
+            self._loaded.clear()
+            self._vaes.clear()
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Return freed model memory now rather than at the next garbage collection."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["CheckpointEntry", "ModelFileError", "ModelManager", "ModelNotFoundError"]
