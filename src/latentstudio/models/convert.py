@@ -54,15 +54,11 @@ def vae_to_diffusers(path: Path, tensors: Mapping[str, torch.Tensor], config: di
 
 
 def clip_to_transformers(path: Path, tensors: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """transformers-layout CLIP under ``prefix`` (``<prefix>text_model.*``) → ``CLIPTextModel`` keys.
+    """transformers-layout CLIP under ``prefix`` (``<prefix>text_model.*``) → canonical CLIP keys.
 
-    Old SD1 files lack the ``text_model.`` level; ``position_ids`` is a buffer, not a weight.
+    ``position_ids`` is a buffer, not a weight, and is dropped.
     """
-    out: StateDict = {}
-    for key, value in sub_state_dict(tensors, prefix).items():
-        if key.endswith("position_ids"):
-            continue
-        out[key if key.startswith("text_model.") else "text_model." + key] = value
+    out = {k: v for k, v in sub_state_dict(tensors, prefix).items() if not k.endswith("position_ids")}
     if not out:
         raise ModelFileError(path, f"no text-encoder weights under {prefix}")
     return out

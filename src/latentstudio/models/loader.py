@@ -9,6 +9,7 @@ not by rewriting it in place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from latentstudio.models import arch, convert
 from latentstudio.models.families import (
+    SD1_TEXT_PREFIX,
     Family,
     FamilyInfo,
     Prediction,
@@ -154,17 +156,35 @@ def sidecar_prediction(path: Path) -> Prediction | None:
     return Prediction.V if param == "v" else Prediction.EPSILON
 
 
+def canonical_keys(tf: TensorFile) -> TensorFile:
+    """Rename historical key variants to the canonical layout: SD1 files written by transformers < 4.31
+    lack the ``text_model.`` level under ``cond_stage_model.transformer.``."""
+    old = SD1_TEXT_PREFIX + "embeddings."
+    if not any(k.startswith(old) for k in tf.tensors):
+        return tf
+    n = len(SD1_TEXT_PREFIX)
+    renamed = {
+        (SD1_TEXT_PREFIX + "text_model." + k[n:] if k.startswith(SD1_TEXT_PREFIX) else k): v
+        for k, v in tf.tensors.items()
+    }
+    return dataclasses.replace(tf, tensors=renamed)
+
+
 def identify(tf: TensorFile) -> FamilyInfo:
-    """The family of an opened single-file checkpoint."""
-    return detect_family(
+    """The family of an opened single-file checkpoint; the architecture metadata may set the native size."""
+    info = detect_family(
         tf.path, _shapes(tf), tf.metadata, lambda key: tf.tensors[key], sidecar_prediction(tf.path)
     )
+    sample_size = arch.architecture_overrides(tf.path, tf.metadata).get("unet", {}).get("sample_size")
+    if isinstance(sample_size, int):
+        info = dataclasses.replace(info, native_size=sample_size * 8)
+    return info
 
 
 def identify_path(path: Path) -> FamilyInfo:
     """The family of a checkpoint file or diffusers folder, without loading any module."""
     if not path.is_dir():
-        return identify(read_tensor_file(path))
+        return identify(canonical_keys(read_tensor_file(path)))
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     unet_config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
     scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
@@ -188,7 +208,7 @@ def load_single_file(
     path: Path, *, device: torch.device, dtype: torch.dtype, vae_path: Path | None = None
 ) -> Components:
     """Load an original-layout checkpoint (``.safetensors`` / weights-only ``.ckpt``) into components."""
-    tf = read_tensor_file(path)
+    tf = canonical_keys(read_tensor_file(path))
     info = identify(tf)
     overrides = arch.architecture_overrides(path, tf.metadata)
     placement = {"device": device, "dtype": dtype}
@@ -276,14 +296,14 @@ def load_diffusers_folder(
 
 
 def _folder_family(path: Path, index: Mapping[str, Any], unet_config: Mapping[str, Any]) -> Family:
+    """SDXL by its size conditioning; SD1 (OpenAI CLIP, quick_gelu) vs SD2 (OpenCLIP, gelu) by the encoder."""
+    has_clip_l = bool(index.get("text_encoder")) and index["text_encoder"][0] is not None
     if unet_config.get("addition_embed_type") == "text_time":
-        return Family.SDXL if index.get("text_encoder") and index["text_encoder"][0] else Family.SDXL_REFINER
-    context = unet_config.get("cross_attention_dim")
-    if context == 768:
-        return Family.SD1
-    if context == 1024:
-        return Family.SD2
-    raise ModelFileError(path, f"unknown model family: diffusers folder with cross_attention_dim {context}")
+        return Family.SDXL if has_clip_l else Family.SDXL_REFINER
+    if not has_clip_l:
+        raise ModelFileError(path, "unknown model family: diffusers folder without a text encoder")
+    text_config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    return Family.SD1 if text_config.get("hidden_act") == "quick_gelu" else Family.SD2
 
 
 def load_checkpoint(
