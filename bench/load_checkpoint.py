@@ -84,8 +84,8 @@ def build_checkpoint(path: Path, dtype: torch.dtype, seed: int = 0) -> Metrics:
     """Write the random-weight checkpoint; returns its size, tensor count and the build time/peak RSS."""
     from safetensors.torch import save_file
 
-    from latentstudio.models.loader import default_alphas_cumprod
     from latentstudio.models.families import Family
+    from latentstudio.models.loader import default_alphas_cumprod
 
     reset = _reset_peak()
     base = _status()["VmRSS"]
@@ -234,6 +234,7 @@ def run_worker(kind: str, path: Path, dtype: torch.dtype, file_dtype: torch.dtyp
     high = after["VmHWM"] if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     metrics: Metrics = {
         "seconds": seconds,
+        "file_bytes": path.stat().st_size,
         "peak_rss_delta": high - before["VmRSS"],
         "peak_method": "VmHWM reset after imports" if reset else "ru_maxrss (includes imports)",
         "rss_anon_delta": after["RssAnon"] - before["RssAnon"],
@@ -330,3 +331,186 @@ def cold_runs(path: Path, file_dtype: str, reps: int, drop: bool) -> dict[str, l
             runs[key].append(result)
             print(f"  rep {rep + 1}/{reps} {key:<14} {result['seconds']:7.3f} s", flush=True)
     return runs
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def labels(file_dtype: str) -> dict[str, str]:
+    """Display names of the result keys."""
+    other = "float32" if file_dtype == "float16" else "float16"
+    return {
+        "lazy": "load_file lazy",
+        "read": "load_file + read",
+        "convert": f"load_file + to({SHORT[other]})",
+        "pread_convert": f"pread + to({SHORT[other]})",
+        f"ours_{file_dtype}": f"ours -> {SHORT[file_dtype]} (zero-copy)",
+        f"ours_{other}": f"ours -> {SHORT[other]} (convert)",
+    }
+
+
+def _med(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def ratio_rows(cold: Mapping[str, list[Metrics]], switch: Metrics, file_dtype: str) -> list[Metrics]:
+    """Every ratio against its baseline; ``goal`` only where the comparison is like for like."""
+    name, load = labels(file_dtype), {k: _med(r["seconds"] for r in v) for k, v in cold.items()}
+    same, conv = f"ours_{file_dtype}", "ours_float32" if file_dtype == "float16" else "ours_float16"
+    read_after = _med(r["seconds"] + r["read_seconds"] for r in cold[same])
+    base32 = "convert" if file_dtype == "float16" else "read"
+    e2e = _med(r["seconds"] + r["step_seconds"][0] - r["step_seconds"][1] for r in cold["ours_float32"])
+    rows = [
+        (f"{name[same]} load / {name['lazy']}", load[same] / load["lazy"], None),
+        (f"{name[same]} load / {name['read']}", load[same] / load["read"], None),
+        (f"{name[same]} load + read / {name['read']}", read_after / load["read"], 1.3),
+        (f"{name[conv]} load / {name['lazy']}", load[conv] / load["lazy"], None),
+        (f"{name[conv]} load / {name['read']}", load[conv] / load["read"], None),
+        (f"{name[conv]} load / {name['convert']}", load[conv] / load["convert"], 1.3),
+        (f"ours -> fp32 load + (step1 - step2) / {name[base32]}", e2e / load[base32], 1.3),
+    ]
+    for key in (same, conv):
+        runs = cold[key]
+        file_bytes = runs[0]["file_bytes"]
+        peak = _med(r["peak_rss_delta"] for r in runs)
+        rows.append((f"{name[key]} peak RSS / file size", peak / file_bytes, 1.3 if key == same else None))
+        rows.append((f"{name[key]} peak RSS / loaded weights", peak / runs[0]["weight_bytes"], 1.3))
+    uncached = _med(switch["uncached_load_seconds"])
+    warm = _med(switch["switch_to_a_seconds"])
+    rows.append(("warm switch back to A / uncached load (same run)", warm / uncached, None))
+    rows.append(("warm switch back to A, seconds (goal is absolute)", warm, 0.5))
+    return [
+        {"what": w, "value": v, "goal": g, "meets_goal": None if g is None else v <= g} for w, v, g in rows
+    ]
+
+
+def _notes(key: str, runs: list[Metrics]) -> str:
+    notes = []
+    if "read_seconds" in runs[0]:
+        notes.append(f"then read all weights {_med(r['read_seconds'] for r in runs):.2f} s")
+    if "step_seconds" in runs[0]:
+        first, second = _med(r["step_seconds"][0] for r in runs), _med(r["step_seconds"][1] for r in runs)
+        notes.append(f"UNet step 1 / 2: {first:.2f} / {second:.2f} s")
+    anon = _med(r["rss_anon_delta"] for r in runs) / GIB
+    return "; ".join([f"anon after {anon:.2f} GiB", *notes])
+
+
+def print_report(
+    cold: Mapping[str, list[Metrics]], switch: Metrics, rows: list[Metrics], info: Metrics
+) -> None:
+    """The measurement table, the ratios with their goals, and the caveats."""
+    file_bytes = info["file"]["bytes"]
+    print(f"\nfile: {file_bytes / GIB:.3f} GiB, {info['file']['tensors']} tensors, {info['file_dtype']}")
+    head = f"{'median s':>9} {'min s':>7} {'peak dRSS GiB':>14} {'peak/file':>9}"
+    print(f"{'cold load (fresh process)':<28} {head}")
+    for key, label in labels(info["file_dtype"]).items():
+        runs = cold[key]
+        secs = [r["seconds"] for r in runs]
+        peak = _med(r["peak_rss_delta"] for r in runs)
+        print(
+            f"{label:<28} {_med(secs):>9.3f} {min(secs):>7.3f} {peak / GIB:>14.2f} {peak / file_bytes:>9.2f}"
+            f"   {_notes(key, runs)}"
+        )
+    print(
+        f"\nwarm switch (ModelManager, {switch['dtype']}, 2 in RAM): uncached loads "
+        f"{', '.join(f'{s:.2f}' for s in switch['uncached_load_seconds'])} s (sha256 of both files "
+        f"{switch['sha256_both_seconds']:.1f} s, excluded); switch to A "
+        f"{', '.join(f'{s * 1000:.2f}' for s in switch['switch_to_a_seconds'])} ms; cache hit: "
+        f"{switch['cache_hit']}"
+    )
+    print(f"\n{'ratio':<62} {'value':>9}  goal")
+    for row in rows:
+        goal = (
+            "(info)"
+            if row["goal"] is None
+            else f"<= {row['goal']}  {'MET' if row['meets_goal'] else 'MISSED'}"
+        )
+        print(f"{row['what']:<62} {row['value']:>9.3f}  {goal}")
+    print(
+        "\nmeaningful baselines: 'load_file lazy' reads no byte, so ratios against it only show fixed costs;"
+        "\nthe like-for-like ones carry a goal (same dtype: load + read vs load_file + read; conversion:"
+        "\nvs load_file + to(D); peak RSS of a converting load vs the loaded weights, alone 2x the file)."
+        f"\nread = every tensor copied into a dropped scratch tensor. Peak RSS: {info['peak_method']}."
+    )
+    if not info["page_cache_dropped"]:
+        print(
+            "page cache: could not drop it (/proc/sys/vm/drop_caches not writable), so 'cold' means the"
+            "\nfirst load in a fresh process with the file already in the page cache (no disk reads)."
+        )
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+def run_bench(path_a: Path, path_b: Path, file_dtype: str, reps: int) -> Metrics:
+    """Build (or reuse) the two files, run every measurement, print the report; returns all results."""
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads", flush=True)
+    if path_a.is_file():
+        build: Metrics = {"reused": True, "bytes": path_a.stat().st_size, "tensors": len(layout_shapes())}
+        print(f"reusing {path_a}")
+    else:
+        print(f"building {path_a} ...", flush=True)
+        build = build_checkpoint(path_a, DTYPES[file_dtype])
+        peak = "n/a" if build["peak_rss_delta"] is None else f"{build['peak_rss_delta'] / GIB:.2f} GiB"
+        print(f"  built {build['bytes'] / GIB:.3f} GiB in {build['seconds']:.1f} s, peak RSS +{peak}")
+    if not path_b.is_file():
+        shutil.copyfile(path_a, path_b)
+    dropped = try_drop_caches()
+    print(f"cold loads ({reps} reps, alternating order; page cache dropped: {dropped}) ...", flush=True)
+    cold = cold_runs(path_a, file_dtype, reps, dropped)
+    print("warm switch ...", flush=True)
+    switch = _spawn(["switch", str(path_a), str(path_b), str(reps)])
+    rows = ratio_rows(cold, switch, file_dtype)
+    info = {
+        "file": build,
+        "file_dtype": file_dtype,
+        "page_cache_dropped": dropped,
+        "peak_method": cold["read"][0]["peak_method"],
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
+    print_report(cold, switch, rows, info)
+    return {**info, "cold": cold, "switch": switch, "ratios": rows}
+
+
+def _worker_main(argv: list[str]) -> Metrics:
+    if argv[0] == "switch":
+        return run_switch(Path(argv[1]), Path(argv[2]), int(argv[3]))
+    kind, path, dtype, file_dtype = argv
+    return run_worker(kind, Path(path), DTYPES[dtype], DTYPES[file_dtype])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (``--worker`` is internal: one measurement in a fresh process)."""
+    parser = argparse.ArgumentParser(description="Benchmark loading a full-size SD1.5 checkpoint.")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the checkpoints and results.json (default: temp)"
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="dtype of the file")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints (reused by the next run)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each cold load (default 3)")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--worker``, one measurement) and write the results as JSON."""
+    args = parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(_worker_main(args.worker)), flush=True)
+        return 0
+    root = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="bench-load-"))
+    folder = root / "models" / "Stable-diffusion"
+    stem = f"sd15-random-{SHORT[args.dtype]}"
+    try:
+        results = run_bench(
+            folder / f"{stem}-a.safetensors", folder / f"{stem}-b.safetensors", args.dtype, args.reps
+        )
+        target = root / "results.json" if args.out else RESULTS_DEFAULT
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"\nresults: {target}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root / "models" if args.out else root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

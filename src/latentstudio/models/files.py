@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -137,10 +138,17 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        reason = _unpickling_reason(e)
+        if reason is None:
+            with path.open("rb") as f:
+                is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a pickle, with opcodes torch does not allow
+            if not is_pickle:
+                raise ModelFileError(path, f"corrupt or truncated checkpoint: {_useful_line(e)}") from e
+            reason = _useful_line(e)
         raise ModelFileError(
             path,
             "refused: the file needs full unpickling, which could run code from the file "
-            f"({_unpickling_reason(e)}); convert it to .safetensors with a trusted tool",
+            f"({reason}); convert it to .safetensors with a trusted tool",
         ) from e
     except Exception as e:  # untrusted bytes: the unpickler may raise anything; report, never crash
         raise ModelFileError(path, f"corrupt or truncated checkpoint: {_first_line(e)}") from e
@@ -159,10 +167,24 @@ def _state_dict_of(path: Path, obj: object) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _unpickling_reason(e: pickle.UnpicklingError) -> str:
-    """The informative line of torch's long weights-only message (the forbidden GLOBAL)."""
+def _unpickling_reason(e: pickle.UnpicklingError) -> str | None:
+    """The line of torch's long weights-only message naming a forbidden global or class, if any.
+
+    None means the bytes are not a usable pickle at all (e.g. "Unsupported operand" for a PNG).
+    """
+    text = str(e)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"forbidden global {match.group(1)}"
+    if "Unsupported class" in text:
+        return _useful_line(e)
+    return None
+
+
+def _useful_line(e: BaseException) -> str:
+    """Skip torch's generic preamble ("Weights only load failed…") to the line that says what failed."""
     for line in str(e).splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
+        if "Unsupported" in line or "error:" in line.lower() and line.strip()[-1:] != ":":
             return line.strip()[:300]
     return _first_line(e)
 
