@@ -184,7 +184,7 @@ def _unpickling_reason(e: pickle.UnpicklingError) -> str | None:
 def _useful_line(e: BaseException) -> str:
     """Skip torch's generic preamble ("Weights only load failed…") to the line that says what failed."""
     for line in str(e).splitlines():
-        if "Unsupported" in line or "error:" in line.lower() and line.strip()[-1:] != ":":
+        if "Unsupported" in line or ("error:" in line.lower() and line.strip()[-1:] != ":"):
             return line.strip()[:300]
     return _first_line(e)
 

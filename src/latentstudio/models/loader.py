@@ -113,7 +113,7 @@ def build_vae(
     else:
         raise ModelFileError(path, "no VAE weights (encoder.down.* or encoder.down_blocks.*)")
     with init_empty_weights(include_buffers=False):
-        vae = AutoencoderKL.from_config(config)
+        vae: AutoencoderKL = AutoencoderKL.from_config(config)
     return _materialize(path, "VAE", vae, state, **placement)
 
 
@@ -265,7 +265,7 @@ def load_diffusers_folder(
 ) -> Components:
     """Load a diffusers pipeline folder (``model_index.json``) strictly from local files."""
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    local = {"local_files_only": True, "torch_dtype": dtype, "use_safetensors": None}
+    local: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
     info = identify_path(path)
     family = info.family
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **local).to(device)
@@ -278,7 +278,8 @@ def load_diffusers_folder(
     for name in ("text_encoder", "text_encoder_2"):
         if index.get(name) and index[name][0] is not None:
             cls = CLIPTextModelWithProjection if index[name][1].endswith("Projection") else CLIPTextModel
-            encoders[name] = cls.from_pretrained(path, subfolder=name, **local).to(device)
+            encoder: TextEncoder = cls.from_pretrained(path, subfolder=name, **local)
+            encoders[name] = encoder.to(device)  # type: ignore[arg-type]  # transformers' stub for .to
     for module in (unet, vae, *encoders.values()):
         module.eval().requires_grad_(False)
     return Components(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL
 
 from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
 from latentstudio.models import discovery, loader
@@ -77,7 +78,7 @@ class ModelManager:
         self.hashes = HashCache(settings.data_dir / "cache" / "hashes.json")
         self._lock = threading.RLock()
         self._loaded: OrderedDict[Path, loader.Components] = OrderedDict()
-        self._vaes: OrderedDict[Path, torch.nn.Module] = OrderedDict()
+        self._vaes: OrderedDict[Path, AutoencoderKL] = OrderedDict()
         self._checkpoints: list[CheckpointInfo] | None = None
         self._vae_infos: list[VaeInfo] | None = None
 
@@ -131,11 +132,9 @@ class ModelManager:
     def find(self, query: str) -> CheckpointInfo:
         """A checkpoint by any A1111 alias (title, name, stem, hash) or by a file path."""
         as_path = Path(query)
-        if (
-            as_path.suffix.lower() in MODEL_SUFFIXES
-            and as_path.is_file()
-            or (as_path / "model_index.json").is_file()
-        ):
+        if (as_path.suffix.lower() in MODEL_SUFFIXES and as_path.is_file()) or (
+            as_path / "model_index.json"
+        ).is_file():
             root = as_path.parent
             return CheckpointInfo.from_path(as_path, root)
         infos = self.checkpoints()
@@ -192,7 +191,7 @@ class ModelManager:
         allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *(v.name for v in vaes)])
         raise ModelNotFoundError(f"unknown VAE {choice!r}; allowed: {allowed}")
 
-    def _load_vae(self, path: Path, base: loader.Components) -> torch.nn.Module:
+    def _load_vae(self, path: Path, base: loader.Components) -> AutoencoderKL:
         vae = self._vaes.get(path)
         if vae is None:
             tensors = read_tensor_file(path).tensors
