@@ -136,7 +136,7 @@ def test_zip_checkpoint_with_forbidden_global_in_nested_pickle(tmp_path: Path) -
 
 
 def test_plain_weights_only_ckpt_loads(make_tiny: MakeTiny, tmp_path: Path) -> None:
-    """A Lightning-style ``{"state_dict": ..., "global_step": N}`` file is fine for the weights-only loader."""
+    """A Lightning-style ``{"state_dict": ..., "global_step": N}`` file suits the weights-only loader."""
     tiny = make_tiny(Family.SD1)
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": dict(tiny.state), "global_step": 470000, "epoch": 3}, path)

@@ -263,5 +263,5 @@ def test_architecture_metadata_overrides_head_rules(make_tiny: MakeTiny, tmp_pat
     bad = write_checkpoint(
         tmp_path / "bad.safetensors", tiny.state, metadata={"latentstudio.architecture": "{"}
     )
-    with pytest.raises(ModelFileError, match="latentstudio.architecture is not valid JSON"):
+    with pytest.raises(ModelFileError, match=r"latentstudio\.architecture is not valid JSON"):
         loader.load_checkpoint(bad, device=CPU, dtype=torch.float32)

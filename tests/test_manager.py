@@ -25,7 +25,9 @@ def _manager(models_dir: Path, keep: int = 2) -> ModelManager:
     return ModelManager(Settings(models_dir=models_dir, data_dir=data, device="cpu", checkpoints_in_ram=keep))
 
 
-def _install(make_tiny: MakeTiny, models_dir: Path, name: str, family: Family = Family.SD1, seed: int = 0) -> Path:
+def _install(
+    make_tiny: MakeTiny, models_dir: Path, name: str, family: Family = Family.SD1, seed: int = 0
+) -> Path:
     target = models_dir / "Stable-diffusion" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(make_tiny(family, seed=seed).path, target)
@@ -59,7 +61,8 @@ def test_default_is_the_first_checkpoint_and_errors_list_names(make_tiny: MakeTi
     _install(make_tiny, models_dir, "model2.safetensors", seed=1)
     manager.refresh()
     assert manager.load().path.name == "model2.safetensors"  # natural sort
-    with pytest.raises(ModelNotFoundError, match=r"unknown checkpoint 'nope'; available: model2\.safetensors, model10"):
+    expected = r"unknown checkpoint 'nope'; available: model2\.safetensors, model10"
+    with pytest.raises(ModelNotFoundError, match=expected):
         manager.load("nope")
 
 
@@ -80,7 +83,7 @@ def test_failed_load_leaves_nothing_cached(make_tiny: MakeTiny, models_dir: Path
     bad = models_dir / "Stable-diffusion" / "bad.safetensors"
     bad.write_bytes(good.read_bytes()[:5000])
     manager = _manager(models_dir)
-    with pytest.raises(ModelFileError, match="bad.safetensors: truncated"):
+    with pytest.raises(ModelFileError, match=r"bad\.safetensors: truncated"):
         manager.load("bad")
     assert manager.loaded() == []
     assert manager.load("good").path == good
@@ -105,7 +108,9 @@ def test_vae_selection_automatic_named_and_none(make_tiny: MakeTiny, models_dir:
         manager.load("base", vae="x")
 
 
-def test_loading_opens_no_socket(make_tiny: MakeTiny, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_opens_no_socket(
+    make_tiny: MakeTiny, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loading a single file and a diffusers folder never touches the network, and the manager turns the
     Hugging Face libraries offline."""
 
