@@ -21,6 +21,7 @@ import yaml
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.initialization import no_init_weights
 
 from latentstudio.models import arch, convert
 from latentstudio.models.families import (
@@ -30,7 +31,7 @@ from latentstudio.models.families import (
     Prediction,
     detect_family,
 )
-from latentstudio.models.files import ModelFileError, TensorFile, read_tensor_file
+from latentstudio.models.files import ModelFileError, TensorFile, read_tensor_file, release_mapped_pages
 from latentstudio.models.tokenizer import clip_tokenizer
 
 TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
@@ -58,41 +59,46 @@ class Components:
     vae_path: Path | None = None
 
 
-def _place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Move one tensor to its final device/dtype (floating point only); a no-op when it already is."""
-    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+@dataclass(frozen=True)
+class Placement:
+    """Where loaded weights go; ``mapped``: the source tensors are a private file mapping whose pages
+    can be dropped once copied (see :func:`~latentstudio.models.files.release_mapped_pages`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    mapped: bool = False
+
+    def place(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor on the final device/dtype (floating point only); itself when it already is."""
+        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        placed = tensor.to(device=self.device, dtype=dtype)
+        if self.mapped and placed is not tensor:
+            release_mapped_pages(tensor)
+        return placed
 
 
 def _materialize(
-    path: Path,
-    what: str,
-    module: ModuleT,
-    state: dict[str, torch.Tensor],
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
+    path: Path, what: str, module: ModuleT, state: dict[str, torch.Tensor], placement: Placement
 ) -> ModuleT:
     """Give a meta-device ``module`` its weights from ``state`` (consumed), strictly."""
-    placed = {}
-    for key in list(state):
-        placed[key] = _place(state.pop(key), device, dtype)
+    placed = {key: placement.place(state.pop(key)) for key in list(state)}
     missing, unexpected = module.load_state_dict(placed, strict=False, assign=True)
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelFileError(path, f"{what} weights do not match the architecture: {detail}")
-    module.to(device=device)  # buffers that were created on the CPU at construction
+    module.to(device=placement.device)  # buffers that were created on the CPU at construction
     module.eval().requires_grad_(False)
     return module
 
 
 def _build_unet(
-    path: Path, tf: TensorFile, info: FamilyInfo, overrides: dict[str, Any], **placement: Any
+    path: Path, tf: TensorFile, info: FamilyInfo, overrides: dict[str, Any], placement: Placement
 ) -> Any:
     config = arch.unet_config(path, _shapes(tf), info, overrides.get("unet", {}))
     state = convert.unet_to_diffusers(path, tf.tensors, config)
     with init_empty_weights(include_buffers=False):
         unet = UNet2DConditionModel.from_config(config)
-    return _materialize(path, "UNet", unet, state, **placement)
+    return _materialize(path, "UNet", unet, state, placement)
 
 
 def build_vae(
@@ -100,7 +106,7 @@ def build_vae(
     tensors: Mapping[str, torch.Tensor],
     info: FamilyInfo,
     overrides: dict[str, Any],
-    **placement: Any,
+    placement: Placement,
 ) -> AutoencoderKL:
     """An ``AutoencoderKL`` from LDM-layout keys without prefix, or from diffusers-layout keys."""
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -114,11 +120,11 @@ def build_vae(
         raise ModelFileError(path, "no VAE weights (encoder.down.* or encoder.down_blocks.*)")
     with init_empty_weights(include_buffers=False):
         vae: AutoencoderKL = AutoencoderKL.from_config(config)
-    return _materialize(path, "VAE", vae, state, **placement)
+    return _materialize(path, "VAE", vae, state, placement)
 
 
 def _build_text_encoders(
-    path: Path, tf: TensorFile, family: Family, overrides: dict[str, Any], **placement: Any
+    path: Path, tf: TensorFile, family: Family, overrides: dict[str, Any], placement: Placement
 ) -> dict[str, TextEncoder]:
     encoders: dict[str, TextEncoder] = {}
     for spec in arch.TEXT_ENCODERS[family]:
@@ -129,10 +135,10 @@ def _build_text_encoders(
             state = convert.clip_to_transformers(path, tf.tensors, spec.prefix)
         cls = CLIPTextModelWithProjection if spec.with_projection else CLIPTextModel
         text_config = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
-        with init_empty_weights(include_buffers=False):
+        with init_empty_weights(include_buffers=False), no_init_weights():  # no random init of meta weights
             model = cls(text_config)
         state = convert.clip_keys_for(model, state)
-        encoders[spec.name] = _materialize(path, spec.name, model, state, **placement)
+        encoders[spec.name] = _materialize(path, spec.name, model, state, placement)
     return encoders
 
 
@@ -211,15 +217,16 @@ def load_single_file(
     tf = canonical_keys(read_tensor_file(path))
     info = identify(tf)
     overrides = arch.architecture_overrides(path, tf.metadata)
-    placement = {"device": device, "dtype": dtype}
-    unet = _build_unet(path, tf, info, overrides, **placement)
-    encoders = _build_text_encoders(path, tf, info.family, overrides, **placement)
+    placement = Placement(device, dtype, mapped=tf.mapped)
+    unet = _build_unet(path, tf, info, overrides, placement)
+    encoders = _build_text_encoders(path, tf, info.family, overrides, placement)
     if vae_path is not None:
         vae_file = read_tensor_file(vae_path)
         vae_overrides = arch.architecture_overrides(vae_path, vae_file.metadata).get("vae", {})
-        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, vae_overrides, **placement)
+        vae_placement = Placement(device, dtype, mapped=vae_file.mapped)
+        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, vae_overrides, vae_placement)
     else:
-        vae = build_vae(path, strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), **placement)
+        vae = build_vae(path, strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), placement)
     alphas = tf.tensors.get("alphas_cumprod")
     alphas = default_alphas_cumprod(info.family) if alphas is None else alphas.to(torch.float64).clone()
     return Components(
@@ -271,7 +278,8 @@ def load_diffusers_folder(
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **local).to(device)
     if vae_path is not None:
         vae_file = read_tensor_file(vae_path)
-        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, {}, device=device, dtype=dtype)
+        vae_placement = Placement(device, dtype, mapped=vae_file.mapped)
+        vae = build_vae(vae_path, strip_vae_prefix(vae_file.tensors), info, {}, vae_placement)
     else:
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **local).to(device)
     encoders: dict[str, TextEncoder] = {}

@@ -154,21 +154,25 @@ class ModelManager:
         return infos[0]
 
     # -- loading ---------------------------------------------------------------------------------------
-    def load(self, query: str | None = None, *, vae: str = VAE_AUTOMATIC) -> loader.Components:
+    def load(
+        self, query: str | CheckpointInfo | None = None, *, vae: str = VAE_AUTOMATIC
+    ) -> loader.Components:
         """Components of a checkpoint (default: the first one) with the VAE chosen as A1111's ``sd_vae``.
 
         ``vae``: ``"Automatic"`` (a ``<checkpoint stem>.vae.*`` or ``VAE/<stem>.*`` file if present, else
         the checkpoint's own), ``"None"`` (the checkpoint's own) or a VAE file name from :meth:`vaes`.
+        Hashing is separate (:meth:`entry`), so a load never waits for a multi-GB sha256.
         """
-        info = self.default_checkpoint() if query is None else self.find(query)
+        if isinstance(query, CheckpointInfo):
+            info = query
+        else:
+            info = self.default_checkpoint() if query is None else self.find(query)
         with self._lock:
             components = self._loaded.get(info.path)
             if components is None:
                 components = loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
                 self._loaded[info.path] = components
                 self._evict(self._loaded, self.settings.checkpoints_in_ram)
-                if not info.path.is_dir():
-                    self.hashes.sha256(info.path)  # A1111 hashes a checkpoint when it is loaded
             self._loaded.move_to_end(info.path)
             vae_path = self._resolve_vae(info, vae)
             if vae_path is None:
@@ -194,9 +198,10 @@ class ModelManager:
     def _load_vae(self, path: Path, base: loader.Components) -> AutoencoderKL:
         vae = self._vaes.get(path)
         if vae is None:
-            tensors = read_tensor_file(path).tensors
+            tensor_file = read_tensor_file(path)
+            placement = loader.Placement(self.device, self.dtype, mapped=tensor_file.mapped)
             vae = loader.build_vae(
-                path, loader.strip_vae_prefix(tensors), base.info, {}, device=self.device, dtype=self.dtype
+                path, loader.strip_vae_prefix(tensor_file.tensors), base.info, {}, placement
             )
             self._vaes[path] = vae
             self._evict(self._vaes, 4)
