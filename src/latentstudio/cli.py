@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,11 @@ ModelsDir = Annotated[
     typer.Option("--models-dir", help="A1111-style models root (Stable-diffusion/, VAE/, Lora/ below it)."),
 ]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Hash cache, job store and settings.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
 
 
 @app.callback()
@@ -60,6 +66,110 @@ def models_command(
         typer.echo(f"{row['title']}\t{row['family']}\t{row['prediction']}\t{row['native_size']}px")
     if failures:
         raise typer.Exit(code=1)
+
+
+@app.command("generate")
+def generate_command(  # noqa: PLR0917 - one option per generation parameter, as A1111's UI
+    prompt: Annotated[str, typer.Argument(help="The prompt (A1111 syntax).")],
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt", "-n")] = "",
+    model: Annotated[str | None, typer.Option(help="Checkpoint name, hash or path (default: first).")] = None,
+    models_dir: ModelsDir = Path("models"),
+    data_dir: DataDir = Path("data"),
+    sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'Euler a'.")] = "DPM++ 2M",
+    scheduler: Annotated[str, typer.Option(help="A1111 schedule type, e.g. Karras.")] = "Automatic",
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    seed: int = -1,
+    width: Annotated[int | None, typer.Option(help="Default: the model's native size.")] = None,
+    height: Annotated[int | None, typer.Option(help="Default: the model's native size.")] = None,
+    batch_size: int = 1,
+    n_iter: int = 1,
+    clip_skip: int = 1,
+    init_image: Annotated[Path | None, typer.Option(help="img2img: the initial image.")] = None,
+    denoising_strength: float = 0.75,
+    rng: Annotated[str, typer.Option(help="Noise source: cpu, gpu or nv.")] = "cpu",
+    output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Generate images and print the written paths (PNG with A1111 infotext)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from latentstudio.config import Settings
+    from latentstudio.models.files import ModelFileError
+    from latentstudio.models.manager import ModelManager, ModelNotFoundError
+    from latentstudio.pipeline.params import GenerationParams
+    from latentstudio.pipeline.run import ModelIdentity
+    from latentstudio.samplers.noise import RngSource
+
+    try:
+        source = RngSource(rng.upper())
+    except ValueError:
+        raise _fail(f"--rng: {rng!r} is not one of cpu, gpu, nv") from None
+    try:
+        image = Image.open(init_image).convert("RGB") if init_image is not None else None
+        params = GenerationParams(
+            prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
+            cfg_scale=cfg_scale, seed=seed, width=width or 512, height=height or 512, batch_size=batch_size,
+            n_iter=n_iter, clip_skip=clip_skip, rng=source, init_image=image,
+            denoising_strength=denoising_strength,
+        )  # fmt: skip
+        params.validate()  # before any model work
+        settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
+        manager = ModelManager(settings)
+        info = manager.default_checkpoint() if model is None else manager.find(model)
+        components = manager.load(info)
+        native = components.info.native_size
+        params = dataclasses.replace(params, width=width or native, height=height or native).resolved()
+    except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
+        raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
+    entry = manager.entry(info)
+    identity = ModelIdentity(name=info.name_for_extra, shorthash=entry.shorthash)
+    _run_and_save(components, params, identity, output)
+
+
+@app.command("png-info")
+def png_info_command(
+    file: Annotated[Path, typer.Argument(help="A PNG written by latentstudio, A1111, Forge, …")],
+    as_json: Annotated[bool, typer.Option("--json", help="The parsed parameters as JSON.")] = False,
+) -> None:
+    """Print the generation parameters stored in an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    from latentstudio import infotext
+    from latentstudio.pipeline.images import read_infotext
+
+    try:
+        with Image.open(file) as image:
+            text = read_infotext(image)
+    except (OSError, UnidentifiedImageError) as e:
+        raise _fail(f"{file}: cannot read image ({e})") from None
+    if text is None:
+        raise _fail(f"{file}: no generation parameters in this image")
+    typer.echo(json.dumps(infotext.parse(text), indent=2, ensure_ascii=False) if as_json else text)
+
+
+def _run_and_save(components: Any, params: Any, identity: Any, output: Path) -> None:
+    """Run the pipeline with a progress bar; print each written path."""
+    from tqdm import tqdm
+
+    from latentstudio.pipeline.images import save_image
+    from latentstudio.pipeline.run import NaNLatentError, StepInfo, run
+
+    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr)
+
+    def on_step(step: StepInfo) -> None:
+        bar.total = step.total
+        bar.update(step.step - bar.n)
+
+    try:
+        result = run(params, components, identity=identity, on_step=on_step)
+    except NaNLatentError as e:
+        raise _fail(str(e)) from None
+    finally:
+        bar.close()
+    folder = output / ("img2img-images" if params.is_img2img else "txt2img-images")
+    for image, text, seed in zip(result.images, result.infotexts, result.seeds, strict=True):
+        typer.echo(save_image(image, folder, seed, text))
 
 
 def main() -> None:

@@ -54,8 +54,9 @@ def tiny_spec(family: Family, *, inpainting: bool = False, width: int = 64) -> M
     """
     w = width
     vae = arch.shipped_config(family, "vae")
-    vae.update(block_out_channels=[32, 64], layers_per_block=1)
-    vae.update(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    # Four levels as in every SD VAE (8× downscale), at the narrowest width GroupNorm(32) allows.
+    vae.update(block_out_channels=[32, 32, 32, 32], layers_per_block=1)
+    vae.update(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
     unet = arch.shipped_config(family, "unet")
     unet.update(in_channels=9 if inpainting else 4, sample_size=8, layers_per_block=2)
     if family in (Family.SD1, Family.SD2):

@@ -1,0 +1,280 @@
+"""A1111 infotext (the PNG ``parameters`` chunk): :func:`format` and :func:`parse`.
+
+Layout and parsing follow reference/a1111-compat.md §2 (``create_infotext`` in ``modules/processing.py``,
+``parse_generation_parameters`` in ``modules/infotext_utils.py``, v1.10.1) with default settings: no styles
+are extracted (we have no style store), ``infotext_skip_pasting`` is ``skip_fields``, ``auto_backcompat`` is
+``backcompat`` and ``use_old_hires_fix_width_height`` is off.
+
+``format`` and ``parse`` are inverse for the texts A1111 can represent; A1111's own format loses:
+
+* whitespace at the start or end of a prompt line or a negative-prompt line (``parse`` strips each line), a
+  prompt or negative-prompt line starting with ``Negative prompt:``, empty lines before the first non-empty
+  negative-prompt line, and leading empty prompt lines (the whole text is stripped);
+* a parameter whose value equals its key (printed as the bare key, which the regex skips), an empty value
+  (A1111 reports a parse error and drops it), leading whitespace of an unquoted value and trailing whitespace
+  of the last one;
+* an unquoted value (no ``,``, ``:`` or newline) that starts and ends with ``"`` and is valid JSON: it comes
+  back JSON-decoded;
+* any value matching ``^(\\d+)x(\\d+)$`` (``$`` also matches before a final newline) becomes ``Key-1`` and
+  ``Key-2``; a last line with fewer than 3 parameters is read as prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Collection, Mapping
+from typing import TypeVar
+
+from packaging import version as pkg_version
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+InfotextValue = str | int | bool
+
+FIXED_KEYS: tuple[str, ...] = (
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+    "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
+    "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight",
+    "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr", "Init image hash", "RNG", "Tiling",
+)  # fmt: skip
+"""``create_infotext``'s fixed keys, in order (the reference's "Size (WxH)" is the key ``Size``)."""
+TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
+"""Written after the extra generation parameters."""
+
+PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+IMAGE_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+NEGATIVE_PREFIX = "Negative prompt:"
+
+# Added by parse when absent, in A1111's order. Hires resize-1/-2, Cache FP16 weight for LoRA and Emphasis
+# have their own conditions (see parse).
+_DEFAULTS_BEFORE_HIRES_FIX: tuple[tuple[str, InfotextValue], ...] = (
+    ("Hires sampler", "Use same sampler"),
+    ("Hires schedule type", "Use same scheduler"),
+    ("Hires checkpoint", "Use same checkpoint"),
+    ("Hires prompt", ""),
+    ("Hires negative prompt", ""),
+    ("Mask mode", "Inpaint masked"),
+    ("Masked content", "original"),
+    ("Inpaint area", "Whole picture"),
+    ("Masked area padding", 32),
+)
+_DEFAULTS_AFTER_HIRES_FIX: tuple[tuple[str, InfotextValue], ...] = (
+    ("RNG", "GPU"),
+    ("Schedule type", "Automatic"),
+    ("Schedule max sigma", 0),
+    ("Schedule min sigma", 0),
+    ("Schedule rho", 0),
+    ("VAE Encoder", "Full"),
+    ("VAE Decoder", "Full"),
+    ("FP8 weight", "Disable"),
+)
+
+_ATTENTION_RE = re.compile(
+    r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
+)
+_BREAK_RE = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def quote(value: T) -> T | str:
+    """A1111 ``quote``: JSON-encode (keeping non-ASCII) when ``str(value)`` has ``,``, newline or ``:``."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    """A1111 ``unquote``: JSON-decode a ``"…"`` string; anything else, or invalid JSON, is returned as is."""
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return decoded if isinstance(decoded, str) else text
+
+
+def ordered_params(fixed: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, object]:
+    """The parameters in ``create_infotext`` order, without None values.
+
+    ``fixed`` holds values for :data:`FIXED_KEYS` and :data:`TRAILING_KEYS` (missing keys are None); ``extra``
+    is ``extra_generation_params`` in insertion order. An extra key that is also a fixed key keeps the fixed
+    position and takes the extra value; Version and User always come last.
+    """
+    unknown = set(fixed) - set(FIXED_KEYS) - set(TRAILING_KEYS)
+    if unknown:
+        raise ValueError(f"fixed: unknown keys {sorted(unknown)}; allowed: {FIXED_KEYS + TRAILING_KEYS}")
+    params: dict[str, object] = {key: fixed.get(key) for key in FIXED_KEYS}
+    params.update(extra)
+    for key in TRAILING_KEYS:
+        params.pop(key, None)
+        params[key] = fixed.get(key)
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def format(prompt: str, negative_prompt: str, params: Mapping[str, object]) -> str:
+    """Infotext as ``create_infotext`` writes it: prompt, ``Negative prompt:`` line if any, parameter line.
+
+    None values are dropped, a value equal to its key prints as the bare key, anything else as
+    ``Key: quote(value)`` with Python ``str()`` (so ``7.0`` stays ``7.0``). The result is stripped.
+    """
+    line = ", ".join(
+        key if key == value else f"{key}: {quote(value)}"
+        for key, value in params.items()
+        if value is not None
+    )
+    negative = f"\n{NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}".strip()
+
+
+def _split_prompts(lines: list[str]) -> tuple[str, str]:
+    """Prompt and negative prompt from the lines before the parameter line (each line stripped)."""
+    prompt, negative, in_negative = "", "", False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        if in_negative:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    return prompt, negative
+
+
+def _parse_param_line(line: str) -> dict[str, InfotextValue]:
+    """``Key: value`` pairs of the parameter line; ``WxH`` values split into ``Key-1``/``Key-2``."""
+    res: dict[str, InfotextValue] = {}
+    for key, raw in PARAM_RE.findall(line):
+        if not raw:
+            _log.warning('Error parsing "%s: %s"', key, raw)  # A1111: IndexError caught, key dropped
+            continue
+        value = unquote(raw) if raw[0] == '"' and raw[-1] == '"' else raw
+        m = IMAGE_SIZE_RE.match(value)
+        if m is not None:
+            res[f"{key}-1"], res[f"{key}-2"] = m.group(1), m.group(2)
+        else:
+            res[key] = value
+    return res
+
+
+def _restore_old_hires_fix(res: dict[str, InfotextValue]) -> None:
+    """Legacy ``First pass size`` → Size (first pass) and Hires resize (final size), as ints."""
+    first_w, first_h = res.get("First pass size-1"), res.get("First pass size-2")
+    if first_w is None or first_h is None:
+        return
+    fw, fh = int(first_w), int(first_h)
+    width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    if fw == 0 or fh == 0:  # processing.old_hires_fix_first_pass_dimensions
+        scale = math.sqrt(512 * 512 / (width * height))
+        fw, fh = math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+    res["Size-1"], res["Size-2"] = fw, fh
+    res["Hires resize-1"], res["Hires resize-2"] = width, height
+
+
+def _parse_prompt_attention(text: str) -> list[tuple[str, float]]:
+    """A1111 ``prompt_parser.parse_prompt_attention``: ``(text, weight)`` runs; BREAK is ``("BREAK", -1)``.
+
+    Only for the Emphasis rule of :func:`parse`; the prompts package owns the prompt language.
+    """
+    res: list[tuple[str, float]] = []
+    round_brackets: list[int] = []
+    square_brackets: list[int] = []
+    closers = {")": (round_brackets, 1.1), "]": (square_brackets, 1 / 1.1)}  # open positions, multiplier
+
+    def multiply_range(start: int, multiplier: float) -> None:
+        res[start:] = [(part, w * multiplier) for part, w in res[start:]]
+
+    for m in _ATTENTION_RE.finditer(text):
+        token, weight = m.group(0), m.group(1)
+        if token.startswith("\\"):
+            res.append((token[1:], 1.0))
+        elif token in ("(", "["):
+            (round_brackets if token == "(" else square_brackets).append(len(res))
+        elif weight is not None and round_brackets:
+            multiply_range(round_brackets.pop(), float(weight))
+        elif token in closers and closers[token][0]:
+            multiply_range(closers[token][0].pop(), closers[token][1])
+        else:
+            for i, part in enumerate(_BREAK_RE.split(token)):
+                res.extend([("BREAK", -1), (part, 1.0)] if i > 0 else [(part, 1.0)])
+    for stack, multiplier in closers.values():  # unclosed brackets apply to the end: ( first, then [
+        for pos in stack:
+            multiply_range(pos, multiplier)
+    merged: list[tuple[str, float]] = []
+    for part, w in res or [("", 1.0)]:  # merge runs of identical weights
+        if merged and merged[-1][1] == w:
+            merged[-1] = (merged[-1][0] + part, w)
+        else:
+            merged.append((part, w))
+    return merged
+
+
+def uses_emphasis(*texts: str) -> bool:
+    """Whether any text has a non-1.0 attention weight other than a BREAK marker (A1111's Emphasis rule)."""
+    return any(w != 1.0 and part != "BREAK" for text in texts for part, w in _parse_prompt_attention(text))
+
+
+def _parse_version(text: InfotextValue | None) -> pkg_version.Version | None:
+    """``infotext_versions.parse_version``: ``v1.7.0-225-gabc`` → ``v1.7.0-225``; None when unparsable."""
+    if not isinstance(text, str):
+        return None
+    m = re.match(r"([^-]+-[^-]+)-.*", text)
+    try:
+        return pkg_version.parse(m.group(1) if m else text)
+    except pkg_version.InvalidVersion:
+        return None
+
+
+def _backcompat(res: dict[str, InfotextValue]) -> None:
+    """``infotext_versions.backcompat``: compatibility flags for infotexts from older versions."""
+    ver = _parse_version(res.get("Version"))
+    if ver is None:
+        return
+    if ver < pkg_version.parse("1.6.0") and "[" in str(res.get("Prompt", "")):
+        res["Old prompt editing timelines"] = True
+    if ver < pkg_version.parse("1.6.0") and res.get("Sampler", "") in ("DDIM", "PLMS"):
+        res["Pad conds v0"] = True
+    if ver < pkg_version.parse("v1.7.0-225"):
+        res["Downcast alphas_cumprod"] = True
+    if ver < pkg_version.parse("1.8.0") and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
+
+
+def parse(
+    text: str, *, skip_fields: Collection[str] = (), backcompat: bool = True
+) -> dict[str, InfotextValue]:
+    """A1111 ``parse_generation_parameters``: infotext → ``{"Prompt", "Negative prompt", key: value, …}``.
+
+    Values stay strings except the defaults (ints/bools as in A1111), the First pass size conversion (ints)
+    and the backward-compatibility flags (True). ``skip_fields`` are removed at the end.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(PARAM_RE.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative = _split_prompts(lines)
+    res = _parse_param_line(last)
+    res["Prompt"], res["Negative prompt"] = prompt, negative
+    res.setdefault("Clip skip", "1")
+    if "Hypernet" in res:
+        res["Prompt"] = f"{res['Prompt']}<hypernet:{res['Hypernet']}:{res.get('Hypernet strength', '1.0')}>"
+    if "Hires resize-1" not in res:
+        res["Hires resize-1"], res["Hires resize-2"] = 0, 0
+    for key, value in _DEFAULTS_BEFORE_HIRES_FIX:
+        res.setdefault(key, value)
+    _restore_old_hires_fix(res)
+    for key, value in _DEFAULTS_AFTER_HIRES_FIX:
+        res.setdefault(key, value)
+    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+        res["Cache FP16 weight for LoRA"] = False
+    if "Emphasis" not in res and uses_emphasis(prompt, negative):
+        res["Emphasis"] = "Original"
+    res.setdefault("Refiner switch by sampling steps", False)
+    if backcompat:
+        _backcompat(res)
+    return {key: value for key, value in res.items() if key not in skip_fields}

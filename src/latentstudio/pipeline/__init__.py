@@ -1,0 +1,1 @@
+"""GenerationParams → images: txt2img, img2img, infotext, image saving."""

@@ -1,0 +1,128 @@
+"""GenerationParams: one frozen description of a txt2img / img2img request, validated at the edge.
+
+Defaults are A1111's UI defaults (DPM++ 2M, Automatic schedule, 20 steps, CFG 7, 512×512). ``validate``
+raises :class:`ParamError` naming the field and the allowed values before any model work happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+from PIL import Image
+
+from latentstudio.samplers import SCHEDULERS, resolve_sampler
+from latentstudio.samplers.noise import RngSource, resolve_seed
+
+MAX_SIDE = 2048
+MAX_STEPS = 150
+
+
+class ParamError(ValueError):
+    """An invalid generation parameter: ``field`` names it, the message says what is allowed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class ResizeMode(IntEnum):
+    """img2img resize modes, numbered as A1111's ``resize_mode``."""
+
+    JUST_RESIZE = 0
+    CROP_AND_RESIZE = 1
+    RESIZE_AND_FILL = 2
+    LATENT_UPSCALE = 3
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything that determines the images of one request (with ``seed`` resolved by :meth:`resolved`)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    sampler: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int = 1
+    eta: float | None = None  # ancestral / SDE eta (A1111 eta_ancestral 1.0; eta_ddim 0.0 for DDIM)
+    s_noise: float = 1.0
+    rng: RngSource = RngSource.CPU
+    eta_noise_seed_delta: int = 0
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
+
+    def resolved(self) -> GenerationParams:
+        """A copy with -1 seeds replaced by recorded random ones and the sampler name split (A1111 accepts
+        ``DPM++ 2M Karras``)."""
+        self.validate()
+        sampler, scheduler = resolve_sampler(self.sampler)
+        if scheduler is not None and self.scheduler not in ("Automatic", scheduler):
+            raise ParamError("scheduler", f"{self.sampler!r} already names the schedule {scheduler!r}")
+        return dataclasses.replace(
+            self,
+            sampler=sampler,
+            scheduler=scheduler or self.scheduler,
+            seed=resolve_seed(self.seed),
+            subseed=resolve_seed(self.subseed),
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`ParamError` for the first invalid field."""
+        _check_size("width", self.width)
+        _check_size("height", self.height)
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("batch_size", self.batch_size, 1, 64)
+        _check_int("n_iter", self.n_iter, 1, 64)
+        _check_int("clip_skip", self.clip_skip, 1, 12)
+        _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
+        _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _check_float("s_noise", self.s_noise, 0.0, 10.0)
+        if self.eta is not None:
+            _check_float("eta", self.eta, 0.0, 10.0)
+        for field in ("seed", "subseed"):
+            _check_int(field, getattr(self, field), -1, 2**32 - 1)
+        for field in ("seed_resize_from_w", "seed_resize_from_h"):
+            _check_int(field, getattr(self, field), 0, MAX_SIDE)
+        try:
+            resolve_sampler(self.sampler)
+        except ValueError as e:
+            raise ParamError("sampler", str(e)) from None
+        if self.scheduler not in SCHEDULERS:
+            raise ParamError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+
+
+def _check_size(field: str, value: int) -> None:
+    _check_int(field, value, 8, MAX_SIDE)
+    if value % 8:
+        raise ParamError(field, f"{value} is not a multiple of 8")
+
+
+def _check_int(field: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ParamError(field, f"must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_float(field: str, value: object, low: float, high: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ParamError(field, f"must be a finite number in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise ParamError(field, f"must be in [{low}, {high}], got {value!r}")

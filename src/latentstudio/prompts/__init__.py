@@ -1,0 +1,1 @@
+"""The A1111 prompt language and text conditioning."""

@@ -1,0 +1,139 @@
+"""Model wrappers: a UNet that predicts ε or v becomes ``model(x, sigma) -> denoised`` (k-diffusion's
+``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``), and classifier-free guidance on top of it.
+
+The parameterisation lives here and nowhere else: c_skip, c_out, c_in and σ ↔ t. The same
+:func:`scalings` give the training targets (latentstudio.train), so sampling and training share one
+definition of the model's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from latentstudio.models.families import Prediction
+from latentstudio.samplers.schedules import sigma_to_t
+
+UNetFn = Callable[..., torch.Tensor]  # unet(x_in [B,C,H,W], t [B], **cond) -> ε or v [B,C,H,W]
+
+
+class SamplingInterrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by the denoiser when the job asked to stop; the pipeline keeps the last latent."""
+
+
+def scalings(sigma: torch.Tensor, prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c_skip, c_out, c_in)`` for σ of shape ``[B]`` (σ_data = 1, as for SD's latents).
+
+    ε: denoised = x − σ·ε(x/√(σ²+1)).  v: denoised = x/(σ²+1) − σ/√(σ²+1) · v(x/√(σ²+1)).
+    """
+    c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
+    if prediction is Prediction.V:
+        return 1.0 / (sigma**2 + 1.0), -sigma * c_in, c_in
+    return torch.ones_like(sigma), -sigma, c_in
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """``denoiser(x, sigma, **cond) -> denoised`` for a discrete-time ε- or v-prediction UNet.
+
+    ``model_sigmas``: the training σ of each of the 1000 timesteps, ascending, shape ``[1000]``.
+    ``quantize``: call the UNet at the nearest integer timestep (A1111 default off: fractional t).
+    """
+
+    unet: UNetFn
+    model_sigmas: torch.Tensor
+    prediction: Prediction
+    dtype: torch.dtype = torch.float32  # the UNet's; inputs are cast to it, outputs back to the sampler's
+    quantize: bool = False
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond: Any) -> torch.Tensor:
+        """x: ``[B,C,H,W]``; sigma: ``[B]``; returns the denoised estimate ``[B,C,H,W]``."""
+        c_skip, c_out, c_in = (s[:, None, None, None] for s in scalings(sigma, self.prediction))
+        t = sigma_to_t(sigma, self.model_sigmas, quantize=self.quantize)
+        out = self.unet((x * c_in).to(self.dtype), t.to(self.dtype), **cond).to(x.dtype)
+        return x * c_skip + out * c_out
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.model_sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.model_sigmas[-1])
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning of one prompt for a batch: ``context [B,T,D]`` plus SDXL's extras."""
+
+    context: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. text_embeds, time_ids (SDXL)
+
+    def repeat_to(self, batch: int) -> Conditioning:
+        """The same conditioning for ``batch`` images (a batch of 1 is broadcast)."""
+        if self.context.shape[0] == batch:
+            return self
+        return Conditioning(
+            self.context.expand(batch, -1, -1),
+            {k: v.expand(batch, *v.shape[1:]) for k, v in self.extra.items()},
+        )
+
+
+@dataclass(frozen=True)
+class StepControl:
+    """What a running job can ask of the sampler between steps (interrupt / skip)."""
+
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
+class CFGDenoiser:
+    """Classifier-free guidance with composable AND prompts (A1111 §5.3):
+    ``denoised = uncond + Σ_i w_i · scale · (cond_i − uncond)``.
+
+    ``conds``: ``(conditioning, weight)`` per AND-part; every conditioning has batch size B (or 1).
+    Each step runs cond and uncond in one UNet batch when their token lengths agree.
+    """
+
+    denoiser: Denoiser
+    conds: Sequence[tuple[Conditioning, float]]
+    uncond: Conditioning
+    scale: float
+    control: StepControl = StepControl()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x: ``[B,C,H,W]``, sigma: ``[B]`` → guided denoised ``[B,C,H,W]``."""
+        if self.control.should_stop():
+            raise SamplingInterrupted
+        batch = x.shape[0]
+        parts = [c.repeat_to(batch) for c, _ in self.conds]
+        if self.scale == 1.0 and len(parts) == 1:
+            return self._run([parts[0]], x, sigma)[0]
+        outs = self._run([*parts, self.uncond.repeat_to(batch)], x, sigma)
+        uncond = outs[-1]
+        result = uncond.clone()
+        for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
+            result += (cond - uncond) * (weight * self.scale)
+        return result
+
+    def _run(self, conds: list[Conditioning], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+        """Denoise ``x`` under each conditioning; equal-length contexts share one UNet call."""
+        batch = x.shape[0]
+        if len({c.context.shape[1] for c in conds}) == 1:
+            context = torch.cat([c.context for c in conds])
+            extra = {k: torch.cat([c.extra[k] for c in conds]) for k in conds[0].extra}
+            denoised = self.denoiser(
+                x.repeat(len(conds), 1, 1, 1), sigma.repeat(len(conds)), **_kw(context, extra)
+            )
+            return list(denoised.split(batch))
+        return [self.denoiser(x, sigma, **_kw(c.context, c.extra)) for c in conds]
+
+
+def _kw(context: torch.Tensor, extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"encoder_hidden_states": context}
+    if extra:
+        kwargs["added_cond_kwargs"] = extra
+    return kwargs
