@@ -1,0 +1,107 @@
+"""The console commands over a real models folder: generate, png-info, models (fresh processes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latentstudio.cli import app
+from latentstudio.models.families import Family
+from tests.conftest import MakeTiny
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "latentstudio.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workdir(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    target = root / "models" / "Stable-diffusion" / "tiny.safetensors"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(make_tiny(Family.SD1).path, target)
+    return root
+
+
+def test_generate_writes_a1111_named_pngs_and_png_info_reads_them_back(workdir: Path) -> None:
+    result = _cli(
+        "generate", "a red circle, top left", "--negative-prompt", "blurry", "--sampler", "Euler a",
+        "--steps", "4", "--seed", "42", "--width", "64", "--height", "64", "--batch-size", "2", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    paths = [Path(line) for line in result.stdout.splitlines()]
+    assert [p.name[6:] for p in paths] == ["42.png", "43.png"]
+    assert all(p.parent.parent == Path("outputs/txt2img-images") for p in paths)
+    info = _cli("png-info", str(paths[1]), "--json", cwd=workdir)
+    assert info.returncode == 0, info.stderr
+    parsed = json.loads(info.stdout)
+    assert parsed["Prompt"] == "a red circle, top left"
+    assert parsed["Negative prompt"] == "blurry"
+    assert (parsed["Seed"], parsed["Sampler"], parsed["Steps"]) == ("43", "Euler a", "4")
+    assert parsed["Model"] == "tiny"
+    assert len(parsed["Model hash"]) == 10
+    raw = _cli("png-info", str(paths[0]), cwd=workdir)
+    assert raw.stdout.startswith(
+        "a red circle, top left\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a"
+    )
+
+
+def test_generate_img2img_and_same_seed_same_pixels(workdir: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (80, 48), (10, 200, 30)).save(workdir / "init.png")
+    common = ("generate", "x", "--steps", "3", "--seed", "5", "--width", "64", "--height", "64")
+    first = _cli(*common, "--init-image", "init.png", "--denoising-strength", "0.5", cwd=workdir)
+    second = _cli(*common, "--init-image", "init.png", "--denoising-strength", "0.5", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    a, b = Path(workdir / first.stdout.strip()), Path(workdir / second.stdout.strip())
+    assert a.parent.parent.name == "img2img-images"
+    assert a != b
+    assert Image.open(a).tobytes() == Image.open(b).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--sampler", "Euler z"), "sampler: unknown"),
+        (("--scheduler", "Fast"), "scheduler: unknown"),
+        (("--width", "100"), "width: 100 is not a multiple of 8"),
+        (("--steps", "0"), "steps: must be an integer in [1, 150]"),
+        (("--cfg-scale", "nan"), "cfg_scale: must be a finite number"),
+        (("--denoising-strength", "2", "--init-image", "missing.png"), "missing.png"),
+        (("--rng", "quantum"), "--rng: 'quantum' is not one of cpu, gpu, nv"),
+        (("--model", "nope"), "unknown checkpoint 'nope'; available: tiny.safetensors"),
+    ],
+)
+def test_bad_input_is_one_clear_line_before_any_model_work(
+    workdir: Path, args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(app, ["generate", "x", *args, "--output", "bad-outputs"])
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (workdir / "bad-outputs").exists()
+
+
+def test_png_info_on_a_file_without_parameters(workdir: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(workdir / "plain.png")
+    result = CliRunner().invoke(app, ["png-info", str(workdir / "plain.png")])
+    assert result.exit_code == 1
+    assert "no generation parameters" in result.stderr
+    broken = workdir / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = CliRunner().invoke(app, ["png-info", str(broken)])
+    assert result.exit_code == 1
+    assert "cannot read image" in result.stderr

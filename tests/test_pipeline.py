@@ -1,0 +1,212 @@
+"""txt2img / img2img on a tiny SD1-layout checkpoint: parity with diffusers, determinism, seeds, infotext."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from PIL import Image
+
+from latentstudio import infotext
+from latentstudio.models import loader
+from latentstudio.models.families import Family
+from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
+from latentstudio.pipeline.run import GenerationResult, ModelIdentity, NaNLatentError, StepInfo, run
+from latentstudio.samplers import SAMPLERS
+from latentstudio.samplers.noise import ImageRNG
+from latentstudio.samplers.wrappers import StepControl
+from tests.conftest import MakeTiny
+
+IDENTITY = ModelIdentity("tiny", "0123456789")
+SCALED_LINEAR = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+@pytest.fixture(scope="module")
+def sd1(make_tiny: MakeTiny) -> loader.Components:
+    return loader.load_checkpoint(
+        make_tiny(Family.SD1, seed=5).path, device=torch.device("cpu"), dtype=torch.float32
+    )
+
+
+def _params(**kwargs: object) -> GenerationParams:
+    base: dict[str, object] = {"prompt": "a red circle", "negative_prompt": "blurry", "steps": 6, "seed": 11,
+                               "width": 64, "height": 64}  # fmt: skip
+    return GenerationParams(**{**base, **kwargs}).resolved()  # type: ignore[arg-type]
+
+
+def _pixels(result: GenerationResult) -> list[np.ndarray]:
+    return [np.asarray(image).astype(np.int16) for image in result.images]
+
+
+DIFFUSERS_EQUIVALENTS: dict[tuple[str, str], Callable[[], SchedulerMixin]] = {
+    ("Euler", "Karras"): lambda: EulerDiscreteScheduler(**SCALED_LINEAR, use_karras_sigmas=True),
+    ("DPM++ 2M", "Karras"): lambda: DPMSolverMultistepScheduler(
+        **SCALED_LINEAR, use_karras_sigmas=True, algorithm_type="dpmsolver++", final_sigmas_type="zero"
+    ),
+    # A1111's DDIM: timesteps 1, 1+1000//n, …; the last step lands on ᾱ_0 (not 1); no x0 clipping.
+    ("DDIM", "Automatic"): lambda: DDIMScheduler(
+        **SCALED_LINEAR, steps_offset=1, set_alpha_to_one=False, clip_sample=False, timestep_spacing="leading"
+    ),
+}
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), list(DIFFUSERS_EQUIVALENTS))
+def test_txt2img_equals_diffusers_pipeline(sd1: loader.Components, sampler: str, schedule: str) -> None:
+    """Same weights, prompt, seed and sampler as diffusers' StableDiffusionPipeline: max |Δpixel| ≤ 2/255."""
+    params = _params(sampler=sampler, scheduler=schedule, steps=10, cfg_scale=6.5, seed=123)
+    ours = _pixels(run(params, sd1, identity=IDENTITY))[0]
+    pipe = StableDiffusionPipeline(
+        vae=sd1.vae, text_encoder=sd1.text_encoders["text_encoder"], tokenizer=sd1.tokenizers["text_encoder"],
+        unet=sd1.unet, scheduler=DIFFUSERS_EQUIVALENTS[(sampler, schedule)](), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    noise = ImageRNG((4, 8, 8), [123]).first()  # A1111's CPU noise for seed 123, handed to diffusers
+    reference = pipe(
+        "a red circle", negative_prompt="blurry", num_inference_steps=10, guidance_scale=6.5,
+        height=64, width=64, latents=noise,
+    ).images[0]  # fmt: skip
+    assert np.abs(ours - np.asarray(reference).astype(np.int16)).max() <= 2
+
+
+def test_same_request_twice_gives_identical_pixels(sd1: loader.Components) -> None:
+    params = _params(sampler="DPM++ SDE", steps=4)
+    assert all(np.array_equal(a, b) for a, b in zip(*map(_pixels, (run(params, sd1, identity=IDENTITY),
+                                                                       run(params, sd1, identity=IDENTITY))),
+                                                      strict=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE", "DDIM"])
+def test_batch_of_four_equals_four_single_runs(sd1: loader.Components, sampler: str) -> None:
+    options = {"eta": 1.0} if sampler == "DDIM" else {}
+    batch = run(_params(sampler=sampler, batch_size=4, seed=100, **options), sd1, identity=IDENTITY)
+    assert batch.seeds == [100, 101, 102, 103]
+    for i, expected in enumerate(_pixels(batch)):
+        single = run(_params(sampler=sampler, seed=100 + i, **options), sd1, identity=IDENTITY)
+        assert np.abs(_pixels(single)[0] - expected).max() <= 1  # batched matmuls may round differently
+
+
+def test_n_iter_continues_the_seeds_and_every_image_has_its_infotext(sd1: loader.Components) -> None:
+    result = run(_params(sampler="Euler", batch_size=2, n_iter=2, seed=7), sd1, identity=IDENTITY)
+    assert result.seeds == [7, 8, 9, 10]
+    assert len(result.images) == len(result.infotexts) == 4
+    for seed, text in zip(result.seeds, result.infotexts, strict=True):
+        parsed = infotext.parse(text)
+        assert parsed["Seed"] == str(seed)
+        assert parsed["Prompt"] == "a red circle"
+        assert parsed["Negative prompt"] == "blurry"
+        assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"]) == ("6", "Euler", "Automatic")
+        assert (parsed["Size-1"], parsed["Size-2"], parsed["CFG scale"]) == ("64", "64", "7.0")
+        assert (parsed["Model"], parsed["Model hash"], parsed["RNG"]) == ("tiny", "0123456789", "CPU")
+
+
+def test_infotext_records_resolved_schedule_and_variation(sd1: loader.Components) -> None:
+    result = run(_params(sampler="DPM++ 2M", subseed=5, subseed_strength=0.3), sd1, identity=IDENTITY)
+    parsed = infotext.parse(result.infotexts[0])
+    assert parsed["Schedule type"] == "Karras"  # A1111 writes what Automatic resolved to
+    assert (parsed["Variation seed"], parsed["Variation seed strength"]) == ("5", "0.3")
+    combined = _params(sampler="DPM++ 2M Karras")
+    assert (combined.sampler, combined.scheduler) == ("DPM++ 2M", "Karras")
+
+
+def test_variation_and_seed_resize_change_the_image(sd1: loader.Components) -> None:
+    plain = _pixels(run(_params(sampler="Euler"), sd1, identity=IDENTITY))[0]
+    varied = _pixels(run(_params(sampler="Euler", subseed=3, subseed_strength=0.5), sd1, identity=IDENTITY))[
+        0
+    ]
+    resized = _pixels(
+        run(_params(sampler="Euler", seed_resize_from_w=32, seed_resize_from_h=32), sd1, identity=IDENTITY)
+    )[0]
+    assert not np.array_equal(plain, varied)
+    assert not np.array_equal(plain, resized)
+
+
+@pytest.mark.parametrize(("strength", "expected_steps"), [(0.75, 16), (0.0, 1), (0.5, 11), (1.0, 20)])
+def test_img2img_runs_a1111_step_count(sd1: loader.Components, strength: float, expected_steps: int) -> None:
+    """``t_enc = int(min(strength, 0.999)·steps)``; ``t_enc + 1`` steps run (20 at 0.75 → 16)."""
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    steps: list[StepInfo] = []
+    params = _params(sampler="Euler", steps=20, init_image=init, denoising_strength=strength)
+    result = run(params, sd1, identity=IDENTITY, on_step=steps.append)
+    assert len(steps) == expected_steps
+    assert infotext.parse(result.infotexts[0])["Denoising strength"] == str(strength)
+
+
+def test_img2img_output_follows_the_init_image(sd1: loader.Components) -> None:
+    red, blue = Image.new("RGB", (64, 64), (220, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 220))
+    params = _params(sampler="Euler", steps=10, init_image=red, denoising_strength=0.3)
+    from_red = _pixels(run(params, sd1, identity=IDENTITY))[0]
+    from_blue = _pixels(run(dataclasses.replace(params, init_image=blue), sd1, identity=IDENTITY))[0]
+    assert not np.array_equal(from_red, from_blue)  # (a random tiny VAE does not keep colours themselves)
+    txt2img = _pixels(run(dataclasses.replace(params, init_image=None), sd1, identity=IDENTITY))[0]
+    assert not np.array_equal(from_red, txt2img)
+
+
+@pytest.mark.parametrize("mode", list(ResizeMode))
+def test_img2img_resize_modes_give_the_requested_size(sd1: loader.Components, mode: ResizeMode) -> None:
+    init = Image.new("RGB", (96, 48), (200, 30, 30))
+    result = run(_params(sampler="Euler", steps=2, init_image=init, resize_mode=mode), sd1, identity=IDENTITY)
+    assert result.images[0].size == (64, 64)
+
+
+def test_interrupt_returns_the_last_latent_and_stops(sd1: loader.Components) -> None:
+    seen: list[StepInfo] = []
+    control = StepControl(should_stop=lambda: len(seen) >= 3)
+    result = run(_params(sampler="Euler", steps=10, n_iter=3), sd1, identity=IDENTITY, on_step=seen.append,
+                 control=control)  # fmt: skip
+    assert result.interrupted
+    assert len(seen) == 3
+    assert len(result.images) == 1  # the interrupted batch is still decoded; later iterations never start
+
+
+def test_every_sampler_produces_an_image(sd1: loader.Components) -> None:
+    for name in SAMPLERS:
+        result = run(_params(sampler=name, steps=3), sd1, identity=IDENTITY)
+        assert result.images[0].size == (64, 64), name
+        assert np.asarray(result.images[0]).std() > 0, name
+
+
+def test_nan_latents_are_reported_not_saved(sd1: loader.Components, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = sd1.unet.forward
+
+    def broken(*args: object, **kwargs: object) -> object:
+        out = original(*args, **kwargs)
+        out[0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(sd1.unet, "forward", broken)
+    with pytest.raises(NaNLatentError, match="NaN"):
+        run(_params(sampler="Euler"), sd1, identity=IDENTITY)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("width", 65, "not a multiple of 8"),
+        ("height", 4096, "in \\[8, 2048\\]"),
+        ("steps", 0, "in \\[1, 150\\]"),
+        ("cfg_scale", float("nan"), "finite"),
+        ("cfg_scale", float("inf"), "finite"),
+        ("denoising_strength", 1.5, "in \\[0.0, 1.0\\]"),
+        ("sampler", "Euler b", "Euler a"),
+        ("scheduler", "Fancy", "Karras"),
+        ("batch_size", 0, "batch_size"),
+        ("seed", 2**40, "seed"),
+    ],
+)
+def test_bad_parameters_name_the_field_and_the_allowed_values(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ParamError, match=message) as info:
+        GenerationParams(prompt="x", **{field: value}).validate()  # type: ignore[arg-type]
+    assert info.value.field == field
