@@ -17,10 +17,8 @@ from tests.conftest import MakeTiny
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "latentstudio.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-        check=False,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "latentstudio.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
