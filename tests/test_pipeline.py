@@ -21,7 +21,14 @@ from latentstudio import infotext
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
-from latentstudio.pipeline.run import GenerationResult, ModelIdentity, NaNLatentError, StepInfo, run
+from latentstudio.pipeline.run import (
+    GenerationResult,
+    ModelIdentity,
+    NaNLatentError,
+    StepInfo,
+    latent_preview,
+    run,
+)
 from latentstudio.samplers import SAMPLERS
 from latentstudio.samplers.noise import ImageRNG
 from latentstudio.samplers.wrappers import StepControl
@@ -167,6 +174,33 @@ def test_interrupt_returns_the_last_latent_and_stops(sd1: loader.Components) -> 
     assert result.interrupted
     assert len(seen) == 3
     assert len(result.images) == 1  # the interrupted batch is still decoded; later iterations never start
+
+
+def test_skip_ends_only_the_current_batch(sd1: loader.Components) -> None:
+    seen: list[StepInfo] = []
+    requests = [2]  # skip once, when the first batch reaches step 2
+
+    def should_skip() -> bool:
+        if requests and len(seen) == requests[0]:
+            requests.pop()
+            return True
+        return False
+
+    control = StepControl(should_skip=should_skip)
+    result = run(_params(sampler="Euler", steps=5, n_iter=2), sd1, identity=IDENTITY, on_step=seen.append,
+                 control=control)  # fmt: skip
+    assert not result.interrupted
+    assert len(result.images) == 2
+    assert [s.batch for s in seen] == [0, 0, 1, 1, 1, 1, 1]
+
+
+def test_step_callback_latents_give_cheap_previews(sd1: loader.Components) -> None:
+    seen: list[StepInfo] = []
+    run(_params(sampler="Euler", steps=3), sd1, identity=IDENTITY, on_step=seen.append)
+    assert [(s.step, s.total) for s in seen] == [(1, 3), (2, 3), (3, 3)]
+    preview = latent_preview(seen[-1].latent, Family.SD1)
+    assert preview.size == (8, 8)  # latent resolution: cheap enough for every step
+    assert preview.mode == "RGB"
 
 
 def test_every_sampler_produces_an_image(sd1: loader.Components) -> None:

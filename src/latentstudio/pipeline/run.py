@@ -204,8 +204,8 @@ def _sample(  # noqa: PLR0917 - the loop state of one batch
             out = SAMPLERS[params.sampler](
                 guided, x, sigmas, noise_sampler=noise_sampler, callback=callback, **options
             )
-    except SamplingInterrupted:
-        return last["x"], True
+    except SamplingInterrupted as signal:
+        return last["x"], not signal.skipped
     return out, False
 
 

@@ -21,7 +21,12 @@ UNetFn = Callable[..., torch.Tensor]  # unet(x_in [B,C,H,W], t [B], **cond) -> Î
 
 
 class SamplingInterrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised by the denoiser when the job asked to stop; the pipeline keeps the last latent."""
+    """Raised by the denoiser when the job asked to stop (``skipped=False``: interrupt the job) or to skip
+    the current batch (``skipped=True``); the pipeline keeps and decodes the last latent either way."""
+
+    def __init__(self, *, skipped: bool = False) -> None:
+        super().__init__("skipped" if skipped else "interrupted")
+        self.skipped = skipped
 
 
 def scalings(sigma: torch.Tensor, prediction: Prediction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,9 +89,15 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class StepControl:
-    """What a running job can ask of the sampler between steps (interrupt / skip)."""
+    """What a running job can ask of the sampler between steps (A1111's interrupt and skip).
+
+    ``should_stop``: end the job after decoding the current batch's last latent.
+    ``should_skip``: end the current batch the same way and go on with the next; it is asked once per
+    step and must return True once per skip request (the job consumes its skip flag).
+    """
 
     should_stop: Callable[[], bool] = lambda: False
+    should_skip: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class CFGDenoiser:
         """x: ``[B,C,H,W]``, sigma: ``[B]`` â†’ guided denoised ``[B,C,H,W]``."""
         if self.control.should_stop():
             raise SamplingInterrupted
+        if self.control.should_skip():
+            raise SamplingInterrupted(skipped=True)
         batch = x.shape[0]
         parts = [c.repeat_to(batch) for c, _ in self.conds]
         if self.scale == 1.0 and len(parts) == 1:
