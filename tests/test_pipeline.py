@@ -244,3 +244,44 @@ def test_bad_parameters_name_the_field_and_the_allowed_values(
     with pytest.raises(ParamError, match=message) as info:
         GenerationParams(prompt="x", **{field: value}).validate()  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_prompt_editing_switches_conditioning_during_sampling(sd1: loader.Components) -> None:
+    def image(prompt: str) -> np.ndarray:
+        return _pixels(run(_params(prompt=prompt, sampler="Euler", steps=6), sd1, identity=IDENTITY))[0]
+
+    edited = image("a [red:blue:3] circle")
+    assert not np.array_equal(edited, image("a red circle"))
+    assert not np.array_equal(edited, image("a blue circle"))
+    assert np.array_equal(
+        image("a [red:blue:10] circle"), image("a red circle")
+    )  # switch after the last step
+
+
+def test_and_parts_comments_and_unknown_networks(sd1: loader.Components) -> None:
+    plain = run(_params(prompt="a red circle", sampler="Euler"), sd1, identity=IDENTITY)
+    composed = run(
+        _params(prompt="a red circle AND a blue square:0.5", sampler="Euler"), sd1, identity=IDENTITY
+    )
+    assert not np.array_equal(_pixels(plain)[0], _pixels(composed)[0])
+    commented = run(_params(prompt="a red circle # not this", sampler="Euler"), sd1, identity=IDENTITY)
+    assert np.abs(_pixels(commented)[0] - _pixels(plain)[0]).max() <= 1  # "a red circle \n" tokenizes alike
+    tagged = run(_params(prompt="a red circle <lora:detail:0.6>", sampler="Euler"), sd1, identity=IDENTITY)
+    assert tagged.warnings == ["<lora:detail:0.6> ignored: extra networks are not supported yet"]
+    assert np.array_equal(_pixels(tagged)[0], _pixels(plain)[0])
+
+
+def test_textual_inversion_changes_the_image_and_records_its_hash(sd1: loader.Components) -> None:
+    from pathlib import Path
+
+    from latentstudio.models.embeddings import Embedding, EmbeddingDatabase
+
+    vectors = {"text_encoder": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))}
+    embedding = Embedding("shinystyle", vectors, Path("shinystyle.pt"), hash="0123456789ab")
+    database = EmbeddingDatabase.from_embeddings([embedding], {"text_encoder": 64})
+    params = _params(prompt="a shinystyle circle", sampler="Euler")
+    with_ti = run(params, sd1, identity=IDENTITY, embeddings=database)
+    without = run(params, sd1, identity=IDENTITY)
+    assert not np.array_equal(_pixels(with_ti)[0], _pixels(without)[0])
+    assert infotext.parse(with_ti.infotexts[0])["TI hashes"] == "shinystyle: 0123456789ab"
+    assert "TI hashes" not in infotext.parse(without.infotexts[0])

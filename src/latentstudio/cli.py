@@ -124,7 +124,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
     entry = manager.entry(info)
     identity = ModelIdentity(name=info.name_for_extra, shorthash=entry.shorthash)
-    _run_and_save(components, params, identity, output)
+    _run_and_save(components, params, identity, output, manager.embeddings(components))
 
 
 @app.command("png-info")
@@ -148,7 +148,7 @@ def png_info_command(
     typer.echo(json.dumps(infotext.parse(text), indent=2, ensure_ascii=False) if as_json else text)
 
 
-def _run_and_save(components: Any, params: Any, identity: Any, output: Path) -> None:
+def _run_and_save(components: Any, params: Any, identity: Any, output: Path, embeddings: Any) -> None:
     """Run the pipeline with a progress bar; print each written path."""
     from tqdm import tqdm
 
@@ -162,7 +162,7 @@ def _run_and_save(components: Any, params: Any, identity: Any, output: Path) -> 
         bar.update(step.step - bar.n)
 
     try:
-        result = run(params, components, identity=identity, on_step=on_step)
+        result = run(params, components, identity=identity, on_step=on_step, embeddings=embeddings)
     except NaNLatentError as e:
         raise _fail(str(e)) from None
     finally:

@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL
 from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
 from latentstudio.models import discovery, loader
 from latentstudio.models.discovery import CheckpointInfo, VaeInfo
+from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
 from latentstudio.models.hashes import HashCache, legacy_hash, short_hash
 
@@ -81,6 +82,7 @@ class ModelManager:
         self._vaes: OrderedDict[Path, AutoencoderKL] = OrderedDict()
         self._checkpoints: list[CheckpointInfo] | None = None
         self._vae_infos: list[VaeInfo] | None = None
+        self._embeddings: dict[tuple[tuple[str, int], ...], EmbeddingDatabase] = {}
 
     # -- discovery -------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -88,6 +90,7 @@ class ModelManager:
         with self._lock:
             self._checkpoints = None
             self._vae_infos = None
+            self._embeddings.clear()
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted."""
@@ -215,6 +218,19 @@ class ModelManager:
         while len(cache) > keep:
             cache.popitem(last=False)
         _release_memory()
+
+    def embeddings(self, components: loader.Components) -> EmbeddingDatabase:
+        """Textual inversions from the embeddings folder that fit ``components``' text encoders (cached per
+        set of encoder widths until :meth:`refresh`)."""
+        widths = {name: int(enc.config.hidden_size) for name, enc in components.text_encoders.items()}
+        key = tuple(sorted(widths.items()))
+        with self._lock:
+            database = self._embeddings.get(key)
+            if database is None:
+                folder = self.settings.resolved_embeddings_dir()
+                database = EmbeddingDatabase.load(folder, widths, hash_cache=self.hashes)
+                self._embeddings[key] = database
+            return database
 
     def loaded(self) -> list[Path]:
         """Paths of the checkpoints in RAM, least recently used first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from latentstudio import infotext
@@ -20,6 +21,7 @@ def create(  # noqa: PLR0917 - one image's facts
     subseed: int,
     schedule_label: str,
     sampler: SamplerInfo,
+    extra_params: Mapping[str, object] | None = None,
 ) -> str:
     """Prompt, ``Negative prompt: …`` and the parameter line, keys in A1111's fixed order.
 
@@ -49,7 +51,7 @@ def create(  # noqa: PLR0917 - one image's facts
         else None,
         "RNG": params.rng.value if params.rng is not RngSource.GPU else None,
     }
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = dict(extra_params or {})
     if params.sampler == "DDIM" and eta != 0:
         extra["Eta DDIM"] = eta
     elif params.sampler != "DDIM" and eta != 1.0:

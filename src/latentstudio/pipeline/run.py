@@ -6,25 +6,37 @@ Steps: check → encode → sigmas → latents → sample → decode → infotex
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from PIL import Image
 
+from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.pipeline import infotexts
 from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.resize import resize_image
-from latentstudio.prompts.conditioning import encode_prompts
+from latentstudio.prompts.chunks import EmbeddingFinder
+from latentstudio.prompts.conditioning import ConditioningCache, TextOptions, encode_prompts
+from latentstudio.prompts.parser import extract_networks, schedules, split_and, strip_comments
 from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
 from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG, all_seeds
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
-from latentstudio.samplers.wrappers import CFGDenoiser, Denoiser, SamplingInterrupted, StepControl
+from latentstudio.samplers.wrappers import (
+    CFGDenoiser,
+    Conditioning,
+    Denoiser,
+    SamplingInterrupted,
+    ScheduledConditioning,
+    StepControl,
+)
 
 
 class NaNLatentError(RuntimeError):
@@ -106,19 +118,27 @@ def run(
     identity: ModelIdentity,
     on_step: Callable[[StepInfo], None] | None = None,
     control: StepControl | None = None,
+    embeddings: EmbeddingDatabase | None = None,
+    cache: ConditioningCache | None = None,
 ) -> GenerationResult:
-    """Generate ``batch_size × n_iter`` images. ``params`` must be :meth:`GenerationParams.resolved`."""
+    """Generate ``batch_size × n_iter`` images. ``params`` must be :meth:`GenerationParams.resolved`.
+
+    ``embeddings``: textual inversions usable by name in the prompts (their hashes go to the infotext).
+    ``cache``: encoded prompts kept across jobs (the worker's); without one, each distinct text of this
+    job is still encoded once.
+    """
     # 1. check
     params.validate()
     control = control or StepControl()
     info = SAMPLER_INFO[params.sampler]
     seeds, subseeds = _batch_seeds(params)
     # 2. encode (once: every batch shares the prompts)
-    size = (params.height, params.width)
-    cond = encode_prompts(components, [params.prompt], clip_skip=params.clip_skip, size=size)
-    uncond = encode_prompts(
-        components, [params.negative_prompt], clip_skip=params.clip_skip, size=size, aesthetic_score=2.5
+    used: list[Embedding] = []
+    warnings: list[str] = []
+    conds, uncond = _conditionings(
+        components, params, embeddings, used, warnings, cache or ConditioningCache()
     )
+    extra_info = {"TI hashes": ti_hashes(used) or None}
     # 3. sigmas
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
     sigmas, _ = sigmas_for(params.sampler, params.scheduler, params.steps, model_sigmas)
@@ -133,7 +153,6 @@ def run(
         t_enc = _img2img_steps(params.steps, params.denoising_strength)
         sigmas = sigmas[len(sigmas) - t_enc - 2 :]
     denoiser = Denoiser(_unet_fn(components), model_sigmas, components.info.prediction, components.dtype)
-    guided = CFGDenoiser(denoiser, [(cond, 1.0)], uncond, params.cfg_scale, control)
     init = _init_latents(components, params) if params.is_img2img else None
     images: list[Image.Image] = []
     interrupted = False
@@ -157,7 +176,8 @@ def run(
             x = init + noise * sigmas[0]
         else:
             x = noise * ((1 + sigmas[0] ** 2).sqrt() if vp_terminal else sigmas[0])
-        # 5. sample
+        # 5. sample (a fresh guidance object per batch: its step counter drives prompt editing)
+        guided = CFGDenoiser(denoiser, conds, uncond, params.cfg_scale, control)
         noise_sampler = (
             BrownianNoiseSampler(x, sigmas, seeds[window]) if info.brownian_noise else rng.noise_sampler
         )
@@ -172,10 +192,62 @@ def run(
         if stopped:
             break
     texts = [
-        infotexts.create(params, identity, seeds[i], subseeds[i], schedule_label, info)
+        infotexts.create(params, identity, seeds[i], subseeds[i], schedule_label, info, extra_info)
         for i in range(len(images))
     ]
-    return GenerationResult(images, texts, seeds[: len(images)], subseeds[: len(images)], params, interrupted)
+    n = len(images)
+    return GenerationResult(images, texts, seeds[:n], subseeds[:n], params, interrupted, warnings)
+
+
+def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
+    components: Components,
+    params: GenerationParams,
+    database: EmbeddingDatabase | None,
+    used: list[Embedding],
+    warnings: list[str],
+    cache: ConditioningCache,
+) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning]:
+    """Positive AND-parts and the negative prompt as step schedules; each distinct text encoded once.
+
+    A1111 order: ``#`` comments, extra-network tags removed, AND split, prompt-editing schedules.
+    """
+    prompt, networks = extract_networks(strip_comments(params.prompt))
+    negative, negative_networks = extract_networks(strip_comments(params.negative_prompt))
+    for kind, entries in {**negative_networks, **networks}.items():
+        for args in entries:
+            warnings.append(f"<{kind}:{':'.join(args)}> ignored: extra networks are not supported yet")
+    options = TextOptions(clip_skip=params.clip_skip, size=(params.height, params.width))
+
+    def schedule(text: str, aesthetic: float) -> ScheduledConditioning:
+        text_options = dataclasses.replace(options, aesthetic_score=aesthetic)
+        entries = []
+        for end, part in schedules(text, params.steps):
+            encode = partial(_encode_recording, components, part, text_options, database)
+            conditioning, found = cache.get_or_encode(components, part, text_options, database, encode)
+            used.extend(e for e in found if e not in used)
+            entries.append((end, conditioning))
+        return ScheduledConditioning(tuple(entries))
+
+    conds = [(schedule(part, 6.0), weight) for part, weight in split_and(prompt)]
+    return conds, schedule(negative, 2.5)
+
+
+def _encode_recording(
+    components: Components, text: str, options: TextOptions, database: EmbeddingDatabase | None
+) -> tuple[Conditioning, tuple[Embedding, ...]]:
+    """Encode ``text`` with the database's embeddings, noting each one found (for ``TI hashes``)."""
+    used: list[Embedding] = []
+
+    def find(tokens: Sequence[int], offset: int) -> tuple[Embedding | None, int]:
+        embedding, span = database.find_at(tokens, offset) if database is not None else (None, 0)
+        if embedding is not None and embedding not in used:
+            used.append(embedding)
+        return embedding, span
+
+    def finder(_name: str) -> EmbeddingFinder:
+        return find  # the CLIP vocabulary is shared: one lookup serves every encoder
+
+    return encode_prompts(components, [text], options, finder), tuple(used)
 
 
 def _sample(  # noqa: PLR0917 - the loop state of one batch

@@ -8,6 +8,7 @@ definition of the model's output.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,19 +102,41 @@ class StepControl:
 
 
 @dataclass(frozen=True)
+class ScheduledConditioning:
+    """A prompt's conditioning over the sampling run (prompt editing / alternation):
+    ``entries[i] = (end_at_step, conditioning)``, sorted by step."""
+
+    entries: tuple[tuple[int, Conditioning], ...]
+
+    @classmethod
+    def constant(cls, conditioning: Conditioning) -> ScheduledConditioning:
+        return cls(((1 << 30, conditioning),))
+
+    def at(self, step: int) -> Conditioning:
+        """A1111 ``reconstruct_cond_batch``: the first entry whose end step is ≥ ``step``."""
+        for end, conditioning in self.entries:
+            if step <= end:
+                return conditioning
+        return self.entries[-1][1]
+
+
+@dataclass(frozen=True)
 class CFGDenoiser:
     """Classifier-free guidance with composable AND prompts (A1111 §5.3):
     ``denoised = uncond + Σ_i w_i · scale · (cond_i − uncond)``.
 
     ``conds``: ``(conditioning, weight)`` per AND-part; every conditioning has batch size B (or 1).
-    Each step runs cond and uncond in one UNet batch when their token lengths agree.
+    Each step runs cond and uncond in one UNet batch when their token lengths agree. The step that picks a
+    scheduled conditioning counts model calls, as A1111's ``CFGDenoiser.step`` does (so a second-order
+    sampler advances it twice per step); the counter lives in this per-job object, not in the sampler.
     """
 
     denoiser: Denoiser
-    conds: Sequence[tuple[Conditioning, float]]
-    uncond: Conditioning
+    conds: Sequence[tuple[ScheduledConditioning, float]]
+    uncond: ScheduledConditioning
     scale: float
     control: StepControl = StepControl()
+    _calls: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x: ``[B,C,H,W]``, sigma: ``[B]`` → guided denoised ``[B,C,H,W]``."""
@@ -121,11 +144,12 @@ class CFGDenoiser:
             raise SamplingInterrupted
         if self.control.should_skip():
             raise SamplingInterrupted(skipped=True)
+        step = next(self._calls)
         batch = x.shape[0]
-        parts = [c.repeat_to(batch) for c, _ in self.conds]
+        parts = [c.at(step).repeat_to(batch) for c, _ in self.conds]
         if self.scale == 1.0 and len(parts) == 1:
             return self._run([parts[0]], x, sigma)[0]
-        outs = self._run([*parts, self.uncond.repeat_to(batch)], x, sigma)
+        outs = self._run([*parts, self.uncond.at(step).repeat_to(batch)], x, sigma)
         uncond = outs[-1]
         result = uncond.clone()
         for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
