@@ -121,3 +121,48 @@ def test_embedding_vectors_replace_exactly_their_positions(models: dict[Family, 
     without = encode_prompts(components, ["a mystyle cat"]).context[0]
     assert torch.allclose(with_emb[:2], without[:2], atol=1e-6)  # causal attention: earlier tokens unchanged
     assert not torch.allclose(with_emb[2:4], without[2:4])
+
+
+def _hidden(components: loader.Components, name: str, text: str) -> tuple[torch.Tensor, ...]:
+    """All hidden states of one encoder for a short prompt, tokenized the plain transformers way."""
+    tokenizer = components.tokenizers[name]
+    ids = tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:  # OpenCLIP pads with "!" after the EOS
+        first_eos = int((ids[0] == tokenizer.eos_token_id).nonzero()[0])
+        ids[0, first_eos + 1 :] = tokenizer.pad_token_id
+    with torch.inference_mode():
+        out = components.text_encoders[name](ids, output_hidden_states=True)
+    return (*out.hidden_states, getattr(out, "text_embeds", None))
+
+
+def test_clip_skip_takes_the_normed_hidden_state_on_sd1(models: dict[Family, loader.Components]) -> None:
+    components = models[Family.SD1]
+    *hidden, _ = _hidden(components, "text_encoder", "a red circle")
+    norm = components.text_encoders["text_encoder"].final_layer_norm
+    for skip in (2, 3):
+        got = encode_prompts(components, ["a red circle"], TextOptions(clip_skip=skip)).context
+        with torch.inference_mode():
+            assert torch.allclose(got, norm(hidden[-skip]), atol=1e-6)
+    assert not torch.allclose(got, encode_prompts(components, ["a red circle"]).context, atol=1e-3)
+
+
+def test_sd2_and_sdxl_take_the_penultimate_layer_and_ignore_clip_skip(
+    models: dict[Family, loader.Components],
+) -> None:
+    sd2 = models[Family.SD2]
+    *hidden, _ = _hidden(sd2, "text_encoder", "a red circle")
+    with torch.inference_mode():
+        expected = sd2.text_encoders["text_encoder"].final_layer_norm(hidden[-2])
+    for skip in (1, 2):
+        assert torch.allclose(
+            encode_prompts(sd2, ["a red circle"], TextOptions(clip_skip=skip)).context, expected
+        )
+
+    sdxl = models[Family.SDXL]
+    *hidden_l, _ = _hidden(sdxl, "text_encoder", "a red circle")
+    *hidden_g, pooled = _hidden(sdxl, "text_encoder_2", "a red circle")
+    for skip in (1, 2):
+        got = encode_prompts(sdxl, ["a red circle"], TextOptions(clip_skip=skip))
+        assert torch.allclose(got.context, torch.cat([hidden_l[-2], hidden_g[-2]], dim=-1), atol=1e-6)
+        assert torch.allclose(got.extra["text_embeds"], pooled, atol=1e-6)
+        assert got.context.shape[-1] == hidden_l[-2].shape[-1] + hidden_g[-2].shape[-1]

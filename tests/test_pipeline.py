@@ -236,13 +236,18 @@ def test_nan_latents_are_reported_not_saved(sd1: loader.Components, monkeypatch:
         ("scheduler", "Fancy", "Karras"),
         ("batch_size", 0, "batch_size"),
         ("seed", 2**40, "seed"),
+        ("prompt", "a (b:1.2.3)", "invalid emphasis weight '1.2.3'"),
+        ("prompt", "a <lora:x:abc>", "'abc' is not a valid float"),
+        ("prompt", "x " * 50_001, "the limit is 100000"),
+        ("negative_prompt", "a\ud800b", "lone surrogate at position 1"),
+        ("emphasis", "Strong", "allowed: Original, No norm, Ignore, None"),
     ],
 )
 def test_bad_parameters_name_the_field_and_the_allowed_values(
     field: str, value: object, message: str
 ) -> None:
     with pytest.raises(ParamError, match=message) as info:
-        GenerationParams(prompt="x", **{field: value}).validate()  # type: ignore[arg-type]
+        GenerationParams(**{"prompt": "x", field: value}).validate()  # type: ignore[arg-type]
     assert info.value.field == field
 
 
@@ -253,9 +258,8 @@ def test_prompt_editing_switches_conditioning_during_sampling(sd1: loader.Compon
     edited = image("a [red:blue:3] circle")
     assert not np.array_equal(edited, image("a red circle"))
     assert not np.array_equal(edited, image("a blue circle"))
-    assert np.array_equal(
-        image("a [red:blue:10] circle"), image("a red circle")
-    )  # switch after the last step
+    after_the_last_step = image("a [red:blue:10] circle")
+    assert np.array_equal(after_the_last_step, image("a red circle"))
 
 
 def test_and_parts_comments_and_unknown_networks(sd1: loader.Components) -> None:
@@ -285,3 +289,27 @@ def test_textual_inversion_changes_the_image_and_records_its_hash(sd1: loader.Co
     assert not np.array_equal(_pixels(with_ti)[0], _pixels(without)[0])
     assert infotext.parse(with_ti.infotexts[0])["TI hashes"] == "shinystyle: 0123456789ab"
     assert "TI hashes" not in infotext.parse(without.infotexts[0])
+
+
+def test_text_options_reach_the_image_and_the_infotext(sd1: loader.Components) -> None:
+    def generate(**kw: object) -> tuple[np.ndarray, str]:
+        result = run(_params(sampler="Euler", **kw), sd1, identity=IDENTITY)
+        return _pixels(result)[0], result.infotexts[0].splitlines()[-1]  # the parameter line
+
+    base, line = generate(prompt="a (red:1.6) circle")
+    for key in ("Emphasis:", "Pad conds:", "Old prompt editing timelines:"):
+        assert key not in line
+    no_norm, line = generate(prompt="a (red:1.6) circle", emphasis="No norm")
+    assert not np.array_equal(no_norm, base)
+    assert "Emphasis: No norm" in line
+    _, line = generate(prompt="a red circle", emphasis="No norm")  # no brackets: A1111 omits the key
+    assert "Emphasis:" not in line
+
+    long = ", ".join(["a red circle"] * 30)  # two chunks against a one-chunk negative prompt
+    unpadded, line = generate(prompt=long)
+    assert "Pad conds:" not in line
+    padded, line = generate(prompt=long, pad_conds=True)
+    assert "Pad conds: True" in line
+    assert not np.array_equal(padded, unpadded)
+    _, line = generate(prompt="a [red:blue:0.5] circle", old_prompt_editing=True)
+    assert "Old prompt editing timelines: True" in line

@@ -30,6 +30,8 @@ from typing import TypeVar
 
 from packaging import version as pkg_version
 
+from latentstudio.prompts.parser import PromptError, parse_attention
+
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -72,11 +74,6 @@ _DEFAULTS_AFTER_HIRES_FIX: tuple[tuple[str, InfotextValue], ...] = (
     ("VAE Decoder", "Full"),
     ("FP8 weight", "Disable"),
 )
-
-_ATTENTION_RE = re.compile(
-    r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
-)
-_BREAK_RE = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
 def quote(value: T) -> T | str:
@@ -176,47 +173,13 @@ def _restore_old_hires_fix(res: dict[str, InfotextValue]) -> None:
     res["Hires resize-1"], res["Hires resize-2"] = width, height
 
 
-def _parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """A1111 ``prompt_parser.parse_prompt_attention``: ``(text, weight)`` runs; BREAK is ``("BREAK", -1)``.
-
-    Only for the Emphasis rule of :func:`parse`; the prompts package owns the prompt language.
-    """
-    res: list[tuple[str, float]] = []
-    round_brackets: list[int] = []
-    square_brackets: list[int] = []
-    closers = {")": (round_brackets, 1.1), "]": (square_brackets, 1 / 1.1)}  # open positions, multiplier
-
-    def multiply_range(start: int, multiplier: float) -> None:
-        res[start:] = [(part, w * multiplier) for part, w in res[start:]]
-
-    for m in _ATTENTION_RE.finditer(text):
-        token, weight = m.group(0), m.group(1)
-        if token.startswith("\\"):
-            res.append((token[1:], 1.0))
-        elif token in ("(", "["):
-            (round_brackets if token == "(" else square_brackets).append(len(res))
-        elif weight is not None and round_brackets:
-            multiply_range(round_brackets.pop(), float(weight))
-        elif token in closers and closers[token][0]:
-            multiply_range(closers[token][0].pop(), closers[token][1])
-        else:
-            for i, part in enumerate(_BREAK_RE.split(token)):
-                res.extend([("BREAK", -1), (part, 1.0)] if i > 0 else [(part, 1.0)])
-    for stack, multiplier in closers.values():  # unclosed brackets apply to the end: ( first, then [
-        for pos in stack:
-            multiply_range(pos, multiplier)
-    merged: list[tuple[str, float]] = []
-    for part, w in res or [("", 1.0)]:  # merge runs of identical weights
-        if merged and merged[-1][1] == w:
-            merged[-1] = (merged[-1][0] + part, w)
-        else:
-            merged.append((part, w))
-    return merged
-
-
 def uses_emphasis(*texts: str) -> bool:
     """Whether any text has a non-1.0 attention weight other than a BREAK marker (A1111's Emphasis rule)."""
-    return any(w != 1.0 and part != "BREAK" for text in texts for part, w in _parse_prompt_attention(text))
+    try:
+        parsed = [parse_attention(text) for text in texts]
+    except PromptError:  # a prompt over the parser's limits: A1111 would not have emphasis off for it either
+        return True
+    return any(w != 1.0 and part != "BREAK" for runs in parsed for part, w in runs)
 
 
 def _parse_version(text: InfotextValue | None) -> pkg_version.Version | None:

@@ -13,11 +13,13 @@ from enum import IntEnum
 
 from PIL import Image
 
+from latentstudio.prompts.parser import PromptError, check_prompt
 from latentstudio.samplers import SCHEDULERS, resolve_sampler
 from latentstudio.samplers.noise import RngSource, resolve_seed
 
 MAX_SIDE = 2048
 MAX_STEPS = 150
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # prompts.conditioning.Emphasis values
 
 
 class ParamError(ValueError):
@@ -64,6 +66,10 @@ class GenerationParams:
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    emphasis: str = "Original"  # A1111 emphasis option: Original, No norm, Ignore, None
+    old_prompt_editing: bool = False  # A1111 use_old_scheduling ("Old prompt editing timelines")
+    pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
+    pad_conds_v0: bool = False  # A1111 pad_cond_uncond_v0: pad by repeating the last vector (pre-1.6)
 
     @property
     def is_img2img(self) -> bool:
@@ -106,6 +112,18 @@ class GenerationParams:
             resolve_sampler(self.sampler)
         except ValueError as e:
             raise ParamError("sampler", str(e)) from None
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(self, field)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON "\ud800" decodes to a lone surrogate: no PNG can hold it
+                raise ParamError(field, f"a lone surrogate at position {e.start} is not Unicode") from None
+            try:
+                check_prompt(text, self.steps)
+            except PromptError as e:
+                raise ParamError(field, str(e)) from None
+        if self.emphasis not in EMPHASIS_MODES:
+            raise ParamError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise ParamError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 

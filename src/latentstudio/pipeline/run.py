@@ -24,7 +24,7 @@ from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.resize import resize_image
 from latentstudio.prompts.chunks import EmbeddingFinder
-from latentstudio.prompts.conditioning import ConditioningCache, TextOptions, encode_prompts
+from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
 from latentstudio.prompts.parser import extract_networks, schedules, split_and, strip_comments
 from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
 from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG, all_seeds
@@ -135,10 +135,18 @@ def run(
     # 2. encode (once: every batch shares the prompts)
     used: list[Embedding] = []
     warnings: list[str] = []
-    conds, uncond = _conditionings(
+    conds, uncond, texts = _conditionings(
         components, params, embeddings, used, warnings, cache or ConditioningCache()
     )
-    extra_info = {"TI hashes": ti_hashes(used) or None}
+    extra_info: dict[str, object] = {
+        "Old prompt editing timelines": params.old_prompt_editing or None,
+        "TI hashes": ti_hashes(used) or None,
+        # A1111 names a non-default emphasis mode only when a prompt has brackets it could apply to
+        "Emphasis": params.emphasis
+        if params.emphasis != "Original" and any(c in t for t in texts for c in "([")
+        else None,
+    }
+    pad_empty = encode_prompts(components, [""], _text_options(params)).context if params.pad_conds else None
     # 3. sigmas
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
     sigmas, _ = sigmas_for(params.sampler, params.scheduler, params.steps, model_sigmas)
@@ -177,7 +185,9 @@ def run(
         else:
             x = noise * ((1 + sigmas[0] ** 2).sqrt() if vp_terminal else sigmas[0])
         # 5. sample (a fresh guidance object per batch: its step counter drives prompt editing)
-        guided = CFGDenoiser(denoiser, conds, uncond, params.cfg_scale, control)
+        guided = CFGDenoiser(
+            denoiser, conds, uncond, params.cfg_scale, control, pad_empty, pad_last=params.pad_conds_v0
+        )
         noise_sampler = (
             BrownianNoiseSampler(x, sigmas, seeds[window]) if info.brownian_noise else rng.noise_sampler
         )
@@ -185,6 +195,7 @@ def run(
         if vp_terminal:
             latents = latents / (1 + sigmas[-1] ** 2).sqrt()
         interrupted = interrupted or stopped
+        extra_info.update(dict.fromkeys(sorted(guided.padded), True))
         if not torch.isfinite(latents).all():
             raise NaNLatentError("sampling produced NaN latents (try fp32 or another sampler); nothing saved")
         # 6. decode
@@ -206,8 +217,9 @@ def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
     used: list[Embedding],
     warnings: list[str],
     cache: ConditioningCache,
-) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning]:
-    """Positive AND-parts and the negative prompt as step schedules; each distinct text encoded once.
+) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning, list[str]]:
+    """Positive AND-parts and the negative prompt as step schedules (each distinct text encoded once), and
+    the texts that were encoded.
 
     A1111 order: ``#`` comments, extra-network tags removed, AND split, prompt-editing schedules.
     """
@@ -216,20 +228,27 @@ def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
     for kind, entries in {**negative_networks, **networks}.items():
         for args in entries:
             warnings.append(f"<{kind}:{':'.join(args)}> ignored: extra networks are not supported yet")
-    options = TextOptions(clip_skip=params.clip_skip, size=(params.height, params.width))
+    options = _text_options(params)
 
     def schedule(text: str, aesthetic: float) -> ScheduledConditioning:
         text_options = dataclasses.replace(options, aesthetic_score=aesthetic)
         entries = []
-        for end, part in schedules(text, params.steps):
+        for end, part in schedules(text, params.steps, old_scheduling=params.old_prompt_editing):
             encode = partial(_encode_recording, components, part, text_options, database)
             conditioning, found = cache.get_or_encode(components, part, text_options, database, encode)
             used.extend(e for e in found if e not in used)
             entries.append((end, conditioning))
+            texts.append(part)
         return ScheduledConditioning(tuple(entries))
 
+    texts: list[str] = []
     conds = [(schedule(part, 6.0), weight) for part, weight in split_and(prompt)]
-    return conds, schedule(negative, 2.5)
+    return conds, schedule(negative, 2.5), texts
+
+
+def _text_options(params: GenerationParams) -> TextOptions:
+    emphasis = Emphasis(params.emphasis)
+    return TextOptions(clip_skip=params.clip_skip, emphasis=emphasis, size=(params.height, params.width))
 
 
 def _encode_recording(

@@ -176,7 +176,12 @@ def _penultimate_is_last(components: Components, name: str) -> bool:
 def encode_tokens(
     components: Components, name: str, ids: torch.Tensor, clip_skip: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hidden states ``[B, T, D]`` (and pooled ``[B, P]`` for projection models) of one encoder."""
+    """Hidden states ``[B, T, D]`` (and pooled ``[B, P]`` for projection models) of one encoder.
+
+    ``clip_skip`` (A1111's ``CLIP_stop_at_last_layers``) applies to SD1 only, as in A1111: SD2 always takes
+    OpenCLIP's penultimate layer (then ``ln_final``), and SDXL the penultimate layer of both encoders
+    without a final norm (A1111 ignores the setting there unless ``sdxl_clip_l_skip`` is on).
+    """
     encoder = components.text_encoders[name]
     family = components.info.family
     out = encoder(ids.to(components.device), output_hidden_states=True)
@@ -185,10 +190,9 @@ def encode_tokens(
     text_model = getattr(encoder, "text_model", encoder)  # transformers 5: CLIPTextModel has no wrapper
     final_norm = cast(Callable[[torch.Tensor], torch.Tensor], text_model.final_layer_norm)
     if family in (Family.SDXL, Family.SDXL_REFINER):
-        return hidden[-1 - clip_skip], pooled
+        return hidden[-2], pooled
     if family is Family.SD2:
-        index = -clip_skip if _penultimate_is_last(components, name) else -1 - clip_skip
-        return final_norm(hidden[index]), pooled
+        return final_norm(hidden[-1 if _penultimate_is_last(components, name) else -2]), pooled
     if clip_skip <= 1:
         return out.last_hidden_state, pooled
     return final_norm(hidden[-clip_skip]), pooled

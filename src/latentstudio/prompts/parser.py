@@ -566,3 +566,18 @@ def strip_comments(prompt: str) -> str:
     """
     _check_length(prompt)
     return _COMMENT_RE.sub("\n", _COMMENT_LINE_RE.sub("\n", prompt))
+
+
+def check_prompt(prompt: str, steps: int) -> None:
+    """Parse ``prompt`` the way a job will (comments, network tags, AND, editing, attention) so that a bad
+    prompt fails at the edge, before any model work.
+
+    Raises:
+        PromptError: the first problem found, e.g. an emphasis weight ``1.2.3`` or a non-finite multiplier.
+    """
+    text, networks = extract_networks(strip_comments(prompt))
+    lora_tags(networks)
+    hypernet_tags(networks)
+    for part, _ in split_and(text):
+        for _, scheduled in schedules(part, steps):
+            parse_attention(scheduled)

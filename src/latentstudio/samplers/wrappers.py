@@ -126,9 +126,15 @@ class CFGDenoiser:
     ``denoised = uncond + Σ_i w_i · scale · (cond_i − uncond)``.
 
     ``conds``: ``(conditioning, weight)`` per AND-part; every conditioning has batch size B (or 1).
-    Each step runs cond and uncond in one UNet batch when their token lengths agree. The step that picks a
-    scheduled conditioning counts model calls, as A1111's ``CFGDenoiser.step`` does (so a second-order
-    sampler advances it twice per step); the counter lives in this per-job object, not in the sampler.
+    Token lengths as A1111: AND-parts of different lengths are padded to the longest by repeating their
+    last vector (``stack_conds``); when cond and uncond still differ, ``pad_last`` (A1111 "Pad conds v0")
+    pads the shorter one the same way, ``pad_empty`` (the empty prompt's context ``[1, 77, D]``, A1111
+    "Pad conds") appends empty-prompt chunks, and otherwise they run as two UNet calls (A1111's default).
+    Equal lengths share one UNet batch. ``padded`` records which padding happened (for the infotext).
+
+    The step that picks a scheduled conditioning counts model calls, as A1111's ``CFGDenoiser.step`` does
+    (so a second-order sampler advances it twice per step); the counter lives in this per-job object, not
+    in the sampler.
     """
 
     denoiser: Denoiser
@@ -136,6 +142,9 @@ class CFGDenoiser:
     uncond: ScheduledConditioning
     scale: float
     control: StepControl = StepControl()
+    pad_empty: torch.Tensor | None = None
+    pad_last: bool = False
+    padded: set[str] = field(default_factory=set)
     _calls: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -147,26 +156,55 @@ class CFGDenoiser:
         step = next(self._calls)
         batch = x.shape[0]
         parts = [c.at(step).repeat_to(batch) for c, _ in self.conds]
+        length = max(p.context.shape[1] for p in parts)
+        parts = [_pad(p, length, None) for p in parts]
         if self.scale == 1.0 and len(parts) == 1:
             return self._run([parts[0]], x, sigma)[0]
-        outs = self._run([*parts, self.uncond.at(step).repeat_to(batch)], x, sigma)
-        uncond = outs[-1]
-        result = uncond.clone()
+        uncond = self.uncond.at(step).repeat_to(batch)
+        parts, uncond = self._pad_cond_uncond(parts, uncond)
+        outs = self._run([*parts, uncond], x, sigma)
+        result = outs[-1].clone()
         for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
-            result += (cond - uncond) * (weight * self.scale)
+            result += (cond - outs[-1]) * (weight * self.scale)
         return result
 
+    def _pad_cond_uncond(
+        self, parts: list[Conditioning], uncond: Conditioning
+    ) -> tuple[list[Conditioning], Conditioning]:
+        """A1111's optional cond/uncond padding to one token length (``parts`` share one length)."""
+        length, other = parts[0].context.shape[1], uncond.context.shape[1]
+        if length == other or not (self.pad_last or self.pad_empty is not None):
+            return parts, uncond
+        longest = max(length, other)
+        empty = None if self.pad_last else self.pad_empty
+        self.padded.add("Pad conds v0" if self.pad_last else "Pad conds")
+        return [_pad(p, longest, empty) for p in parts], _pad(uncond, longest, empty)
+
     def _run(self, conds: list[Conditioning], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
-        """Denoise ``x`` under each conditioning; equal-length contexts share one UNet call."""
-        batch = x.shape[0]
-        if len({c.context.shape[1] for c in conds}) == 1:
-            context = torch.cat([c.context for c in conds])
-            extra = {k: torch.cat([c.extra[k] for c in conds]) for k in conds[0].extra}
-            denoised = self.denoiser(
-                x.repeat(len(conds), 1, 1, 1), sigma.repeat(len(conds)), **_kw(context, extra)
-            )
-            return list(denoised.split(batch))
-        return [self.denoiser(x, sigma, **_kw(c.context, c.extra)) for c in conds]
+        """Denoise ``x`` under each conditioning; runs of equal-length contexts share one UNet call."""
+        batch, outs = x.shape[0], []
+        for _, group_iter in itertools.groupby(conds, key=lambda c: c.context.shape[1]):
+            group = list(group_iter)
+            context = torch.cat([c.context for c in group])
+            extra = {k: torch.cat([c.extra[k] for c in group]) for k in group[0].extra}
+            n = len(group)
+            denoised = self.denoiser(x.repeat(n, 1, 1, 1), sigma.repeat(n), **_kw(context, extra))
+            outs.extend(denoised.split(batch))
+        return outs
+
+
+def _pad(conditioning: Conditioning, length: int, empty: torch.Tensor | None) -> Conditioning:
+    """``context [B, T, D]`` → ``[B, length, D]``: repeat the last vector (``empty`` None, A1111
+    ``stack_conds``) or append copies of the empty prompt's ``[1, 77, D]`` (A1111 ``pad_cond``)."""
+    context = conditioning.context
+    missing = length - context.shape[1]
+    if missing <= 0:
+        return conditioning
+    if empty is None:
+        filler = context[:, -1:].expand(-1, missing, -1)
+    else:
+        filler = empty.to(context).repeat(context.shape[0], missing // empty.shape[1], 1)
+    return Conditioning(torch.cat([context, filler], dim=1), conditioning.extra)
 
 
 def _kw(context: torch.Tensor, extra: dict[str, torch.Tensor]) -> dict[str, Any]:
