@@ -95,3 +95,31 @@ def test_embeddings_become_placeholders_and_are_never_split() -> None:
     assert len(chunks) == 2  # 73 + 4 > 75: the chunk closes before the embedding
     assert chunks[1].fixes == [(0, emb)]
     assert chunks[0].tokens[74:76] == [2, 2]
+
+
+def test_comma_backtrack_boundary_is_twenty_by_default() -> None:
+    """§3.5: backtrack when ``75 − last_comma_index ≤ 20`` (the default), and only then."""
+    at_limit = f"{_text(55)} , {_text(30, 100)}"  # comma at index 55: 75 − 55 = 20
+    chunks, _ = tokenize_line([(at_limit, 1.0)], _words, special=SPECIAL)
+    assert chunks[0].tokens[56] == 3
+    assert chunks[0].tokens[57:76] == [2] * 19
+    assert chunks[1].tokens[1:20] == list(range(100, 119))
+    past_limit = f"{_text(54)} , {_text(30, 100)}"  # comma at index 54: 75 − 54 = 21, no backtrack
+    chunks, _ = tokenize_line([(past_limit, 1.0)], _words, special=SPECIAL)
+    assert chunks[0].tokens[55] == 3
+    assert chunks[0].tokens[56:76] == list(range(100, 120))
+
+
+def test_weighted_break_is_a_literal_word_and_bos_eos_keep_weight_one() -> None:
+    """§3.2/§3.5: only weight exactly −1 breaks; ``(a BREAK b:1.5)`` gives BREAK at −1.5, encoded as text."""
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return [[99 if w == "BREAK" else int(w[1:]) for w in t.split()] for t in texts]
+
+    parsed = [("w10", 1.5), ("BREAK", -1.5), ("w11", 1.5)]
+    chunks, count = tokenize_line(parsed, tokenize, special=SPECIAL)
+    assert len(chunks) == 1
+    assert count == 3
+    assert chunks[0].tokens[:5] == [1, 10, 99, 11, 2]
+    assert chunks[0].multipliers[:5] == [1.0, 1.5, -1.5, 1.5, 1.0]
+    assert chunks[0].multipliers[76] == 1.0

@@ -277,6 +277,28 @@ def test_and_vectors(prompt: str, expected: list[tuple[str, float]]) -> None:
     assert split_and(prompt) == expected
 
 
+@pytest.mark.parametrize(
+    ("prompt", "indexes", "flat"),
+    [
+        # reference/a1111-compat.md §3.3 table: get_multicond_prompt_list → indexes and flat list
+        ("a AND b", [(0, 1.0), (1, 1.0)], ["a", " b"]),
+        ("a:1.2 AND b :0.5", [(0, 1.2), (1, 0.5)], ["a", " b"]),
+        ("a AND b:-1", [(0, 1.0), (1, -1.0)], None),  # the reference gives no flat list
+        ("cat AND dog:2.5 AND bird", [(0, 1.0), (1, 2.5), (2, 1.0)], ["cat", " dog", " bird"]),
+        ("cats ANDY dogs", [(0, 1.0)], None),  # "single part"
+        ("(x:1.3) AND y", [(0, 1.0), (1, 1.0)], ["(x:1.3)", " y"]),
+    ],
+)
+def test_multicond_reference_table(
+    prompt: str, indexes: list[tuple[int, float]], flat: list[str] | None
+) -> None:
+    batch, texts = multicond_prompt_list([prompt])
+    assert batch == [indexes]
+    assert len(texts) == len(indexes)
+    if flat is not None:
+        assert texts == flat
+
+
 def test_multicond_prompt_list_deduplicates() -> None:
     assert multicond_prompt_list(["a AND b", "b AND a:2", " b"]) == (
         [[(0, 1.0), (1, 1.0)], [(2, 1.0), (3, 2.0)], [(1, 1.0)]],
