@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     dtype: DtypeName = "auto"
     checkpoints_in_ram: int = Field(
         default=2, ge=1, le=16, description="How many loaded checkpoints the model manager keeps."
+    )
+    # -- server (latentstudio serve) --
+    max_queue: int = Field(default=100, ge=1, le=100_000, description="Queued jobs before 429.")
+    preview_every: int = Field(
+        default=5, ge=0, le=1000, description="Step events carry a small preview every N steps (0: never)."
+    )
+    max_side: int = Field(default=2048, ge=64, le=2048, description="Largest width/height a request may ask.")
+    max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, le=89_478_485, description="Largest decoded input image (pixels)."
+    )
+    api_auth: SecretStr | None = Field(
+        default=None, description="HTTP Basic credentials 'user:pass[,user2:pass2]' required on every route."
+    )
+    cors_allow_origins: tuple[str, ...] = Field(
+        default=(), description="Origins allowed by CORS (none: no CORS headers at all)."
     )
 
     def resolved_embeddings_dir(self) -> Path:

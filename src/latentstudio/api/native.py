@@ -1,0 +1,208 @@
+"""The native job API, ``/api/v1``: submit, watch, cancel and page through jobs, fetch images by id, and
+stream events (Server-Sent Events).
+
+Handlers are plain ``def`` (FastAPI runs them in its thread pool), so store reads never block the
+event loop; only the event stream is ``async``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from latentstudio.api.errors import InputError
+from latentstudio.api.imageio import decode_image
+from latentstudio.api.schemas import (
+    ImageView,
+    Img2ImgJob,
+    JobCreated,
+    JobPage,
+    JobParameters,
+    JobRequest,
+    JobView,
+)
+from latentstudio.api.state import ServicesDep
+from latentstudio.jobs import JobEvent, JobKind, JobRecord, JobSpec, JobStatus
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.samplers.noise import RngSource
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+KEEPALIVE_SECONDS = 15.0
+CANCEL_WAIT_SECONDS = 10.0
+
+
+def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = "api") -> JobSpec:
+    """A validated request → a frozen spec with every default and both seeds resolved."""
+    for field in ("width", "height"):
+        if getattr(payload, field) > max_side:
+            raise InputError(field, f"must be at most {max_side} on this server")
+    init = None
+    extra: dict[str, object] = {}
+    if isinstance(payload, Img2ImgJob):
+        init = decode_image(payload.init_image, "init_image", max_pixels=max_pixels)
+        extra = {
+            "denoising_strength": payload.denoising_strength,
+            "resize_mode": ResizeMode(payload.resize_mode),
+        }
+    params = GenerationParams(
+        prompt=payload.prompt, negative_prompt=payload.negative_prompt, sampler=payload.sampler,
+        scheduler=payload.scheduler, steps=payload.steps, cfg_scale=payload.cfg_scale, seed=payload.seed,
+        subseed=payload.subseed, subseed_strength=payload.subseed_strength,
+        seed_resize_from_w=payload.seed_resize_from_w, seed_resize_from_h=payload.seed_resize_from_h,
+        width=payload.width, height=payload.height, batch_size=payload.batch_size, n_iter=payload.n_iter,
+        clip_skip=payload.clip_skip, eta=payload.eta, s_noise=payload.s_noise, rng=RngSource(payload.rng),
+        eta_noise_seed_delta=payload.eta_noise_seed_delta, emphasis=payload.emphasis, init_image=init,
+        **extra,  # type: ignore[arg-type]
+    ).resolved()  # fmt: skip
+    kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
+    return JobSpec(kind, params, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
+
+
+def job_view(record: JobRecord, position: int | None = None, now: float | None = None) -> JobView:
+    """The API view of a job record."""
+    params = record.spec.params
+    eta = None
+    if record.status is JobStatus.RUNNING and record.started_at is not None and record.step > 0:
+        elapsed = (now or time.time()) - record.started_at
+        fraction = record.fraction
+        eta = max(0.0, elapsed / fraction - elapsed)
+    images = [
+        ImageView(id=i.id, url=f"/api/v1/images/{i.id}", seed=i.seed, subseed=i.subseed, infotext=i.infotext)
+        for i in record.images
+    ]
+    return JobView(
+        id=record.id, kind=record.spec.kind, status=record.status, source=record.spec.source,
+        created_at=record.created_at, started_at=record.started_at, finished_at=record.finished_at,
+        queue_position=position, step=record.step, total=record.total, progress=record.fraction,
+        eta_seconds=eta, interrupted=record.interrupted, images=images, infotexts=record.infotexts,
+        warnings=list(record.warnings), error=record.error,
+        params=JobParameters(
+            prompt=params.prompt, negative_prompt=params.negative_prompt, sampler=params.sampler,
+            scheduler=params.scheduler, steps=params.steps, cfg_scale=params.cfg_scale, seed=params.seed,
+            subseed=params.subseed, subseed_strength=params.subseed_strength, width=params.width,
+            height=params.height, batch_size=params.batch_size, n_iter=params.n_iter,
+            clip_skip=params.clip_skip,
+            denoising_strength=params.denoising_strength if params.is_img2img else None,
+            checkpoint=record.spec.checkpoint, vae=record.spec.vae,
+        ),
+    )  # fmt: skip
+
+
+@router.post("/jobs", status_code=202, response_model=JobCreated, summary="Queue a txt2img or img2img job")
+def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobCreated:
+    """Validate, resolve the seeds and queue; 429 with Retry-After when the queue is full."""
+    settings = svc.settings
+    spec = job_spec(payload, settings.max_side, settings.max_image_pixels)
+    record = svc.jobs.submit(spec)
+    return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")
+def get_job(job_id: str, svc: ServicesDep) -> JobView:
+    record = svc.jobs.get(job_id)
+    position = svc.jobs.position(job_id) if record.status is JobStatus.QUEUED else None
+    return job_view(record, position)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
+def cancel_job(job_id: str, svc: ServicesDep) -> JobView:
+    """A queued job is cancelled at once; a running one stops at its next step (waited for up to 10 s;
+    ``status`` says whether it has stopped yet). Finished jobs are returned unchanged."""
+    record = svc.jobs.cancel(job_id)
+    if record.status is JobStatus.RUNNING:
+        record = svc.jobs.wait(job_id, CANCEL_WAIT_SECONDS)
+    return job_view(record)
+
+
+@router.get("/jobs", response_model=JobPage, summary="Job history, newest first")
+def list_jobs(
+    svc: ServicesDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    records = svc.jobs.list(status, offset, limit)
+    items = [job_view(r) for r in records]
+    return JobPage(items=items, total=svc.jobs.count(status), offset=offset, limit=limit)
+
+
+@router.get(
+    "/images/{image_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "The PNG, with its infotext."}},
+    summary="An image by id (never by path)",
+)
+def get_image(image_id: str, svc: ServicesDep) -> FileResponse:
+    path = svc.jobs.image_path(image_id)
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=31536000, immutable"}
+    return FileResponse(path, media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events."}},
+    summary="Event stream: queued, started, step (with a small preview every N steps), done, failed",
+)
+async def events(
+    request: Request,
+    svc: ServicesDep,
+    job_id: Annotated[
+        str | None, Query(max_length=64, description="Only this job; ends after it ends.")
+    ] = None,
+) -> StreamingResponse:
+    """Each event is ``event: <type>`` with a JSON ``data`` line (``preview`` is a base64 PNG)."""
+    subscription = svc.jobs.subscribe()
+    try:
+        record = svc.jobs.get(job_id) if job_id is not None else None
+    except Exception:
+        subscription.close()
+        raise
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield ": connected\n\n"
+            if record is not None and record.status.terminal:
+                yield _terminal_event(record)
+                return
+            while not await request.is_disconnected():
+                event = await subscription.get(KEEPALIVE_SECONDS)
+                if event is None:
+                    yield ": keep-alive\n\n"
+                elif job_id is None or event.job_id == job_id:
+                    yield _sse(event)
+                    if job_id is not None and event.status is not None and event.status.terminal:
+                        return
+        finally:
+            subscription.close()
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _sse(event: JobEvent) -> str:
+    data = {
+        "type": event.type.value, "job_id": event.job_id, "time": event.time, "step": event.step,
+        "total": event.total, "status": event.status.value if event.status else None, "error": event.error,
+        "image_ids": list(event.image_ids),
+        "preview": base64.b64encode(event.preview_png).decode() if event.preview_png else None,
+    }  # fmt: skip
+    return f"event: {event.type.value}\ndata: {json.dumps(data)}\n\n"
+
+
+def _terminal_event(record: JobRecord) -> str:
+    from latentstudio.jobs import EventType
+
+    kind = {JobStatus.DONE: EventType.DONE, JobStatus.CANCELLED: EventType.CANCELLED}
+    event = JobEvent(
+        kind.get(record.status, EventType.FAILED), record.id, record.finished_at or time.time(),
+        step=record.step, total=record.total, status=record.status, error=record.error,
+        image_ids=tuple(record.image_ids),
+    )  # fmt: skip
+    return _sse(event)

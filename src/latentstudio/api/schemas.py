@@ -1,0 +1,161 @@
+"""Request and response models of the native ``/api/v1``, written by hand (never generated from the
+internals), with the server's limits as field constraints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from latentstudio.jobs import JobKind, JobStatus
+
+MAX_PROMPT = 20_000
+MAX_IMAGES = 64
+Side = Annotated[int, Field(ge=8, le=2048, multiple_of=8, description="Pixels, a multiple of 8.")]
+Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (the job records the one used).")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Name = Annotated[str, Field(max_length=200)]
+
+
+class GenerationFields(BaseModel):
+    """Fields shared by txt2img and img2img (A1111 names, A1111 UI defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(default="", max_length=MAX_PROMPT)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
+    sampler: Name = Field(default="DPM++ 2M", description="A1111 sampler name, e.g. 'Euler a'.")
+    scheduler: Name = Field(default="Automatic", description="A1111 schedule type, e.g. 'Karras'.")
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: Finite = Field(default=7.0, ge=0.0, le=100.0)
+    seed: Seed = -1
+    subseed: Seed = -1
+    subseed_strength: Finite = Field(default=0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(default=0, ge=0, le=2048)
+    seed_resize_from_h: int = Field(default=0, ge=0, le=2048)
+    width: Side = 512
+    height: Side = 512
+    batch_size: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    n_iter: int = Field(default=1, ge=1, le=MAX_IMAGES)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+    eta: Finite | None = Field(default=None, ge=0.0, le=10.0)
+    s_noise: Finite = Field(default=1.0, ge=0.0, le=10.0)
+    rng: Literal["CPU", "GPU", "NV"] = "CPU"
+    eta_noise_seed_delta: int = Field(default=0, ge=0, le=2**32 - 1)
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = "Original"
+    checkpoint: Name | None = Field(
+        default=None, description="Checkpoint title, name or hash among the server's models; null: default."
+    )
+    vae: Name = Field(default="Automatic", description="'Automatic', 'None' or a VAE file name.")
+
+    @model_validator(mode="after")
+    def _images_per_job(self) -> GenerationFields:
+        if self.batch_size * self.n_iter > MAX_IMAGES:
+            raise ValueError(f"batch_size × n_iter must be at most {MAX_IMAGES}")
+        return self
+
+
+class Txt2ImgJob(GenerationFields):
+    """A text-to-image job."""
+
+    kind: Literal["txt2img"] = "txt2img"
+
+
+class Img2ImgJob(GenerationFields):
+    """An image-to-image job: ``init_image`` is base64 (PNG, JPEG, WebP; no URLs)."""
+
+    kind: Literal["img2img"]
+    init_image: str = Field(max_length=70_000_000, description="Base64 image, optionally a data: URL.")
+    denoising_strength: Finite = Field(default=0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(default=0, ge=0, le=3, description="0 resize, 1 crop, 2 fill, 3 latent.")
+
+
+def _kind(value: object) -> str:
+    """The ``kind`` of a job payload; txt2img when absent."""
+    kind = value.get("kind", "txt2img") if isinstance(value, dict) else getattr(value, "kind", "txt2img")
+    return str(kind)
+
+
+JobRequest = Annotated[
+    Annotated[Txt2ImgJob, Tag("txt2img")] | Annotated[Img2ImgJob, Tag("img2img")],
+    Discriminator(_kind, custom_error_type="kind", custom_error_message="kind must be txt2img or img2img"),
+]
+
+
+class JobCreated(BaseModel):
+    """The id of a queued job and where to watch it."""
+
+    id: str
+    status: JobStatus
+    url: str
+
+
+class ImageView(BaseModel):
+    """One result image: fetch it from ``url`` (by id only)."""
+
+    id: str
+    url: str
+    seed: int
+    subseed: int
+    infotext: str
+
+
+class JobParameters(BaseModel):
+    """The resolved parameters a job runs with (seeds fixed)."""
+
+    prompt: str
+    negative_prompt: str
+    sampler: str
+    scheduler: str
+    steps: int
+    cfg_scale: float
+    seed: int
+    subseed: int
+    subseed_strength: float
+    width: int
+    height: int
+    batch_size: int
+    n_iter: int
+    clip_skip: int
+    denoising_strength: float | None = None
+    checkpoint: str | None
+    vae: str
+
+
+class JobView(BaseModel):
+    """A job: status, progress, ETA, results (image URLs and infotexts), warnings, error."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    source: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None = Field(description="0-based place in the queue while queued.")
+    step: int
+    total: int
+    progress: float = Field(ge=0.0, le=1.0)
+    eta_seconds: float | None
+    interrupted: bool
+    images: list[ImageView]
+    infotexts: list[str]
+    warnings: list[str]
+    error: str | None
+    params: JobParameters
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first."""
+
+    items: list[JobView]
+    total: int
+    offset: int
+    limit: int
+
+
+class Health(BaseModel):
+    """Liveness / readiness."""
+
+    status: Literal["ok", "unavailable"]
+    detail: str | None = None

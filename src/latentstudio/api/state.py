@@ -1,0 +1,43 @@
+"""The app state request handlers reach: :class:`Services`, built in the lifespan hook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from latentstudio.config import Settings
+from latentstudio.jobs import JobService
+from latentstudio.models.manager import ModelManager
+
+
+@dataclass
+class Services:
+    """What request handlers reach through ``request.app.state.services``.
+
+    ``manager`` is for listing files only (checkpoints, VAEs, embeddings): handlers never load models,
+    the job worker does. Other routers may add fields (with defaults) and build them in
+    :func:`build_services`.
+    """
+
+    settings: Settings
+    manager: ModelManager
+    jobs: JobService
+
+
+def build_services(settings: Settings) -> Services:
+    """Model manager + job service for ``settings`` (the worker is started by the lifespan hook)."""
+    manager = ModelManager(settings)
+    return Services(settings=settings, manager=manager, jobs=JobService(settings, manager))
+
+
+def get_services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency)."""
+    found = request.app.state.services
+    if not isinstance(found, Services):
+        raise RuntimeError("app.state.services is not set: was the app started with its lifespan?")
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,40 @@
+"""Jobs: the SQLite job store, the queue, the worker that owns the models, and events.
+
+Handlers use :class:`JobService` only; nothing here imports FastAPI.
+"""
+
+from latentstudio.jobs.events import EventBus, Subscription
+from latentstudio.jobs.model import (
+    EventType,
+    ImageRef,
+    JobError,
+    JobEvent,
+    JobKind,
+    JobNotFoundError,
+    JobRecord,
+    JobSpec,
+    JobSpecError,
+    JobStatus,
+    Progress,
+    QueueFullError,
+)
+from latentstudio.jobs.service import RESTART_ERROR, JobService
+
+__all__ = [
+    "RESTART_ERROR",
+    "EventBus",
+    "EventType",
+    "ImageRef",
+    "JobError",
+    "JobEvent",
+    "JobKind",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobService",
+    "JobSpec",
+    "JobSpecError",
+    "JobStatus",
+    "Progress",
+    "QueueFullError",
+    "Subscription",
+]

@@ -1,0 +1,199 @@
+"""What a job is: its frozen spec (what to run), its record (what happened) and the events it emits.
+
+No FastAPI here: the API, the UI and tests all speak these types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from PIL import Image
+
+from latentstudio.pipeline.params import GenerationParams
+
+VAE_AUTOMATIC = "Automatic"
+
+
+class JobStatus(StrEnum):
+    """Life cycle: queued → running → done | failed | cancelled (queued → cancelled directly)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for done, failed and cancelled: the job will never change again."""
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobKind(StrEnum):
+    """What the worker runs: text to image, or image to image (``params.init_image`` is set)."""
+
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+
+
+class JobError(Exception):
+    """Base of the errors :class:`~latentstudio.jobs.service.JobService` raises to its callers."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job (or image) with this id."""
+
+
+class JobSpecError(JobError, ValueError):
+    """A spec the service refuses before queueing it: ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class QueueFullError(JobError):
+    """``--max-queue`` jobs are already waiting; ``retry_after`` is a whole number of seconds to wait."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(f"the queue is full ({limit} jobs waiting); retry in {retry_after} s")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that determines a job's output, with every default and the seed resolved.
+
+    ``params`` must be :meth:`GenerationParams.resolved` (the service checks the seeds are fixed).
+    ``checkpoint``: a :meth:`ModelManager.find` query among discovered checkpoints, ``None`` = the
+    server default. ``vae``: ``Automatic``, ``None`` or a VAE name from ``ModelManager.vaes``.
+    Every job's PNGs are written to the data dir and indexed (the A1111 layer reads them back).
+    """
+
+    kind: JobKind
+    params: GenerationParams
+    checkpoint: str | None = None
+    vae: str = VAE_AUTOMATIC
+    source: str = "api"  # who submitted it ("api", "sdapi", "ui"): shown in listings only
+
+    def __post_init__(self) -> None:
+        if (self.kind is JobKind.IMG2IMG) != self.params.is_img2img:
+            raise JobSpecError(
+                "init_image", f"a {self.kind} job {'needs' if self.params.is_img2img else 'has'}"
+            )
+        for name in ("seed", "subseed"):
+            if getattr(self.params, name) < 0:
+                raise JobSpecError(name, "must be resolved (GenerationParams.resolved()) before queueing")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image a job wrote: opaque ``id`` (served by id only), its seeds and infotext."""
+
+    id: str
+    index: int
+    seed: int
+    subseed: int
+    infotext: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: spec, status, timestamps (Unix seconds), progress and results.
+
+    ``step``/``total`` are live for the running job (sampling steps over all batches), final otherwise.
+    ``interrupted``: the job was stopped early by :meth:`JobService.interrupt` and kept what it had.
+    """
+
+    id: str
+    status: JobStatus
+    spec: JobSpec
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total: int = 0
+    images: tuple[ImageRef, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    interrupted: bool = False
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [image.id for image in self.images]
+
+    @property
+    def infotexts(self) -> list[str]:
+        return [image.infotext for image in self.images]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [image.seed for image in self.images]
+
+    @property
+    def subseeds(self) -> list[int]:
+        return [image.subseed for image in self.images]
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1]: 1 once terminal, steps done / total while running."""
+        if self.status.terminal:
+            return 1.0
+        return self.step / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The running job's progress (all zero / None when idle). ``eta`` is in seconds.
+
+    ``preview``: a cheap RGB approximation of the newest denoised latent (PIL image), if any step ran.
+    """
+
+    job_id: str | None
+    step: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    preview: Image.Image | None = None
+    queued: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, extrapolated from the time the done steps took (None before the first step)."""
+        fraction = self.fraction
+        if fraction <= 0.0:
+            return None
+        left = self.elapsed / fraction - self.elapsed
+        return max(0.0, left) if math.isfinite(left) else None
+
+
+class EventType(StrEnum):
+    """Events a subscriber receives."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    STEP = "step"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event. ``preview_png``: a small PNG of the current latent on some step events."""
+
+    type: EventType
+    job_id: str
+    time: float
+    step: int = 0
+    total: int = 0
+    status: JobStatus | None = None
+    error: str | None = None
+    image_ids: tuple[str, ...] = field(default=())
+    preview_png: bytes | None = None

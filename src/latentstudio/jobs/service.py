@@ -1,0 +1,242 @@
+"""JobService: the one object request handlers (native API, A1111 layer, UI) use to run generations.
+
+Thread-safe throughout; nothing here touches model weights (the :class:`Worker` does). Restart policy:
+a job found ``running`` at start-up was cut off by a crash; it is marked failed ("interrupted by a server
+restart") and its partial images are removed. It is not retried: a job that crashed the process would
+crash it again on every start (InvokeAI's poison-pill lesson). Queued jobs resume in submission order.
+A clean stop (``stop()``) puts the running job back at the head of the queue instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from latentstudio.config import Settings
+from latentstudio.jobs.codec import image_to_png
+from latentstudio.jobs.events import EventBus, Subscription
+from latentstudio.jobs.model import (
+    EventType,
+    JobEvent,
+    JobNotFoundError,
+    JobRecord,
+    JobSpec,
+    JobSpecError,
+    JobStatus,
+    Progress,
+    QueueFullError,
+)
+from latentstudio.jobs.store import JobStore
+from latentstudio.jobs.worker import Worker
+from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
+
+RESTART_ERROR = "interrupted by a server restart"
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.FAILED, EventType.CANCELLED})
+
+
+class JobService:
+    """Submit, watch, cancel and page through jobs; owns the store, the event bus and the worker."""
+
+    def __init__(
+        self, settings: Settings, manager: ModelManager, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.clock = clock
+        self.images_root = settings.data_dir / "images"
+        self.store = JobStore(settings.data_dir / "jobs.sqlite3")
+        self.events = EventBus()
+        self.worker = Worker(
+            self.store,
+            manager,
+            self.events,
+            self.images_root,
+            preview_every=settings.preview_every,
+            clock=clock,
+        )
+        self._started = False
+
+    # -- life cycle ------------------------------------------------------------------------------------
+    def start(self) -> list[str]:
+        """Recover from a crash, then start the worker; returns the ids of jobs marked failed."""
+        failed = self.store.fail_running(self.clock(), RESTART_ERROR)
+        for job_id in failed:
+            shutil.rmtree(self.images_root / job_id, ignore_errors=True)
+        if self.images_root.is_dir():  # temp files of writes cut off by the crash
+            for tmp in self.images_root.glob("*/.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        self.worker.start()
+        self._started = True
+        return failed
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker (a running job is re-queued) and close the store."""
+        if self._started:
+            self.worker.stop(timeout)
+        self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        """The worker runs and the default checkpoint is loaded."""
+        return self.worker.ready.is_set()
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        return None if self.ready else self.worker.ready_error
+
+    # -- submitting ------------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobRecord:
+        """Queue a job; raises :class:`JobSpecError` (unknown checkpoint/VAE, bad parameters) or
+        :class:`QueueFullError`. The job is durable once this returns."""
+        try:
+            spec.params.validate()
+        except ValueError as e:
+            raise JobSpecError(getattr(e, "field", "params"), str(e).split(": ", 1)[-1]) from None
+        self._check_models(spec)
+        record = JobRecord(uuid.uuid4().hex, JobStatus.QUEUED, spec, self.clock())
+        init = image_to_png(spec.params.init_image) if spec.params.init_image is not None else None
+        if not self.store.insert(record, init, max_queued=self.settings.max_queue):
+            raise QueueFullError(self.settings.max_queue, self._retry_after())
+        self.events.publish(JobEvent(EventType.QUEUED, record.id, record.created_at, status=JobStatus.QUEUED))
+        self.worker.wake()
+        return record
+
+    def _check_models(self, spec: JobSpec) -> None:
+        """Only discovered checkpoints and VAEs by name: never a path a client made up."""
+        if spec.checkpoint is not None:
+            try:
+                info = self.manager.find(spec.checkpoint)
+            except ModelNotFoundError as e:
+                raise JobSpecError("checkpoint", str(e)) from None
+            if info.path not in {c.path for c in self.manager.checkpoints()}:
+                raise JobSpecError(
+                    "checkpoint", f"{spec.checkpoint!r} is not a checkpoint in the models folder"
+                )
+        if spec.vae not in (VAE_AUTOMATIC, VAE_NONE):
+            names = [v.name for v in self.manager.vaes()]
+            if spec.vae not in names:
+                allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
+                raise JobSpecError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
+
+    def _retry_after(self) -> int:
+        """Seconds until a queue slot is likely free: the mean recent job time, at least 1."""
+        durations = self.worker.durations
+        mean = sum(durations) / len(durations) if durations else 5.0
+        return max(1, min(3600, round(mean)))
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        """The job with live progress if it runs; :class:`JobNotFoundError` for unknown ids."""
+        record = self.store.get(job_id) if _ID.match(job_id) else None
+        if record is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        if record.status is JobStatus.RUNNING:
+            progress = self.worker.progress(0)
+            if progress.job_id == job_id:
+                return _with_progress(record, progress)
+        return record
+
+    def list(self, status: JobStatus | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+        """Jobs newest first (``limit`` ≤ 500)."""
+        if offset < 0 or not 1 <= limit <= 500:
+            raise JobSpecError("limit", "offset must be ≥ 0 and limit in [1, 500]")
+        return self.store.list(status, offset, limit)
+
+    def count(self, status: JobStatus | None = None) -> int:
+        return self.store.count(status)
+
+    def position(self, job_id: str) -> int | None:
+        """0-based place in the queue of a queued job."""
+        return self.store.position(job_id)
+
+    def progress(self) -> Progress:
+        """The running job's step/total/ETA and a preview image (``job_id`` None when idle)."""
+        return self.worker.progress(self.store.count(JobStatus.QUEUED))
+
+    def image_path(self, image_id: str) -> Path:
+        """The PNG of an image id, always inside the images folder; :class:`JobNotFoundError` otherwise."""
+        stored = self.store.image(image_id) if _ID.match(image_id) else None
+        if stored is None:
+            raise JobNotFoundError(f"no image {image_id!r}")
+        root = self.images_root.resolve()
+        path = (root / stored.path).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise JobNotFoundError(f"no image {image_id!r}")
+        return path
+
+    # -- waiting ---------------------------------------------------------------------------------------
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Block until the job is terminal or ``timeout`` seconds pass; returns its record either way."""
+        finished = threading.Event()
+
+        def listener(event: JobEvent) -> None:
+            if event.job_id == job_id and event.type in _TERMINAL_EVENTS:
+                finished.set()
+
+        remove = self.events.add_listener(listener)
+        try:
+            record = self.get(job_id)
+            if not record.status.terminal:
+                finished.wait(timeout)
+        finally:
+            remove()
+        return self.get(job_id)
+
+    async def wait_async(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """:meth:`wait` for async code: holds no thread while it waits."""
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+
+        def listener(event: JobEvent) -> None:
+            if event.job_id == job_id and event.type in _TERMINAL_EVENTS:
+                loop.call_soon_threadsafe(finished.set)
+
+        remove = self.events.add_listener(listener)
+        try:
+            record = self.get(job_id)
+            if not record.status.terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), timeout)
+        finally:
+            remove()
+        return self.get(job_id)
+
+    def subscribe(self) -> Subscription:
+        """An async stream of every job's events (call inside the event loop; close when done)."""
+        return self.events.subscribe()
+
+    # -- control ---------------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobRecord:
+        """queued → cancelled now; running → stopped at the next step, then cancelled (no images kept).
+        Terminal jobs are returned unchanged."""
+        record = self.get(job_id)
+        if record.status is JobStatus.QUEUED and self.store.cancel_queued(job_id, self.clock()):
+            self.events.publish(
+                JobEvent(EventType.CANCELLED, job_id, self.clock(), status=JobStatus.CANCELLED)
+            )
+            return self.get(job_id)
+        self.worker.request(job_id, cancel=True)
+        return self.get(job_id)
+
+    def interrupt(self) -> str | None:
+        """A1111 interrupt: the running job stops after its current step and keeps what it has (done,
+        ``interrupted``). Returns its id, None when idle."""
+        return self.worker.request(None, stop=True)
+
+    def skip(self) -> str | None:
+        """A1111 skip: end the running job's current batch (``n_iter``) and go on with the next."""
+        return self.worker.request(None, skip=True)
+
+
+def _with_progress(record: JobRecord, progress: Progress) -> JobRecord:
+    from dataclasses import replace
+
+    return replace(record, step=progress.step, total=progress.total)

@@ -1,0 +1,297 @@
+"""The SQLite job store: jobs, their init images and the image index, in one WAL database.
+
+One connection shared by the worker and request threads behind a lock (every statement is short).
+``synchronous=FULL``: a job acknowledged to a client survives a power loss, not only a crash. The schema
+version lives in ``PRAGMA user_version``; a newer database than this code knows is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image
+
+from latentstudio.jobs.codec import params_from_json, params_to_json
+from latentstudio.jobs.model import ImageRef, JobKind, JobRecord, JobSpec, JobStatus
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    checkpoint TEXT,
+    vae TEXT NOT NULL,
+    params TEXT NOT NULL,
+    init_image BLOB,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_by_status ON jobs (status, seq);
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    subseed INTEGER NOT NULL,
+    infotext TEXT NOT NULL,
+    UNIQUE (job_id, idx)
+);
+"""
+_COLUMNS = (
+    "id, status, kind, source, checkpoint, vae, params, init_image, created_at, started_at, finished_at, "
+    "step, total, warnings, error, interrupted"
+)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (newer schema, corrupt file)."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image row: ``path`` relative to the store's images root."""
+
+    ref: ImageRef
+    path: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a running job ended, written in one transaction with its image rows."""
+
+    status: JobStatus
+    finished_at: float
+    step: int
+    total: int
+    images: Sequence[StoredImage] = ()
+    warnings: Sequence[str] = ()
+    error: str | None = None
+    interrupted: bool = False
+
+
+class JobStore:
+    """Persistent jobs in submission order (``seq``) with their images."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+                self._db.execute(f"PRAGMA {pragma}")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{path}: cannot open the job store ({e})") from e
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this latentstudio ({SCHEMA_VERSION})"
+            )
+        if version == 0:
+            with self._locked():
+                self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock (single statements, or a script that manages its transaction)."""
+        with self._lock:
+            yield self._db
+
+    @contextmanager
+    def _atomic(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the connection."""
+        with self._lock:
+            self._db.close()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def insert(self, record: JobRecord, init_png: bytes | None, *, max_queued: int | None = None) -> bool:
+        """Add a queued job; False (nothing written) when ``max_queued`` jobs are already queued."""
+        spec = record.spec
+        with self._atomic() as db:
+            if max_queued is not None:
+                (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
+                if queued >= max_queued:
+                    return False
+            db.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                (
+                    record.id, record.status.value, spec.kind.value, spec.source, spec.checkpoint, spec.vae,
+                    params_to_json(spec.params), init_png, record.created_at, None, None, 0, 0, "[]", None, 0,
+                ),
+            )  # fmt: skip
+        return True
+
+    def claim_next(self, now: float) -> JobRecord | None:
+        """The oldest queued job, now marked running (None when nothing waits)."""
+        with self._atomic() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status = 'running', started_at = ? WHERE id = ?", (now, row[0]))
+        found = self.get(row[0])
+        assert found is not None
+        return found
+
+    def cancel_queued(self, job_id: str, now: float) -> bool:
+        """queued → cancelled; False when the job is not queued (any more)."""
+        with self._atomic() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'",
+                (now, job_id),
+            )
+            return cursor.rowcount == 1
+
+    def finish(self, job_id: str, outcome: Outcome) -> None:
+        """Record how a running job ended and index its images, all or nothing."""
+        with self._atomic() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, step = ?, total = ?, warnings = ?, error = ?, "
+                "interrupted = ? WHERE id = ? AND status = 'running'",
+                (
+                    outcome.status.value, outcome.finished_at, outcome.step, outcome.total,
+                    json.dumps(list(outcome.warnings)), outcome.error, int(outcome.interrupted), job_id,
+                ),
+            )  # fmt: skip
+            if cursor.rowcount != 1:
+                raise StoreError(f"job {job_id} is not running; its outcome was not recorded")
+            db.executemany(
+                "INSERT INTO images (id, job_id, idx, path, seed, subseed, infotext) VALUES (?,?,?,?,?,?,?)",
+                [
+                    (i.ref.id, job_id, i.ref.index, i.path, i.ref.seed, i.ref.subseed, i.ref.infotext)
+                    for i in outcome.images
+                ],
+            )
+
+    def requeue(self, job_id: str) -> None:
+        """running → queued, keeping its place (a clean shutdown interrupted it; it runs again first)."""
+        with self._atomic() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL, step = 0, total = 0 "
+                "WHERE id = ? AND status = 'running'",
+                (job_id,),
+            )
+
+    def fail_running(self, now: float, error: str) -> list[str]:
+        """Mark every running job failed (start-up after a crash); returns their ids."""
+        with self._atomic() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE status = 'running' ORDER BY seq")]
+            db.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE status = 'running'",
+                (now, error),
+            )
+        return ids
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job with its images, or None."""
+        with self._locked() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            images = self._images(db, [job_id]) if row is not None else {}
+        return None if row is None else _record(row, images.get(job_id, ()))
+
+    def list(self, status: JobStatus | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+        """Jobs newest first, optionally of one status."""
+        where, args = ("WHERE status = ?", [status.value]) if status is not None else ("", [])
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+            images = self._images(db, [r[0] for r in rows])
+        return [_record(r, images.get(r[0], ())) for r in rows]
+
+    def count(self, status: JobStatus | None = None) -> int:
+        """How many jobs (of one status)."""
+        where, args = ("WHERE status = ?", (status.value,)) if status is not None else ("", ())
+        with self._locked() as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0])
+
+    def position(self, job_id: str) -> int | None:
+        """0-based place of a queued job in the queue (None when it is not queued)."""
+        with self._locked() as db:
+            row = db.execute("SELECT seq FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)).fetchone()
+            if row is None:
+                return None
+            query = "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?"
+            return int(db.execute(query, (row[0],)).fetchone()[0])
+
+    def image(self, image_id: str) -> StoredImage | None:
+        """An indexed image by id."""
+        with self._locked() as db:
+            row = db.execute(
+                "SELECT id, idx, seed, subseed, infotext, path FROM images WHERE id = ?", (image_id,)
+            ).fetchone()
+        return None if row is None else StoredImage(ImageRef(*row[:5]), row[5])
+
+    @staticmethod
+    def _images(db: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, tuple[ImageRef, ...]]:
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        rows = db.execute(
+            f"SELECT job_id, id, idx, seed, subseed, infotext FROM images WHERE job_id IN ({marks}) "
+            "ORDER BY job_id, idx",
+            tuple(job_ids),
+        ).fetchall()
+        out: dict[str, list[ImageRef]] = {}
+        for job_id, *ref in rows:
+            out.setdefault(job_id, []).append(ImageRef(*ref))
+        return {k: tuple(v) for k, v in out.items()}
+
+
+def _record(row: tuple[object, ...], images: tuple[ImageRef, ...]) -> JobRecord:
+    (job_id, status, kind, source, checkpoint, vae, params, init_png, created, started, finished, step, total,
+     warnings, error, interrupted) = row  # fmt: skip
+    init = Image.open(BytesIO(init_png)) if isinstance(init_png, bytes) else None  # decoded on first use
+    spec = JobSpec(
+        kind=JobKind(str(kind)),
+        params=params_from_json(str(params), init),
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        vae=str(vae),
+        source=str(source),
+    )
+    return JobRecord(
+        id=str(job_id),
+        status=JobStatus(str(status)),
+        spec=spec,
+        created_at=float(created),  # type: ignore[arg-type]
+        started_at=None if started is None else float(started),  # type: ignore[arg-type]
+        finished_at=None if finished is None else float(finished),  # type: ignore[arg-type]
+        step=int(step),  # type: ignore[call-overload]
+        total=int(total),  # type: ignore[call-overload]
+        images=images,
+        warnings=tuple(json.loads(str(warnings))),
+        error=None if error is None else str(error),
+        interrupted=bool(interrupted),
+    )

@@ -1,0 +1,290 @@
+"""The worker: the one thread per device that owns the models, runs jobs in order and writes their images.
+
+Each job: claim (queued → running) → load the checkpoint through the ModelManager → ``pipeline.run`` with
+a StepControl wired to interrupt/skip/cancel → PNGs written atomically into ``images/<job id>/`` → one
+store transaction marks the job done and indexes its images → events. A crash anywhere before that
+transaction leaves the job ``running`` in the store, which the next start marks failed and cleans up.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from latentstudio.jobs.events import EventBus
+from latentstudio.jobs.model import EventType, ImageRef, JobEvent, JobRecord, JobStatus, Progress
+from latentstudio.jobs.store import JobStore, Outcome, StoredImage
+from latentstudio.models.families import Family
+from latentstudio.models.loader import Components
+from latentstudio.models.manager import ModelManager
+from latentstudio.pipeline.images import png_bytes, write_atomic
+from latentstudio.pipeline.run import GenerationResult, ModelIdentity, StepInfo, latent_preview, run
+from latentstudio.prompts.conditioning import ConditioningCache
+from latentstudio.samplers.wrappers import StepControl
+
+log = logging.getLogger(__name__)
+PREVIEW_SIDE = 128
+
+
+class _Requeue(Exception):  # noqa: N818 - control flow: the server is stopping mid-job
+    pass
+
+
+@dataclass
+class _Live:
+    """Mutable state of the running job, guarded by :attr:`Worker.lock`."""
+
+    job_id: str
+    started: float
+    step: int = 0
+    total: int = 0
+    latent: torch.Tensor | None = None
+    family: Family = Family.SD1
+    stop: bool = False
+    cancel: bool = False
+    skips: int = 0
+
+
+class Worker:
+    """Runs queued jobs from the store one at a time on ``manager``'s device."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        manager: ModelManager,
+        events: EventBus,
+        images_root: Path,
+        *,
+        preview_every: int = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.events = events
+        self.images_root = images_root
+        self.preview_every = preview_every
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.ready_error: str | None = "starting"
+        self._live: _Live | None = None
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._cache = ConditioningCache()
+        self._thread = threading.Thread(target=self._loop, name=f"latentstudio-worker-{manager.device}")
+        self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
+
+    # -- control from other threads ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step: a running job goes back to the queue, nothing else is claimed."""
+        self._stopping.set()
+        with self.lock:
+            if self._live is not None:
+                self._live.stop = True
+        self._wakeup.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A job was queued."""
+        self._wakeup.set()
+
+    def request(
+        self, job_id: str | None, *, stop: bool = False, cancel: bool = False, skip: bool = False
+    ) -> str | None:
+        """Ask the running job (``job_id`` or whichever runs, when None) to stop/cancel/skip; returns its
+        id, or None when that job is not running."""
+        with self.lock:
+            live = self._live
+            if live is None or (job_id is not None and live.job_id != job_id):
+                return None
+            live.stop = live.stop or stop or cancel
+            live.cancel = live.cancel or cancel
+            live.skips += int(skip)
+            return live.job_id
+
+    def progress(self, queued: int) -> Progress:
+        """A snapshot of the running job (with a preview image of its newest latent)."""
+        with self.lock:
+            live = self._live
+            if live is None:
+                return Progress(None, queued=queued)
+            latent, family = live.latent, live.family
+            snapshot = Progress(live.job_id, live.step, live.total, self.clock() - live.started, None, queued)
+        if latent is None:
+            return snapshot
+        return Progress(**{**snapshot.__dict__, "preview": latent_preview(latent, family)})
+
+    # -- the thread ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        self._warm_up()
+        while not self._stopping.is_set():
+            record = self.store.claim_next(self.clock())
+            if record is None:
+                self._wakeup.wait(timeout=1.0)
+                self._wakeup.clear()
+                continue
+            self._execute(record)
+
+    def _warm_up(self) -> None:
+        """Load the default checkpoint so the first job does not pay for it; sets :attr:`ready`."""
+        try:
+            self.manager.load(None)
+        except Exception as e:  # no checkpoint / unreadable file: the server still answers, /readyz says why
+            self.ready_error = f"default checkpoint not loaded: {e}"
+            log.warning("%s", self.ready_error)
+            return
+        self.ready_error = None
+        self.ready.set()
+
+    def _execute(self, record: JobRecord) -> None:
+        started = self.clock()
+        with self.lock:
+            self._live = _Live(record.id, started)
+        self.events.publish(JobEvent(EventType.STARTED, record.id, started, status=JobStatus.RUNNING))
+        try:
+            outcome = self._outcome(record)
+        except _Requeue:
+            self._discard(record.id)
+            self.store.requeue(record.id)
+            log.info("job %s returned to the queue (server stopping)", record.id)
+            return
+        finally:
+            with self.lock:
+                self._live = None
+        if outcome.status is not JobStatus.DONE:
+            self._discard(record.id)
+        self.durations = [*self.durations[-19:], self.clock() - started]
+        kind = {JobStatus.DONE: EventType.DONE, JobStatus.CANCELLED: EventType.CANCELLED}
+        image_ids = tuple(i.ref.id for i in outcome.images)
+        self.events.publish(
+            JobEvent(
+                kind.get(outcome.status, EventType.FAILED), record.id, outcome.finished_at, step=outcome.step,
+                total=outcome.total, status=outcome.status, error=outcome.error, image_ids=image_ids,
+            )
+        )  # fmt: skip
+
+    def _outcome(self, record: JobRecord) -> Outcome:
+        """Run the job and record how it ended (the store transaction is the commit point)."""
+        try:
+            if self._flag("cancel"):
+                outcome = self._ended(JobStatus.CANCELLED, error="cancelled before it started")
+            else:
+                result = self._generate(record)
+                if self._flag("cancel"):
+                    outcome = self._ended(JobStatus.CANCELLED, error="cancelled while running")
+                elif self._stopping.is_set() and result.interrupted:
+                    raise _Requeue
+                else:
+                    outcome = self._ended(JobStatus.DONE, result=result, images=self._write(record, result))
+        except _Requeue:
+            raise
+        except Exception as e:  # any job failure (bad file, OOM, NaN) fails that job, never the worker
+            log.exception("job %s failed", record.id)
+            outcome = self._ended(JobStatus.FAILED, error=_describe(e))
+        self.store.finish(record.id, outcome)
+        return outcome
+
+    def _flag(self, name: str) -> bool:
+        with self.lock:
+            return self._live is not None and bool(getattr(self._live, name))
+
+    def _ended(
+        self,
+        status: JobStatus,
+        *,
+        result: GenerationResult | None = None,
+        images: list[StoredImage] | None = None,
+        error: str | None = None,
+    ) -> Outcome:
+        with self.lock:
+            step, total = (self._live.step, self._live.total) if self._live else (0, 0)
+        return Outcome(
+            status=status,
+            finished_at=self.clock(),
+            step=total if status is JobStatus.DONE and not (result and result.interrupted) else step,
+            total=total,
+            images=images or [],
+            warnings=list(result.warnings) if result else [],
+            error=error,
+            interrupted=bool(result and result.interrupted),
+        )
+
+    def _generate(self, record: JobRecord) -> GenerationResult:
+        spec = record.spec
+        components = self.manager.load(spec.checkpoint, vae=spec.vae)
+        info = self.manager.find(spec.checkpoint) if spec.checkpoint else self.manager.default_checkpoint()
+        entry = self.manager.entry(info)
+        identity = ModelIdentity(
+            name=info.name_for_extra,
+            shorthash=entry.shorthash,
+            vae_name=components.vae_path.name if components.vae_path else None,
+        )
+        with self.lock:
+            if self._live is not None:
+                self._live.family = components.info.family
+                self._live.started = self.clock()
+        control = StepControl(should_stop=lambda: self._flag("stop"), should_skip=self._take_skip)
+        return run(
+            spec.params,
+            components,
+            identity=identity,
+            on_step=lambda step: self._on_step(record.id, components, step),
+            control=control,
+            embeddings=self.manager.embeddings(components),
+            cache=self._cache,
+        )
+
+    def _take_skip(self) -> bool:
+        with self.lock:
+            if self._live is None or self._live.skips == 0:
+                return False
+            self._live.skips -= 1
+            return True
+
+    def _on_step(self, job_id: str, components: Components, step: StepInfo) -> None:
+        latent = step.latent[:1].detach().to("cpu", torch.float32, copy=True)
+        with self.lock:
+            if self._live is not None:
+                self._live.step, self._live.total, self._live.latent = step.step, step.total, latent
+        preview = None
+        every = self.preview_every
+        if self.events.has_subscribers and every > 0 and (step.step % every == 0 or step.step == step.total):
+            image = latent_preview(latent, components.info.family)
+            image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+            preview = png_bytes(image, None)
+        event = JobEvent(
+            EventType.STEP, job_id, self.clock(), step=step.step, total=step.total, preview_png=preview
+        )
+        self.events.publish(event)
+
+    def _write(self, record: JobRecord, result: GenerationResult) -> list[StoredImage]:
+        """Each PNG with its infotext, written whole or not at all, under ``images/<job id>/``."""
+        stored = []
+        for index, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True)):
+            ref = ImageRef(uuid.uuid4().hex, index, result.seeds[index], result.subseeds[index], text)
+            relative = f"{record.id}/{index:03d}-{ref.seed}.png"
+            write_atomic(self.images_root / relative, png_bytes(image, text))
+            stored.append(StoredImage(ref, relative))
+        return stored
+
+    def _discard(self, job_id: str) -> None:
+        """Remove whatever images a job that did not finish wrote."""
+        shutil.rmtree(self.images_root / job_id, ignore_errors=True)
+
+
+def _describe(error: Exception) -> str:
+    """A one-line message for the job record (the traceback goes to the log)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
