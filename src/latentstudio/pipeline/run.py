@@ -138,14 +138,7 @@ def run(
     conds, uncond, texts = _conditionings(
         components, params, embeddings, used, warnings, cache or ConditioningCache()
     )
-    extra_info: dict[str, object] = {
-        "Old prompt editing timelines": params.old_prompt_editing or None,
-        "TI hashes": ti_hashes(used) or None,
-        # A1111 names a non-default emphasis mode only when a prompt has brackets it could apply to
-        "Emphasis": params.emphasis
-        if params.emphasis != "Original" and any(c in t for t in texts for c in "([")
-        else None,
-    }
+    extra_info = _extra_info(params, used, texts)
     pad_empty = encode_prompts(components, [""], _text_options(params)).context if params.pad_conds else None
     # 3. sigmas
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
@@ -202,12 +195,25 @@ def run(
         images.extend(to_pil(_decode(components, latents)))
         if stopped:
             break
-    texts = [
+    lines = [
         infotexts.create(params, identity, seeds[i], subseeds[i], schedule_label, info, extra_info)
         for i in range(len(images))
     ]
     n = len(images)
-    return GenerationResult(images, texts, seeds[:n], subseeds[:n], params, interrupted, warnings)
+    return GenerationResult(images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings)
+
+
+def _extra_info(
+    params: GenerationParams, used: Sequence[Embedding], texts: Sequence[str]
+) -> dict[str, object]:
+    """The infotext keys that depend on the texts: old timelines, TI hashes, a non-default emphasis mode
+    (A1111 names it only when a prompt has brackets it could apply to)."""
+    emphasis = params.emphasis != "Original" and any(c in t for t in texts for c in "([")
+    return {
+        "Old prompt editing timelines": params.old_prompt_editing or None,
+        "TI hashes": ti_hashes(used) or None,
+        "Emphasis": params.emphasis if emphasis else None,
+    }
 
 
 def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
