@@ -313,3 +313,13 @@ def test_text_options_reach_the_image_and_the_infotext(sd1: loader.Components) -
     assert not np.array_equal(padded, unpadded)
     _, line = generate(prompt="a [red:blue:0.5] circle", old_prompt_editing=True)
     assert "Old prompt editing timelines: True" in line
+
+
+def test_second_order_samplers_schedule_edits_over_twice_the_steps(sd1: loader.Components) -> None:
+    def image(prompt: str) -> np.ndarray:
+        return _pixels(run(_params(prompt=prompt, sampler="Heun", steps=4), sd1, identity=IDENTITY))[0]
+
+    # A1111 schedules over total_steps = 2 × 4 model calls: step 4 is halfway, so the switch happens
+    plain = image("a red circle")
+    assert not np.array_equal(image("a [red:blue:4] circle"), plain)
+    assert np.array_equal(image("a [red:blue:8] circle"), plain)

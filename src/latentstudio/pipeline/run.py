@@ -235,11 +235,13 @@ def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
         for args in entries:
             warnings.append(f"<{kind}:{':'.join(args)}> ignored: extra networks are not supported yet")
     options = _text_options(params)
+    # A1111 schedules over model calls: second-order samplers get twice the steps (SamplerData.total_steps)
+    steps = params.steps * (2 if SAMPLER_INFO[params.sampler].second_order else 1)
 
     def schedule(text: str, aesthetic: float) -> ScheduledConditioning:
         text_options = dataclasses.replace(options, aesthetic_score=aesthetic)
         entries = []
-        for end, part in schedules(text, params.steps, old_scheduling=params.old_prompt_editing):
+        for end, part in schedules(text, steps, old_scheduling=params.old_prompt_editing):
             encode = partial(_encode_recording, components, part, text_options, database)
             conditioning, found = cache.get_or_encode(components, part, text_options, database, encode)
             used.extend(e for e in found if e not in used)
