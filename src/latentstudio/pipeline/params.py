@@ -14,11 +14,12 @@ from enum import IntEnum
 from PIL import Image
 
 from latentstudio.prompts.parser import PromptError, check_prompt
-from latentstudio.samplers import SCHEDULERS, resolve_sampler
+from latentstudio.samplers import SAMPLER_INFO, SCHEDULERS, resolve_sampler
 from latentstudio.samplers.noise import RngSource, resolve_seed
 
 MAX_SIDE = 2048
 MAX_STEPS = 150
+SAMPLER_NAMES = tuple(SAMPLER_INFO)
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # prompts.conditioning.Emphasis values
 
 
@@ -66,6 +67,16 @@ class GenerationParams:
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    enable_hr: bool = False  # txt2img hires fix (second pass at denoising_strength)
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"  # a latent mode (pipeline.hires.LATENT_UPSCALE_MODES) or a pixel upscaler
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_sampler: str | None = None  # None: the first pass's
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""  # "": the first pass's
+    hr_negative_prompt: str = ""
     emphasis: str = "Original"  # A1111 emphasis option: Original, No norm, Ignore, None
     old_prompt_editing: bool = False  # A1111 use_old_scheduling ("Old prompt editing timelines")
     pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
@@ -122,10 +133,36 @@ class GenerationParams:
                 check_prompt(text, self.steps)
             except PromptError as e:
                 raise ParamError(field, str(e)) from None
+        if self.enable_hr:
+            self._validate_hires()
         if self.emphasis not in EMPHASIS_MODES:
             raise ParamError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise ParamError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+
+    def _validate_hires(self) -> None:
+        """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""
+        if self.is_img2img:
+            raise ParamError("enable_hr", "hires fix is a txt2img option; img2img has no second pass")
+        _check_float("hr_scale", self.hr_scale, 1.0, 8.0)
+        for field in ("hr_resize_x", "hr_resize_y"):
+            _check_int(field, getattr(self, field), 0, MAX_SIDE)
+        _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        for field, name in (("hr_sampler", self.hr_sampler), ("hr_scheduler", self.hr_scheduler)):
+            if name is not None and name not in (SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES):
+                allowed = SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES
+                raise ParamError(field, f"unknown {name!r}; allowed: {', '.join(allowed)}")
+        for field in ("hr_prompt", "hr_negative_prompt"):
+            try:
+                check_prompt(getattr(self, field), self.hr_second_pass_steps or self.steps)
+            except PromptError as e:
+                raise ParamError(field, str(e)) from None
+        from latentstudio.pipeline.hires import target_size  # hires imports this module
+
+        to_x, to_y, _, _ = target_size(self)
+        for field, value in (("hr_scale", to_x), ("hr_scale", to_y)):
+            if not 64 <= value <= MAX_SIDE:
+                raise ParamError(field, f"the hires target {to_x}x{to_y} must be within [64, {MAX_SIDE}]")
 
 
 def _check_size(field: str, value: int) -> None:

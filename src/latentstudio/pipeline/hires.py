@@ -1,0 +1,140 @@
+"""Hires fix as A1111's txt2img second pass (reference §6.3): target size, latent or pixel upscale, and
+the ``Hires …`` infotext keys. The second pass itself is an img2img run inside :func:`pipeline.run.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from latentstudio.pipeline.params import GenerationParams
+
+# A1111's latent upscale modes: name → (torch interpolation mode, antialias)
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+PixelUpscaler = Callable[[Image.Image, str, int, int], Image.Image]  # (image, upscaler name, w, h) → image
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    """The second pass of one job: where to upscale to, with what, and how to sample it.
+
+    ``width × height`` is the upscaled size (``hr_upscale_to_x/y``); ``truncate_x/y`` are the latent
+    columns/rows cut after a cover-fit resize (both ``hr_resize`` sides given), as A1111.
+    """
+
+    width: int
+    height: int
+    truncate_x: int
+    truncate_y: int
+    upscaler: str
+    sampler: str
+    scheduler: str
+    steps: int
+    prompt: str
+    negative_prompt: str
+
+    @property
+    def latent_mode(self) -> tuple[str, bool] | None:
+        return LATENT_UPSCALE_MODES.get(self.upscaler)
+
+
+def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
+    """A1111 ``calculate_target_resolution``: ``(to_x, to_y, truncate_x, truncate_y)``."""
+    width, height, rx, ry = params.width, params.height, params.hr_resize_x, params.hr_resize_y
+    if rx == 0 and ry == 0:
+        return int(width * params.hr_scale), int(height * params.hr_scale), 0, 0
+    if ry == 0:
+        return rx, rx * height // width, 0, 0
+    if rx == 0:
+        return ry * width // height, ry, 0, 0
+    if width / height < rx / ry:
+        to_x, to_y = rx, rx * height // width
+    else:
+        to_x, to_y = ry * width // height, ry
+    return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
+
+
+def plan(params: GenerationParams) -> HiresPlan:
+    """The resolved second pass: hires sampler/scheduler/prompts default to the first pass's."""
+    to_x, to_y, truncate_x, truncate_y = target_size(params)
+    return HiresPlan(
+        width=to_x,
+        height=to_y,
+        truncate_x=truncate_x,
+        truncate_y=truncate_y,
+        upscaler=params.hr_upscaler,
+        sampler=params.hr_sampler or params.sampler,
+        scheduler=params.hr_scheduler or params.scheduler,
+        steps=params.hr_second_pass_steps or params.steps,
+        prompt=params.hr_prompt or params.prompt,
+        negative_prompt=params.hr_negative_prompt or params.negative_prompt,
+    )
+
+
+def upscale_latents(latents: torch.Tensor, hires: HiresPlan) -> torch.Tensor:
+    """``[B, C, h, w]`` → ``[B, C, H/8, W/8]`` with the plan's latent mode (A1111: F.interpolate)."""
+    mode = hires.latent_mode
+    assert mode is not None
+    size = (hires.height // 8, hires.width // 8)
+    return torch.nn.functional.interpolate(latents, size=size, mode=mode[0], antialias=mode[1])
+
+
+def truncate(latents: torch.Tensor, hires: HiresPlan) -> torch.Tensor:
+    """Cut ``truncate_y`` rows and ``truncate_x`` columns, split between both sides as A1111 does."""
+    ty, tx = hires.truncate_y, hires.truncate_x
+    return latents[
+        :, :, ty // 2 : latents.shape[2] - (ty + 1) // 2, tx // 2 : latents.shape[3] - (tx + 1) // 2
+    ]
+
+
+def infotext_keys(
+    params: GenerationParams, hires: HiresPlan, first_schedule: str, hires_schedule: str
+) -> dict[str, object]:
+    """The ``Hires …`` keys in A1111's order (a key equal to the first pass's value is left out)."""
+    keys: dict[str, object] = {
+        "Hires sampler": hires.sampler if hires.sampler != params.sampler else None,
+        "Hires prompt": hires.prompt if hires.prompt != params.prompt else None,
+        "Hires negative prompt": hires.negative_prompt
+        if hires.negative_prompt != params.negative_prompt
+        else None,
+        "Hires schedule type": hires_schedule if hires_schedule != first_schedule else None,
+    }
+    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
+        keys["Hires upscale"] = params.hr_scale
+    else:
+        keys["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
+    keys["Hires steps"] = params.hr_second_pass_steps or None
+    keys["Hires upscaler"] = params.hr_upscaler
+    return keys
+
+
+def resize_pixels(image: Image.Image, upscaler: str, width: int, height: int) -> Image.Image:
+    """The built-in pixel upscalers (A1111 ``Upscaler.upscale`` with Lanczos / Nearest / None): repeat the
+    upscaler's ×scale step until the size is reached (at most 3 times), then Lanczos to the exact size."""
+    lanczos = Image.Resampling.LANCZOS
+    if upscaler == "None":
+        return image.resize((width, height), resample=lanczos)
+    resample = {"Lanczos": lanczos, "Nearest": Image.Resampling.NEAREST}.get(upscaler)
+    if resample is None:
+        raise ValueError(f"could not find upscaler named {upscaler!r}; built in: None, Lanczos, Nearest")
+    scale = max(width / image.width, height / image.height)
+    if scale > 1.0:
+        dest = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
+        for _ in range(3):
+            if image.width >= dest[0] and image.height >= dest[1]:
+                break
+            image = image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
+        if image.size != dest:
+            image = image.resize(dest, resample=lanczos)
+    return image if image.size == (width, height) else image.resize((width, height), resample=lanczos)
