@@ -1,0 +1,181 @@
+"""Inpainting as A1111's img2img with a mask (reference §6.4): mask preparation, "only masked" crop
+regions, masked-content fill, latent masks, inpainting-model conditioning and the final overlay.
+
+Pure functions over PIL images and tensors; :func:`latentstudio.pipeline.run.run` strings them together.
+White mask pixels are repainted; black ones are kept (and, after the overlay, unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from latentstudio.pipeline.params import ResizeMode
+from latentstudio.pipeline.resize import resize_image
+
+
+class MaskedContent(IntEnum):
+    """A1111's ``inpainting_fill``: what the masked area starts from."""
+
+    FILL = 0  # blurred surrounding colours
+    ORIGINAL = 1
+    LATENT_NOISE = 2
+    LATENT_NOTHING = 3
+
+
+MASKED_CONTENT_LABELS = {0: "fill", 2: "latent noise", 3: "latent nothing"}  # infotext "Masked content"
+
+
+def binary_mask(mask: Image.Image, round_alpha: bool = True) -> Image.Image:
+    """A1111 ``create_binary_mask``: the alpha channel of an RGBA mask with transparency (thresholded at
+    > 128 when ``round_alpha``), otherwise the mask as greyscale ``L``."""
+    if mask.mode == "RGBA" and mask.getextrema()[-1] != (255, 255):
+        alpha = mask.split()[-1].convert("L")
+        return alpha.point(lambda v: 255 if v > 128 else 0) if round_alpha else alpha
+    return mask.convert("L")
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    """OpenCV's ``getGaussianKernel`` for A1111's size ``2·int(2.5σ + 0.5) + 1``, normalised."""
+    size = 2 * int(2.5 * sigma + 0.5) + 1
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    kernel = np.exp(-(x**2) / (2 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """1-D Gaussian along ``axis`` with OpenCV's default border (reflect-101)."""
+    kernel = _gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    length = values.shape[axis]
+    index = np.arange(-radius, length + radius)
+    period = max(2 * (length - 1), 1)  # reflect-101: … 2 1 | 0 1 2 … n-1 | n-2 n-3 …
+    index = np.abs(index) % period
+    index = np.where(index >= length, period - index, index)
+    padded = np.take(values, index, axis=axis)
+    out = np.zeros_like(values, dtype=np.float64)
+    for k, weight in enumerate(kernel):
+        out += weight * np.take(padded, np.arange(k, k + length), axis=axis)
+    return out
+
+
+def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
+    """A1111's separable mask blur (``cv2.GaussianBlur`` horizontally with σ = ``blur_x``, then vertically
+    with σ = ``blur_y``; each rounded back to 8 bits). Matches OpenCV to ±1 grey level."""
+    values = np.asarray(mask.convert("L"), dtype=np.float64)
+    for sigma, axis in ((blur_x, 1), (blur_y, 0)):
+        if sigma > 0:
+            values = np.clip(np.rint(_blur_axis(values, sigma, axis)), 0, 255)
+    return Image.fromarray(values.astype(np.uint8), mode="L")
+
+
+def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """A1111 ``get_crop_region_v2``: the bounding box of the non-zero mask pixels grown by ``padding`` and
+    clipped to the image, as ``(x1, y1, x2, y2)``; None for a blank mask."""
+    box = mask.convert("L").getbbox()
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    return (
+        max(x1 - padding, 0),
+        max(y1 - padding, 0),
+        min(x2 + padding, mask.width),
+        min(y2 + padding, mask.height),
+    )
+
+
+def expand_crop_region(
+    region: tuple[int, int, int, int], width: int, height: int, image_width: int, image_height: int
+) -> tuple[int, int, int, int]:
+    """A1111 ``masking.expand_crop_region``: grow the region to the ``width:height`` aspect ratio, keeping it
+    centred and inside the image (a 128×32 region for 512×512 becomes 128×128)."""
+    x1, y1, x2, y2 = region
+    ratio_crop, ratio_processing = (x2 - x1) / (y2 - y1), width / height
+    if ratio_crop > ratio_processing:
+        desired = (x2 - x1) / ratio_processing
+        diff = int(desired - (y2 - y1)) // 2
+        y1, y2 = y1 - diff, y2 + diff
+        if y2 >= image_height:
+            y1, y2 = y1 - (y2 - image_height), image_height
+        if y1 < 0:
+            y2, y1 = min(y2 - y1, image_height), 0
+    else:
+        desired = (y2 - y1) * ratio_processing
+        diff = int(desired - (x2 - x1)) // 2
+        x1, x2 = x1 - diff, x2 + diff
+        if x2 >= image_width:
+            x1, x2 = x1 - (x2 - image_width), image_width
+        if x1 < 0:
+            x2, x1 = min(x2 - x1, image_width), 0
+    return x1, y1, x2, y2
+
+
+def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111 ``masking.fill``: the masked area pre-filled with the blurred surrounding colours (Gaussian
+    blurs of the unmasked pixels at radii 256, 64, 16, 16, 4, 4, 4, 4, 2, 2, then the sharp image),
+    composited outward-in; the unmasked pixels are kept."""
+    image_mod = Image.new("RGBA", image.size)
+    background = Image.new("RGBa", image.size)
+    background.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    background = background.convert("RGBa")
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = background.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            image_mod.alpha_composite(blurred)
+    return image_mod.convert("RGB")
+
+
+def latent_masks(
+    mask: Image.Image, latent: torch.Tensor, round_mask: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, repaint)`` latent masks ``[C, h, w]`` from the processing-size mask (A1111 ``self.mask`` and
+    ``self.nmask``): the mask resized to the latent size (PIL bicubic), rounded, 1 = repaint."""
+    h, w = latent.shape[-2:]
+    small = np.asarray(mask.convert("RGB").resize((w, h)), dtype=np.float32)[..., 0] / 255
+    if round_mask:
+        small = np.around(small)
+    repaint = torch.from_numpy(np.ascontiguousarray(small))[None].expand(latent.shape[-3], -1, -1)
+    return 1.0 - repaint, repaint
+
+
+def conditioning_mask(
+    mask: Image.Image | None, size: tuple[int, int], round_mask: bool = True
+) -> torch.Tensor:
+    """The inpainting-model mask ``[1, 1, H, W]`` in [0, 1] (all ones without a mask, as A1111's txt2img)."""
+    if mask is None:
+        return torch.ones(1, 1, size[1], size[0])
+    values = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    return torch.round(values) if round_mask else values
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """How a processed image goes back into the original: ``image`` holds the kept pixels (alpha = not
+    repainted); ``paste`` is ``(x, y, w, h)`` of the "only masked" crop, or None for the whole picture."""
+
+    image: Image.Image
+    paste: tuple[int, int, int, int] | None
+
+
+def overlay_for(init: Image.Image, overlay_mask: Image.Image) -> Image.Image:
+    """The init image with alpha = 255 − mask (A1111's ``overlay_images`` entry)."""
+    masked = Image.new("RGBa", init.size)
+    masked.paste(init.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(overlay_mask.convert("L")))
+    return masked.convert("RGBA")
+
+
+def apply_overlay(image: Image.Image, overlay: Overlay) -> Image.Image:
+    """A1111 ``apply_overlay``: paste the processed crop back (crop-and-resize to its box), then composite
+    the kept pixels over it, so pixels outside the mask are the init image's."""
+    if overlay.paste is not None:
+        x, y, w, h = overlay.paste
+        base = Image.new("RGBA", overlay.image.size)
+        base.paste(resize_image(image, w, h, ResizeMode.CROP_AND_RESIZE), (x, y))
+        image = base
+    composed = image.convert("RGBA")
+    composed.alpha_composite(overlay.image)
+    return composed.convert("RGB")
