@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     embeddings_dir: Path | None = Field(
         default=None, description="Textual-inversion folder; default: <models_dir>/../embeddings."
     )
+    lora_dir: Path | None = Field(
+        default=None, description="LoRA folder (A1111 --lora-dir); default: <models_dir>/Lora."
+    )
     data_dir: Path = Field(default=Path("data"), description="Job store, hash cache and settings.")
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
@@ -68,6 +71,10 @@ class Settings(BaseSettings):
     cors_allow_origins: tuple[str, ...] = Field(
         default=(), description="Origins allowed by CORS (none: no CORS headers at all)."
     )
+
+    def resolved_lora_dirs(self) -> tuple[Path, ...]:
+        """The LoRA folders: ``lora_dir`` (default ``<models_dir>/Lora``) and ``<models_dir>/LyCORIS``."""
+        return (self.lora_dir or self.models_dir / "Lora", self.models_dir / "LyCORIS")
 
     def resolved_embeddings_dir(self) -> Path:
         """The embeddings folder: explicit, or ``embeddings/`` beside the models root (A1111 layout)."""

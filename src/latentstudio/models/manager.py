@@ -23,6 +23,7 @@ from latentstudio.models.discovery import CheckpointInfo, VaeInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
 from latentstudio.models.hashes import HashCache, legacy_hash, short_hash
+from latentstudio.models.lora import LoraLibrary, LoraNetworks
 
 VAE_AUTOMATIC = "Automatic"
 VAE_NONE = "None"
@@ -83,6 +84,10 @@ class ModelManager:
         self._checkpoints: list[CheckpointInfo] | None = None
         self._vae_infos: list[VaeInfo] | None = None
         self._embeddings: dict[tuple[tuple[str, int], ...], EmbeddingDatabase] = {}
+        self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), self.hashes)
+        """The LoRA files (thread-safe: listings may come from any thread)."""
+        self.lora_networks = LoraNetworks(self.lora_library)
+        """Applies LoRAs to loaded models: only for the thread that runs jobs (``pipeline.run(loras=…)``)."""
 
     # -- discovery -------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -91,6 +96,7 @@ class ModelManager:
             self._checkpoints = None
             self._vae_infos = None
             self._embeddings.clear()
+        self.lora_library.refresh()
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted."""
@@ -175,6 +181,8 @@ class ModelManager:
             if components is None:
                 components = loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
                 self._loaded[info.path] = components
+                if len(self._loaded) > self.settings.checkpoints_in_ram:
+                    self.lora_networks.release()  # its cached merged weights may belong to the evicted one
                 self._evict(self._loaded, self.settings.checkpoints_in_ram)
             self._loaded.move_to_end(info.path)
             vae_path = self._resolve_vae(info, vae)
@@ -197,6 +205,12 @@ class ModelManager:
                 return v.path
         allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *(v.name for v in vaes)])
         raise ModelNotFoundError(f"unknown VAE {choice!r}; allowed: {allowed}")
+
+    def vae_shorthash(self, components: loader.Components) -> str | None:
+        """The infotext's ``VAE hash``: 10 hex of the external VAE's sha256 (cached); None without one."""
+        if components.vae_path is None:
+            return None
+        return short_hash(self.hashes.sha256(components.vae_path, "vae"))
 
     def _load_vae(self, path: Path, base: loader.Components) -> AutoencoderKL:
         vae = self._vaes.get(path)
@@ -240,6 +254,7 @@ class ModelManager:
     def unload(self) -> None:
         """Drop every loaded checkpoint and VAE (A1111's unload-checkpoint)."""
         with self._lock:
+            self.lora_networks.release()
             self._loaded.clear()
             self._vaes.clear()
         _release_memory()

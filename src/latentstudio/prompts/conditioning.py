@@ -56,23 +56,28 @@ class ConditioningCache:
     """An LRU of encoded prompts shared across jobs (A1111's persistent cond cache).
 
     Keys hold everything that changes an encoding: checkpoint (the Components object), encoder options,
-    the embedding database and the text. Only the worker that owns the models uses it (one thread).
+    the embedding database, the text-encoder LoRA patches and the text. Only the worker that owns the
+    models uses it (one thread).
     """
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
         self._items: OrderedDict[tuple[Hashable, ...], Encoded] = OrderedDict()
 
-    def get_or_encode(
+    def get_or_encode(  # noqa: PLR0917 - every part of the key
         self,
         components: Components,
         text: str,
         options: TextOptions,
         database: Hashable,
         encode: Callable[[], Encoded],
+        networks: Hashable = (),
     ) -> Encoded:
-        """The cached encoding of ``text`` (conditioning + embeddings it used), ``encode()`` on a miss."""
-        key = (id(components), components.path, text, options, id(database))
+        """The cached encoding of ``text`` (conditioning + embeddings it used), ``encode()`` on a miss.
+
+        ``networks`` identifies the LoRA patches in force on the text encoders (they change the encoding).
+        """
+        key = (id(components), components.path, text, options, id(database), networks)
         found = self._items.get(key)
         if found is None:
             found = encode()

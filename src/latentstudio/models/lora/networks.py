@@ -122,8 +122,8 @@ class LoraNetworks:
             swap.remove()
 
     def release(self) -> None:
-        """Remove any patches and drop the cached merged weights, parsed files and module index."""
-        self.deactivate()
+        """Drop the cached merged weights, parsed files and module index (patches of a running job stay
+        until its :meth:`deactivate`)."""
         self._cached, self._index = None, None
         self._files.clear()
 
