@@ -1,0 +1,266 @@
+"""A1111 request → :class:`JobSpec`: options, overrides, sampler names, styles, refusals (pure, no I/O).
+
+Per field (reference/a1111-compat.md §1.4–1.6, §6): honoured fields become :class:`GenerationParams`;
+fields that cannot change the picture are accepted and ignored (``force_task_id``, ``comments``,
+``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, ``s_tmin``/``s_tmax`` without churn,
+``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
+differ from A1111's is refused with a 422 naming the field: hires fix, face restoration, tiling, masks and
+inpainting (issue 9), refiner, scripts, several init images, ``s_churn``/``s_min_uncond``, unknown
+samplers, schedulers, styles, checkpoints, VAEs and options.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from latentstudio.api.errors import InputError
+from latentstudio.api.sdapi import options as opts
+from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from latentstudio.jobs import JobKind, JobSpec
+from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
+from latentstudio.prompts.parser import PromptError
+from latentstudio.prompts.styles import Style, apply_styles
+from latentstudio.samplers import SAMPLER_INFO, resolve_sampler, resolve_scheduler
+from latentstudio.samplers.noise import RngSource
+
+DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
+_PARAM_FIELDS = {
+    "sampler": "sampler_name",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta",
+}
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A discovered checkpoint: ``name`` (what a job names it by), A1111 ``title`` and exact aliases."""
+
+    name: str
+    title: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServerCatalog:
+    """What the server has: checkpoints, VAE names, styles, and its limits."""
+
+    checkpoints: tuple[CheckpointRef, ...] = ()
+    vaes: tuple[str, ...] = ()
+    styles: Mapping[str, Style] = field(default_factory=dict)
+    max_side: int = 2048
+    max_pixels: int = 40_000_000
+
+    def checkpoint(self, query: str, field_name: str) -> CheckpointRef:
+        """The checkpoint ``query`` names exactly (title, name, stem, model name, shorthash, path).
+
+        A1111 drops an unknown name silently (and loads its default); we refuse it, listing the titles.
+        """
+        for ref in reversed(self.checkpoints):  # a later checkpoint wins a shared alias, as in A1111
+            if query in ref.aliases or query.replace("\\", "/") in ref.aliases:
+                return ref
+        titles = ", ".join(ref.title for ref in self.checkpoints[:50]) or "none"
+        raise InputError(field_name, f"unknown checkpoint {query!r}; available: {titles}")
+
+    def check_models(self, values: Mapping[str, opts.Value], prefix: str) -> dict[str, opts.Value]:
+        """``values`` with ``sd_model_checkpoint`` as the checkpoint's name; unknown models refused."""
+        out = dict(values)
+        query = values.get("sd_model_checkpoint")
+        if isinstance(query, str):
+            out["sd_model_checkpoint"] = self.checkpoint(query, f"{prefix}sd_model_checkpoint").name
+        vae = values.get("sd_vae")
+        if isinstance(vae, str) and vae not in ("Automatic", "None", *self.vaes):
+            allowed = ", ".join(["Automatic", "None", *self.vaes[:50]])
+            raise InputError(f"{prefix}sd_vae", f"unknown VAE {vae!r}; allowed: {allowed}")
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request made ready to queue: the spec, the echo A1111 returns, and the options it ran with."""
+
+    spec: JobSpec
+    parameters: dict[str, Any]
+    options: Mapping[str, opts.Value]
+    persist: Mapping[str, opts.Value]  # overrides to keep (override_settings_restore_afterwards false)
+    styles: tuple[str, ...] = ()
+
+
+def effective_options(
+    stored: Mapping[str, opts.Value], overrides: Mapping[str, Any] | None, catalog: ServerCatalog
+) -> tuple[dict[str, opts.Value], dict[str, opts.Value]]:
+    """(stored options overlaid with the checked ``override_settings``, the checked overrides)."""
+    prefix = "override_settings."
+    checked = catalog.check_models(opts.check(overrides or {}, prefix), prefix)
+    return {**stored, **checked}, checked
+
+
+def sampler_and_scheduler(name: str | None, index: str, scheduler: str | None) -> tuple[str, str]:
+    """A1111 ``get_sampler_and_scheduler``: ``sampler_name or sampler_index``, a trailing scheduler in the
+    name ("DPM++ 2M Karras") wins over ``scheduler``, and the sampler's own default becomes "Automatic".
+
+    Unlike A1111 (which silently falls back to DPM++ 2M / Automatic), unknown names are refused.
+    """
+    field_name = "sampler_name" if name else "sampler_index"
+    try:
+        sampler, from_name = resolve_sampler(name or index or DEFAULT_SAMPLER)
+    except ValueError as e:
+        raise InputError(field_name, str(e)) from None
+    try:
+        label = resolve_scheduler(from_name or scheduler or "Automatic")
+    except ValueError as e:
+        raise InputError("scheduler", str(e)) from None
+    if label == SAMPLER_INFO[sampler].scheduler:
+        label = "Automatic"
+    return sampler, label
+
+
+def _takes(sampler: str, option: str) -> bool:
+    return option in inspect.signature(SAMPLER_INFO[sampler].function).parameters
+
+
+def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value], sampler: str) -> None:
+    """422 for every field that would make the picture differ from A1111's (see the module docstring)."""
+    restore = req.restore_faces if req.restore_faces is not None else options["face_restoration"]
+    tiling = req.tiling if req.tiling is not None else options["tiling"]
+    refusals: list[tuple[bool, str, str]] = [
+        (bool(restore), "restore_faces", "face restoration is not supported"),
+        (bool(tiling), "tiling", "tiling is not supported"),
+        (bool(req.script_name), "script_name", f"Script '{req.script_name}' not found (no scripts here)"),
+        (req.refiner_checkpoint not in (None, "", "None"), "refiner_checkpoint", "refiner is not supported"),
+        (req.firstpass_image is not None, "firstpass_image", "hires fix is not supported"),
+        (bool(req.s_min_uncond), "s_min_uncond", "NGMS (s_min_uncond > 0) is not supported"),
+        (
+            bool(req.s_churn) and _takes(sampler, "s_churn"),
+            "s_churn",
+            f"churn is not supported (must be 0 for {sampler})",
+        ),
+    ]
+    if isinstance(req, Txt2ImgRequest):
+        refusals.append((req.enable_hr, "enable_hr", "hires fix is not supported yet (issue 9)"))
+    if isinstance(req, Img2ImgRequest):
+        noise = req.initial_noise_multiplier
+        refusals += [
+            (req.mask is not None, "mask", "inpainting is not supported yet (issue 9)"),
+            (req.latent_mask is not None, "latent_mask", "inpainting is not supported yet (issue 9)"),
+            (noise is not None and noise != 1.0, "initial_noise_multiplier", "only 1.0 is supported"),
+            (len(req.init_images or ()) > 1, "init_images", "one init image per request is supported"),
+        ]
+    for refused, field_name, message in refusals:
+        if refused:
+            raise InputError(field_name, message)
+    for name in req.alwayson_scripts:
+        raise InputError(f"alwayson_scripts.{name}", f"Script '{name}' not found (no scripts here)")
+
+
+def _styled(req: GenerationRequest, styles: Mapping[str, Style]) -> tuple[str, str]:
+    try:
+        return apply_styles(req.prompt, req.negative_prompt, styles, req.styles or [])
+    except PromptError as e:
+        raise InputError("styles", str(e)) from None
+
+
+def _eta(sampler: str, eta: float | None, options: Mapping[str, opts.Value]) -> float | None:
+    """A1111: the request's eta, else ``eta_ddim`` (timestep samplers) or ``eta_ancestral``; only for
+    samplers that take an eta (others ignore it, and so does their infotext)."""
+    if not _takes(sampler, "eta"):
+        return None
+    if eta is not None:
+        return eta
+    key = "eta_ddim" if SAMPLER_INFO[sampler].timestep else "eta_ancestral"
+    return float(options[key])  # type: ignore[arg-type]
+
+
+def generation_params(
+    req: GenerationRequest,
+    options: Mapping[str, opts.Value],
+    catalog: ServerCatalog,
+    init: Image.Image | None,
+) -> GenerationParams:
+    """The resolved :class:`GenerationParams` (seeds fixed) of a checked request."""
+    for side in ("width", "height"):
+        value = getattr(req, side)
+        if value > catalog.max_side or value % 8:
+            raise InputError(side, f"must be a multiple of 8 in [8, {catalog.max_side}], got {value}")
+    sampler, scheduler = sampler_and_scheduler(req.sampler_name, req.sampler_index, req.scheduler)
+    refuse_unsupported(req, options, sampler)
+    prompt, negative = _styled(req, catalog.styles)
+    resize = req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
+    s_noise = req.s_noise if req.s_noise is not None else float(options["s_noise"])  # type: ignore[arg-type]
+    extra: dict[str, Any] = {}
+    if isinstance(req, Img2ImgRequest):
+        extra = {"denoising_strength": req.denoising_strength, "resize_mode": ResizeMode(req.resize_mode)}
+    params = GenerationParams(
+        prompt=prompt, negative_prompt=negative, sampler=sampler, scheduler=scheduler, steps=req.steps,
+        cfg_scale=req.cfg_scale, seed=req.seed, subseed=req.subseed, subseed_strength=req.subseed_strength,
+        seed_resize_from_w=req.seed_resize_from_w if resize else 0,
+        seed_resize_from_h=req.seed_resize_from_h if resize else 0,
+        width=req.width, height=req.height, batch_size=req.batch_size, n_iter=req.n_iter,
+        clip_skip=int(options["CLIP_stop_at_last_layers"]),  # type: ignore[arg-type]
+        eta=_eta(sampler, req.eta, options),
+        s_noise=s_noise if _takes(sampler, "s_noise") else 1.0,
+        rng=RngSource(str(options["randn_source"])),
+        eta_noise_seed_delta=int(options["eta_noise_seed_delta"]),  # type: ignore[arg-type]
+        init_image=init, emphasis=str(options["emphasis"]),
+        old_prompt_editing=bool(options["use_old_scheduling"]),
+        pad_conds=bool(options["pad_cond_uncond"]), pad_conds_v0=bool(options["pad_cond_uncond_v0"]),
+        **extra,
+    )  # fmt: skip
+    try:
+        return params.resolved()
+    except ParamError as e:
+        raise InputError(_PARAM_FIELDS.get(e.field, e.field), str(e).split(": ", 1)[-1]) from None
+
+
+def flatten(image: Image.Image, background: str) -> Image.Image:
+    """A1111 ``images.flatten``: an RGBA image composited onto ``background`` (img2img_background_color)."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    canvas = Image.new("RGBA", image.size, background)
+    canvas.paste(image, mask=image)
+    return canvas.convert("RGB")
+
+
+def echo(req: GenerationRequest) -> dict[str, Any]:
+    """A1111's ``parameters``: the request with every default (seed stays -1); for img2img the images are
+    left out (null) unless ``include_init_images``, which itself is never echoed."""
+    parameters = req.model_dump(mode="json")
+    if isinstance(req, Img2ImgRequest):
+        parameters.pop("include_init_images", None)
+        if not req.include_init_images:
+            parameters["init_images"] = None
+            parameters["mask"] = None
+    return parameters
+
+
+def prepare(
+    req: GenerationRequest,
+    stored: Mapping[str, opts.Value],
+    catalog: ServerCatalog,
+    init_images: Sequence[Image.Image] = (),
+) -> Prepared:
+    """Everything a txt2img / img2img request needs to be queued (``init_images`` decoded by the caller).
+
+    Raises :class:`InputError` naming the field for anything refused.
+    """
+    options, overrides = effective_options(stored, req.override_settings, catalog)
+    init = None
+    if isinstance(req, Img2ImgRequest):
+        if not init_images:
+            raise InputError("init_images", "Init image not found")
+        init = flatten(init_images[0], str(options["img2img_background_color"]))
+    params = generation_params(req, options, catalog, init)
+    checkpoint = options["sd_model_checkpoint"]
+    spec = JobSpec(
+        JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG,
+        params,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        vae=str(options["sd_vae"]),
+        source="sdapi",
+    )
+    persist = {} if req.override_settings_restore_afterwards else overrides
+    return Prepared(spec, echo(req), options, persist, tuple(req.styles or ()))

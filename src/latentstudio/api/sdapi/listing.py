@@ -1,0 +1,262 @@
+"""What the ``/sdapi/v1`` list endpoints return, in A1111's shapes (reference §1.3, §1.9, §5).
+
+Listing never loads a model or hashes a file: hashes appear once the model manager has computed them
+(as A1111's ``hash``/``sha256`` are null until a model was loaded). Model files are only read for their
+safetensors header (LoRA metadata) or, for ``embeddings``, with the safe tensor readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from latentstudio.api.sdapi.convert import CheckpointRef, ServerCatalog
+from latentstudio.api.sdapi.extras import UPSCALERS
+from latentstudio.config import Settings
+from latentstudio.models import loader
+from latentstudio.models.discovery import CheckpointInfo, natural_key
+from latentstudio.models.embeddings import EmbeddingDatabase
+from latentstudio.models.families import Family
+from latentstudio.models.files import ModelFileError, read_safetensors_header
+from latentstudio.models.manager import ModelManager, ModelNotFoundError
+from latentstudio.prompts.styles import load_styles
+from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
+
+LATENT_UPSCALE_MODES = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+LORA_FOLDERS = ("Lora", "LyCORIS")
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+STYLES_FILE = "styles.csv"
+_ENCODER_WIDTHS: dict[Family, dict[str, int]] = {
+    Family.SD1: {"text_encoder": 768},
+    Family.SD2: {"text_encoder": 1024},
+    Family.SDXL: {"text_encoder": 768, "text_encoder_2": 1280},
+    Family.SDXL_REFINER: {"text_encoder_2": 1280},
+}
+
+
+def samplers() -> list[dict[str, Any]]:
+    """``[{name, aliases, options}]``; option values as strings (A1111's pydantic v1 gives "True")."""
+    return [
+        {"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.options.items()}}
+        for s in SAMPLER_INFO.values()
+    ]
+
+
+def schedulers() -> list[dict[str, Any]]:
+    """``[{name, label, aliases, default_rho, need_inner_model}]`` (aliases null when none, as A1111)."""
+    return [
+        {
+            "name": s.name,
+            "label": s.label,
+            "aliases": list(s.aliases) or None,
+            "default_rho": s.default_rho,
+            "need_inner_model": s.need_inner_model,
+        }
+        for s in SCHEDULER_INFO.values()
+    ]
+
+
+def upscalers() -> list[dict[str, Any]]:
+    """The built-in upscalers: ``[{name, model_name, model_path, model_url, scale}]``."""
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in UPSCALERS
+    ]
+
+
+def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+def _shorthash(manager: ModelManager, info: CheckpointInfo) -> tuple[str | None, str | None]:
+    entry = manager.entry(info, compute_hash=False)
+    return entry.shorthash, entry.sha256
+
+
+def catalog(manager: ModelManager, settings: Settings) -> ServerCatalog:
+    """Checkpoints (with their exact aliases), VAE names, styles and limits, for request conversion."""
+    refs = []
+    for info in manager.checkpoints():
+        short, _ = _shorthash(manager, info)
+        refs.append(CheckpointRef(info.name, info.title(short), info.aliases(short)))
+    return ServerCatalog(
+        checkpoints=tuple(refs),
+        vaes=tuple(v.name for v in manager.vaes()),
+        styles=load_styles(settings.data_dir / STYLES_FILE),
+        max_side=settings.max_side,
+        max_pixels=settings.max_image_pixels,
+    )
+
+
+def sd_models(manager: ModelManager) -> list[dict[str, Any]]:
+    """``[{title, model_name, hash, sha256, filename, config}]``; hashes null until computed."""
+    out = []
+    for info in manager.checkpoints():
+        short, sha256 = _shorthash(manager, info)
+        yaml = info.path.with_suffix(".yaml")
+        out.append(
+            {
+                "title": info.title(short),
+                "model_name": info.model_name,
+                "hash": short,
+                "sha256": sha256,
+                "filename": str(info.path.resolve()),
+                "config": str(yaml.resolve()) if yaml.is_file() else None,
+            }
+        )
+    return out
+
+
+def sd_vaes(manager: ModelManager) -> list[dict[str, str]]:
+    return [{"model_name": v.name, "filename": str(v.path.resolve())} for v in manager.vaes()]
+
+
+def current_checkpoint(manager: ModelManager, stored: str | None) -> CheckpointInfo | None:
+    """The checkpoint jobs use by default: the stored option, else the first one (None when there is none)."""
+    try:
+        return manager.find(stored) if stored else manager.default_checkpoint()
+    except ModelNotFoundError:
+        return None
+
+
+def _lora_metadata(path: Path) -> dict[str, Any]:
+    """The safetensors ``__metadata__`` with ``{…}`` values JSON-decoded (A1111); {} for other files."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        _, metadata = read_safetensors_header(path)
+    except ModelFileError:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        out[key] = value
+        if value.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out[key] = json.loads(value)
+    return out
+
+
+def loras(models_dir: Path) -> list[dict[str, Any]]:
+    """``[{name, alias, path, metadata}]`` for the LoRA files under ``Lora/`` and ``LyCORIS/``."""
+    found: dict[str, Path] = {}
+    for folder in LORA_FOLDERS:
+        root = models_dir / folder
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                path = Path(dirpath) / name
+                if not name.startswith(".") and name.lower().endswith(LORA_SUFFIXES):
+                    found.setdefault(path.stem, path)
+    out = []
+    for stem in sorted(found, key=natural_key):
+        metadata = _lora_metadata(found[stem])
+        alias = metadata.get("ss_output_name", stem)
+        out.append({"name": stem, "alias": alias, "path": str(found[stem].resolve()), "metadata": metadata})
+    return out
+
+
+def embeddings(manager: ModelManager, settings: Settings, stored: str | None) -> dict[str, Any]:
+    """``{loaded: {name: {step, sd_checkpoint, sd_checkpoint_name, shape, vectors}}, skipped: {…}}`` for the
+    checkpoint jobs use by default (its text-encoder widths decide what is usable)."""
+    info = current_checkpoint(manager, stored)
+    if info is None:
+        return {"loaded": {}, "skipped": {}}
+    try:
+        family = loader.identify_path(info.path).family
+    except (ModelFileError, ValueError, OSError):
+        return {"loaded": {}, "skipped": {}}
+    folder = settings.resolved_embeddings_dir()
+    database = EmbeddingDatabase.load(folder, _ENCODER_WIDTHS[family], hash_cache=manager.hashes)
+    return database.listing().to_api()
+
+
+def prompt_styles(settings: Settings) -> list[dict[str, str]]:
+    styles = load_styles(settings.data_dir / STYLES_FILE)
+    return [
+        {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()
+    ]
+
+
+def memory() -> dict[str, Any]:
+    """A1111's ``/memory``: this process's RAM use (psutil) and CUDA statistics or ``{error}``."""
+    process = psutil.Process(os.getpid())
+    rss = process.memory_info().rss
+    total = psutil.virtual_memory().total
+    ram = {"free": total - rss, "used": rss, "total": total}
+    if not torch.cuda.is_available():
+        return {"ram": ram, "cuda": {"error": "unavailable"}}
+    free, cuda_total = torch.cuda.mem_get_info()
+    stats = torch.cuda.memory_stats()
+
+    def pair(name: str) -> dict[str, int]:
+        return {
+            "current": int(stats.get(f"{name}.all.current", 0)),
+            "peak": int(stats.get(f"{name}.all.peak", 0)),
+        }
+
+    cuda = {
+        "system": {"free": free, "used": cuda_total - free, "total": cuda_total},
+        "active": pair("active_bytes"),
+        "allocated": pair("allocated_bytes"),
+        "reserved": pair("reserved_bytes"),
+        "inactive": pair("inactive_split_bytes"),
+        "events": {"retries": int(stats.get("num_alloc_retries", 0)), "oom": int(stats.get("num_ooms", 0))},
+    }
+    return {"ram": ram, "cuda": cuda}
+
+
+def cmd_flags(settings: Settings) -> dict[str, Any]:
+    """A1111's argparse names for what this server was started with. Never a secret: the credential flags
+    (``api_auth``, ``gradio_auth``) are left out, and no environment or tokens appear (A1111 #17411)."""
+    models = settings.models_dir.resolve()
+    return {
+        "api": True,
+        "nowebui": True,
+        "data_dir": str(settings.data_dir.resolve()),
+        "models_dir": str(models),
+        "ckpt_dir": str(models / "Stable-diffusion"),
+        "vae_dir": str(models / "VAE"),
+        "lora_dir": str(models / "Lora"),
+        "embeddings_dir": str(settings.resolved_embeddings_dir().resolve()),
+        "styles_file": [str((settings.data_dir / STYLES_FILE).resolve())],
+        "use_cpu": ["all"] if settings.device == "cpu" else [],
+        "no_half": settings.dtype == "float32",
+        "cors_allow_origins": ",".join(settings.cors_allow_origins) or None,
+        "api_server_stop": False,
+        "enable_insecure_extension_access": False,
+        "allow_code": False,
+        "disable_safe_unpickle": False,
+    }
+
+
+def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+def option_view(values: Mapping[str, Any], manager: ModelManager) -> dict[str, Any]:
+    """GET ``/options``: every option, with ``sd_model_checkpoint`` as the current checkpoint's title and
+    ``sd_checkpoint_hash`` its sha256 once known."""
+    out = dict(values)
+    stored = values.get("sd_model_checkpoint")
+    info = current_checkpoint(manager, stored if isinstance(stored, str) else None)
+    if info is not None:
+        short, sha256 = _shorthash(manager, info)
+        out["sd_model_checkpoint"] = info.title(short)
+        out["sd_checkpoint_hash"] = sha256 or ""
+    return out

@@ -1,0 +1,170 @@
+"""The ``/sdapi/v1`` generation, progress, control and options endpoints.
+
+Synchronous like A1111's: txt2img / img2img queue a job on the shared job service and wait for it (plain
+``def`` handlers, so the waiting happens in FastAPI's thread pool and progress / interrupt / skip answer
+meanwhile). Unlike A1111, overlapping calls queue instead of racing, and each call gets its own job.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from latentstudio.api.imageio import decode_image, encode_png_base64
+from latentstudio.api.sdapi import listing, response
+from latentstudio.api.sdapi import options as opts
+from latentstudio.api.sdapi.convert import prepare
+from latentstudio.api.sdapi.models import (
+    GenerationRequest,
+    GenerationResponse,
+    Img2ImgRequest,
+    ProgressResponse,
+    ProgressState,
+    Txt2ImgRequest,
+)
+from latentstudio.api.sdapi.pasting import apply_infotext
+from latentstudio.api.state import Services, ServicesDep
+from latentstudio.jobs import JobStatus
+
+router = APIRouter(tags=["A1111 compatible"])
+WAIT_SECONDS = 6 * 3600.0
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "A field was refused; `detail[].loc` names it."},
+    429: {"description": "The queue is full (Retry-After)."},
+    500: {"description": "The job failed (A1111's error envelope)."},
+}
+
+
+def _failure(status: int, error: str, detail: str) -> JSONResponse:
+    """A1111's error envelope ``{error, detail, body, errors}``."""
+    return JSONResponse({"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status)
+
+
+def _generate(
+    svc: Services, req: GenerationRequest, decode_init: bool = False
+) -> GenerationResponse | JSONResponse:
+    """Options → infotext → checks → queue → wait → A1111's response."""
+    store = opts.OptionsStore(svc.settings.data_dir)
+    stored = store.load()
+    req = apply_infotext(req, stored)
+    images = []
+    if decode_init and isinstance(req, Img2ImgRequest) and req.init_images:
+        images = [decode_image(req.init_images[0], "init_images.0", max_pixels=svc.settings.max_image_pixels)]
+    prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images)
+    record = svc.jobs.submit(prepared.spec)
+    store.update(prepared.persist)
+    record = svc.jobs.wait(record.id, WAIT_SECONDS)
+    if record.status is JobStatus.FAILED:
+        return _failure(500, "JobFailed", record.error or "the job failed")
+    if record.status is JobStatus.CANCELLED:
+        return _failure(409, "JobCancelled", f"job {record.id} was cancelled")
+    if record.status is not JobStatus.DONE:
+        return _failure(
+            504, "Timeout", f"job {record.id} is still {record.status}; see /api/v1/jobs/{record.id}"
+        )
+    pngs = [svc.jobs.image_path(image.id).read_bytes() for image in record.images]
+    return response.build(prepared, record, pngs, req)
+
+
+@router.post("/txt2img", response_model=GenerationResponse, responses=_ERRORS, summary="Text to image")
+def txt2img(req: Txt2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
+    return _generate(svc, req)
+
+
+@router.post(
+    "/img2img",
+    response_model=GenerationResponse,
+    responses={**_ERRORS, 404: {"description": "Init image not found"}},
+    summary="Image to image",
+)
+def img2img(req: Img2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
+    if not req.init_images:
+        raise HTTPException(404, "Init image not found")
+    return _generate(svc, req, decode_init=True)
+
+
+def _progress_state(svc: Services, skip_image: bool) -> ProgressResponse:
+    """A1111's progress arithmetic over the running job's batches (``n_iter``)."""
+    progress = svc.jobs.progress()
+    if progress.job_id is None:
+        return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
+    record = svc.jobs.get(progress.job_id)
+    n_iter = record.spec.params.n_iter
+    per_batch = progress.total // n_iter if progress.total else 0
+    job_no = min((progress.step - 1) // per_batch, n_iter - 1) if per_batch and progress.step > 0 else 0
+    step = progress.step - job_no * per_batch
+    fraction = 0.01 + job_no / n_iter + (step / per_batch / n_iter if per_batch else 0.0)
+    fraction = min(fraction, 1.0)
+    eta = progress.elapsed / fraction - progress.elapsed
+    state = ProgressState(
+        job=f"Batch {job_no + 1} out of {n_iter}" if n_iter > 1 else "",
+        job_count=n_iter,
+        job_timestamp=response.timestamp(record.started_at),
+        job_no=job_no,
+        sampling_step=step,
+        sampling_steps=per_batch,
+    )
+    image = None
+    if progress.preview is not None and not skip_image:
+        image = encode_png_base64(progress.preview, None)
+    return ProgressResponse(progress=fraction, eta_relative=max(0.0, eta), state=state, current_image=image)
+
+
+@router.get("/progress", response_model=ProgressResponse, summary="Progress of the running job")
+def progress(
+    svc: ServicesDep,
+    skip_current_image: Annotated[bool, Query(description="Leave out the preview image.")] = False,
+) -> ProgressResponse:
+    """``progress`` 0–1, ``eta_relative`` seconds, A1111's ``state``, a preview (base64 PNG)."""
+    return _progress_state(svc, skip_current_image)
+
+
+@router.post("/interrupt", summary="Stop the running job after its current step (it keeps its images)")
+def interrupt(svc: ServicesDep) -> dict[str, Any]:
+    svc.jobs.interrupt()
+    return {}
+
+
+@router.post("/skip", summary="End the running job's current batch")
+def skip(svc: ServicesDep) -> None:
+    svc.jobs.skip()
+
+
+@router.get("/options", summary="Every setting with its current value")
+def get_options(svc: ServicesDep) -> dict[str, Any]:
+    return listing.option_view(opts.OptionsStore(svc.settings.data_dir).load(), svc.manager)
+
+
+@router.post("/options", responses={422: _ERRORS[422]}, summary="Change settings (persisted)")
+def set_options(body: Annotated[dict[str, Any], Body()], svc: ServicesDep) -> None:
+    """Checked key by key: unknown keys, wrong types, unknown checkpoints / VAEs and values of settings this
+    server does not implement are refused with 422 (nothing is stored then). ``sd_checkpoint_hash`` is
+    read-only and ignored."""
+    values = {k: v for k, v in body.items() if k != "sd_checkpoint_hash"}
+    checked = opts.check(values)
+    checked = listing.catalog(svc.manager, svc.settings).check_models(checked, "")
+    opts.OptionsStore(svc.settings.data_dir).update(checked)
+
+
+@router.get("/cmd-flags", summary="Start-up flags (never credentials)")
+def cmd_flags(svc: ServicesDep) -> dict[str, Any]:
+    return listing.cmd_flags(svc.settings)
+
+
+@router.post("/unload-checkpoint", summary="Drop loaded checkpoints from memory")
+def unload_checkpoint(svc: ServicesDep) -> dict[str, Any]:
+    """The next job loads its checkpoint again (a running job keeps the one it has)."""
+    svc.manager.unload()
+    return {}
+
+
+@router.post("/reload-checkpoint", summary="No-op: the next job loads its checkpoint")
+def reload_checkpoint() -> dict[str, Any]:
+    return {}
+
+
+@router.get("/memory", summary="RAM and CUDA memory")
+def memory() -> dict[str, Any]:
+    return listing.memory()
