@@ -148,6 +148,69 @@ def png_info_command(
     typer.echo(json.dumps(infotext.parse(text), indent=2, ensure_ascii=False) if as_json else text)
 
 
+@app.command("serve")
+def serve_command(  # noqa: PLR0917 - one option per server setting
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 7860,
+    models_dir: ModelsDir = Path("models"),
+    data_dir: DataDir = Path("data"),
+    api_auth: Annotated[
+        str | None,
+        typer.Option(
+            help="HTTP Basic credentials user:pass[,user2:pass2] for every route "
+            "(or LATENTSTUDIO_API_AUTH, which other users cannot see in the process list)."
+        ),
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(min=1, help="Queued jobs before 429; default 100.")] = None,
+    cors_allow_origins: Annotated[
+        str | None, typer.Option(help="Comma-separated origins allowed by CORS (default: none).")
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Allow a non-loopback bind without --api-auth.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Serve the native job API (/api/v1) and the A1111-compatible API (/sdapi/v1) with uvicorn."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from latentstudio.api import create_app
+    from latentstudio.api.security import CredentialsError, parse_credentials
+    from latentstudio.config import Settings
+
+    overrides: dict[str, Any] = {"models_dir": models_dir, "data_dir": data_dir, "device": device}
+    if api_auth is not None:
+        overrides["api_auth"] = api_auth
+    if max_queue is not None:
+        overrides["max_queue"] = max_queue
+    if cors_allow_origins is not None:
+        overrides["cors_allow_origins"] = tuple(o.strip() for o in cors_allow_origins.split(",") if o.strip())
+    try:
+        settings = Settings(**overrides)
+        if settings.api_auth is not None:
+            parse_credentials(settings.api_auth.get_secret_value())
+    except (ValidationError, CredentialsError) as e:
+        raise _fail(str(e)) from None
+    if settings.api_auth is None and not _is_loopback(host) and not insecure_no_auth:
+        raise _fail(
+            f"--host {host} is reachable from other machines: set --api-auth (or LATENTSTUDIO_API_AUTH), "
+            "or pass --insecure-no-auth to serve without authentication"
+        )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def _run_and_save(components: Any, params: Any, identity: Any, output: Path, embeddings: Any) -> None:
     """Run the pipeline with a progress bar; print each written path."""
     from tqdm import tqdm

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from latentstudio.api import health, native
+from latentstudio.api import health, native, sdapi
 from latentstudio.api.errors import install_error_handlers
 from latentstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, parse_credentials
 from latentstudio.api.state import Services, build_services, get_services
@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(native.router)
-    _include_sdapi(app)
+    app.include_router(sdapi.router)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if credentials is not None:
         app.add_middleware(BasicAuthMiddleware, credentials=credentials)
@@ -67,17 +67,6 @@ def _version() -> str:
         return version("latentstudio")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "0+unknown"
-
-
-def _include_sdapi(app: FastAPI) -> None:
-    """The A1111-compatible router, when its package is present (it is written separately)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("latentstudio.api.sdapi") is None:
-        return
-    module = importlib.import_module("latentstudio.api.sdapi")
-    app.include_router(module.router)
 
 
 def _document_basic_auth(app: FastAPI) -> None:

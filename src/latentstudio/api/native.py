@@ -120,6 +120,16 @@ def cancel_job(job_id: str, svc: ServicesDep) -> JobView:
     return job_view(record)
 
 
+@router.post("/jobs/{job_id}/interrupt", response_model=JobView, summary="Stop a running job early")
+def interrupt_job(job_id: str, svc: ServicesDep) -> JobView:
+    """A1111's interrupt for one job: it stops after the current step, decodes what it has and ends
+    ``done`` with ``interrupted: true`` (waited for up to 10 s). Other states are returned unchanged."""
+    record = svc.jobs.get(job_id)
+    if svc.jobs.interrupt(job_id) is not None:
+        record = svc.jobs.wait(job_id, CANCEL_WAIT_SECONDS)
+    return job_view(record)
+
+
 @router.get("/jobs", response_model=JobPage, summary="Job history, newest first")
 def list_jobs(
     svc: ServicesDep,

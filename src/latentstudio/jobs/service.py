@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from latentstudio.config import Settings
@@ -138,17 +139,20 @@ class JobService:
         record = self.store.get(job_id) if _ID.match(job_id) else None
         if record is None:
             raise JobNotFoundError(f"no job {job_id!r}")
-        if record.status is JobStatus.RUNNING:
-            progress = self.worker.progress(0)
-            if progress.job_id == job_id:
-                return _with_progress(record, progress)
-        return record
+        return self._live(record)
+
+    def _live(self, record: JobRecord) -> JobRecord:
+        """The record with the worker's live step count if it is the running job."""
+        if record.status is not JobStatus.RUNNING:
+            return record
+        step, total = self.worker.steps(record.id)
+        return replace(record, step=step, total=total)
 
     def list(self, status: JobStatus | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         """Jobs newest first (``limit`` ≤ 500)."""
         if offset < 0 or not 1 <= limit <= 500:
             raise JobSpecError("limit", "offset must be ≥ 0 and limit in [1, 500]")
-        return self.store.list(status, offset, limit)
+        return [self._live(r) for r in self.store.list(status, offset, limit)]
 
     def count(self, status: JobStatus | None = None) -> int:
         return self.store.count(status)
@@ -226,17 +230,11 @@ class JobService:
         self.worker.request(job_id, cancel=True)
         return self.get(job_id)
 
-    def interrupt(self) -> str | None:
-        """A1111 interrupt: the running job stops after its current step and keeps what it has (done,
-        ``interrupted``). Returns its id, None when idle."""
-        return self.worker.request(None, stop=True)
+    def interrupt(self, job_id: str | None = None) -> str | None:
+        """A1111 interrupt: the running job (``job_id`` only if it is the one running) stops after its
+        current step and keeps what it has (done, ``interrupted``). Returns its id, None when idle."""
+        return self.worker.request(job_id, stop=True)
 
-    def skip(self) -> str | None:
+    def skip(self, job_id: str | None = None) -> str | None:
         """A1111 skip: end the running job's current batch (``n_iter``) and go on with the next."""
-        return self.worker.request(None, skip=True)
-
-
-def _with_progress(record: JobRecord, progress: Progress) -> JobRecord:
-    from dataclasses import replace
-
-    return replace(record, step=progress.step, total=progress.total)
+        return self.worker.request(job_id, skip=True)

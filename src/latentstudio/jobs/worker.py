@@ -114,6 +114,12 @@ class Worker:
             live.skips += int(skip)
             return live.job_id
 
+    def steps(self, job_id: str) -> tuple[int, int]:
+        """``(step, total)`` of ``job_id`` if it is running, else ``(0, 0)`` (no preview rendered)."""
+        with self.lock:
+            live = self._live
+            return (live.step, live.total) if live is not None and live.job_id == job_id else (0, 0)
+
     def progress(self, queued: int) -> Progress:
         """A snapshot of the running job (with a preview image of its newest latent)."""
         with self.lock:
