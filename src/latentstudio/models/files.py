@@ -193,9 +193,12 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _state_dict_of(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    """Unwrap ``{"state_dict": {...}}`` and keep only tensor entries."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    """Unwrap ``{"state_dict": {...}}`` (Lightning) or ``{"params_ema"|"params": {...}}`` (BasicSR
+    upscalers and face restorers, EMA weights first) and keep only tensor entries."""
+    for key in ("state_dict", "params_ema", "params"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict):
         raise ModelFileError(path, f"not a state dict: the file holds a {type(obj).__name__}")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
