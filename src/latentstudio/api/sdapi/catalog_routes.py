@@ -104,7 +104,7 @@ def sd_vae(svc: ServicesDep) -> list[dict[str, str]]:
 
 @router.get("/loras", summary="LoRA files")
 def loras(svc: ServicesDep) -> list[dict[str, Any]]:
-    return listing.loras(svc.settings.models_dir)
+    return listing.loras(svc.manager)
 
 
 @router.get("/embeddings", summary="Textual inversions usable with the current checkpoint, and skipped ones")
@@ -128,9 +128,9 @@ def refresh_embeddings(svc: ServicesDep) -> None:
     svc.manager.refresh()
 
 
-@router.post("/refresh-loras", summary="Rescan the LoRA folder (listing reads it on every call)")
-def refresh_loras() -> None:
-    return None
+@router.post("/refresh-loras", summary="Rescan the LoRA folders")
+def refresh_loras(svc: ServicesDep) -> None:
+    svc.manager.lora_library.refresh()
 
 
 @router.get("/prompt-styles", summary="Styles from styles.csv in the data folder")

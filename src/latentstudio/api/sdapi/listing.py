@@ -2,16 +2,13 @@
 
 Listing never loads a model or hashes a file: hashes appear once the model manager has computed them
 (as A1111's ``hash``/``sha256`` are null until a model was loaded). Model files are only read for their
-safetensors header (LoRA metadata) or, for ``embeddings``, with the safe tensor readers.
+safetensors header (LoRA metadata, via the LoRA library) or, for ``embeddings``, with the safe readers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -21,10 +18,11 @@ from latentstudio.api.sdapi.convert import CheckpointRef, ServerCatalog
 from latentstudio.api.sdapi.extras import UPSCALERS
 from latentstudio.config import Settings
 from latentstudio.models import loader
-from latentstudio.models.discovery import CheckpointInfo, natural_key
+from latentstudio.models.discovery import CheckpointInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.families import Family
-from latentstudio.models.files import ModelFileError, read_safetensors_header
+from latentstudio.models.files import ModelFileError
+from latentstudio.models.lora.library import metadata_json
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.prompts.styles import load_styles
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
@@ -37,8 +35,6 @@ LATENT_UPSCALE_MODES = (
     "Latent (nearest)",
     "Latent (nearest-exact)",
 )
-LORA_FOLDERS = ("Lora", "LyCORIS")
-LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 STYLES_FILE = "styles.csv"
 _ENCODER_WIDTHS: dict[Family, dict[str, int]] = {
     Family.SD1: {"text_encoder": 768},
@@ -133,42 +129,12 @@ def current_checkpoint(manager: ModelManager, stored: str | None) -> CheckpointI
         return None
 
 
-def _lora_metadata(path: Path) -> dict[str, Any]:
-    """The safetensors ``__metadata__`` with ``{…}`` values JSON-decoded (A1111); {} for other files."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        _, metadata = read_safetensors_header(path)
-    except ModelFileError:
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        out[key] = value
-        if value.startswith("{"):
-            with contextlib.suppress(ValueError):
-                out[key] = json.loads(value)
-    return out
-
-
-def loras(models_dir: Path) -> list[dict[str, Any]]:
-    """``[{name, alias, path, metadata}]`` for the LoRA files under ``Lora/`` and ``LyCORIS/``."""
-    found: dict[str, Path] = {}
-    for folder in LORA_FOLDERS:
-        root = models_dir / folder
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                path = Path(dirpath) / name
-                if not name.startswith(".") and name.lower().endswith(LORA_SUFFIXES):
-                    found.setdefault(path.stem, path)
-    out = []
-    for stem in sorted(found, key=natural_key):
-        metadata = _lora_metadata(found[stem])
-        alias = metadata.get("ss_output_name", stem)
-        out.append({"name": stem, "alias": alias, "path": str(found[stem].resolve()), "metadata": metadata})
-    return out
+def loras(manager: ModelManager) -> list[dict[str, Any]]:
+    """``[{name, alias, path, metadata}]`` from the manager's LoRA library (``Lora/`` and ``LyCORIS/``)."""
+    return [
+        {"name": i.name, "alias": i.alias, "path": str(i.path.resolve()), "metadata": metadata_json(i)}
+        for i in manager.lora_library.infos()
+    ]
 
 
 def embeddings(manager: ModelManager, settings: Settings, stored: str | None) -> dict[str, Any]:
