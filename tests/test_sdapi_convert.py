@@ -213,6 +213,7 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
         ({"s_min_uncond": 0.5}, "s_min_uncond"),
         ({"s_churn": 1.0, "sampler_name": "Euler"}, "s_churn"),
         ({"width": 100}, "width"),
+        ({"disable_extra_networks": True, "prompt": "a <lora:x:1>"}, "disable_extra_networks"),
     ],
 )
 def test_unsupported_txt2img_fields_are_refused(fields: dict[str, Any], field: str) -> None:
@@ -226,6 +227,7 @@ def test_fields_without_effect_are_accepted() -> None:
         "s_churn": 1.0, "s_tmin": 0.5, "s_tmax": 3.0, "force_task_id": "task(x)", "comments": {"a": 1},
         "do_not_save_samples": True, "hr_upscaler": "Latent", "hr_scale": 4.0, "script_args": [1, 2],
         "refiner_checkpoint": "None", "sampler_name": "Euler a", "denoising_strength": 0.0,
+        "disable_extra_networks": True,
     }  # fmt: skip
     params = prepare(_txt(**fields), STORED, CATALOG).spec.params  # Euler a takes no churn: ignored
     assert params.sampler == "Euler a"

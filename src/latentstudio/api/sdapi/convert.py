@@ -5,8 +5,9 @@ fields that cannot change the picture are accepted and ignored (``force_task_id`
 ``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, ``s_tmin``/``s_tmax`` without churn,
 ``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
 differ from A1111's is refused with a 422 naming the field: hires fix, face restoration, tiling, masks and
-inpainting (issue 9), refiner, scripts, several init images, ``s_churn``/``s_min_uncond``, unknown
-samplers, schedulers, styles, checkpoints, VAEs and options.
+inpainting (issue 9), refiner, scripts, several init images, ``s_churn``/``s_min_uncond``,
+``disable_extra_networks`` with network tags in the prompt, unknown samplers, schedulers, styles,
+checkpoints, VAEs and options.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.jobs import JobKind, JobSpec
 from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
-from latentstudio.prompts.parser import PromptError
+from latentstudio.prompts.parser import PromptError, extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
 from latentstudio.samplers import SAMPLER_INFO, resolve_sampler, resolve_scheduler
 from latentstudio.samplers.noise import RngSource
@@ -189,6 +190,8 @@ def generation_params(
     sampler, scheduler = sampler_and_scheduler(req.sampler_name, req.sampler_index, req.scheduler)
     refuse_unsupported(req, options, sampler)
     prompt, negative = _styled(req, catalog.styles)
+    if req.disable_extra_networks and any(extract_networks(text)[1] for text in (prompt, negative)):
+        raise InputError("disable_extra_networks", "not supported: remove the <lora:…> tags instead")
     resize = req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
     s_noise = req.s_noise if req.s_noise is not None else float(options["s_noise"])  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
