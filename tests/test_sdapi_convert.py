@@ -316,3 +316,11 @@ def test_request_limits(fields: dict[str, Any], loc: str | None) -> None:
         Txt2ImgRequest(**fields)
     if loc is not None:
         assert e.value.errors()[0]["loc"][0] == loc
+
+
+def test_nulls_mean_the_defaults() -> None:
+    names = ("steps", "alwayson_scripts", "script_args", "sampler_index", "seed", "send_images")
+    nulls = dict.fromkeys(names)
+    req = Txt2ImgRequest.model_validate({**nulls, "styles": None, "eta": None})
+    assert (req.steps, req.alwayson_scripts, req.script_args, req.sampler_index) == (50, {}, [], "Euler")
+    assert (req.seed, req.send_images, req.styles, req.eta) == (-1, True, None, None)

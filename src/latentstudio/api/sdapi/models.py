@@ -33,9 +33,22 @@ Options = dict[Annotated[str, Field(max_length=200)], Any]
 
 
 class _Strict(BaseModel):
-    """Refuse unknown fields: a field we do not know could change the picture."""
+    """Refuse unknown fields (a field we do not know could change the picture); a ``null`` for a field
+    with a non-null default means that default (A1111 declares every field Optional; clients send nulls)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None
+        }
 
 
 class GenerationRequest(_Strict):
