@@ -46,16 +46,20 @@ def tile_starts(length: int, tiling: Tiling) -> list[int]:
     return starts
 
 
-def _ramp(length: int, ramp: int, *, rise: bool, fall: bool) -> torch.Tensor:
-    """1-D blend weights ``[length]``: 1 inside, linear (never 0) over ``ramp`` samples at faded edges."""
+def _ramp(length: int, overlap: int, *, rise: bool, fall: bool) -> torch.Tensor:
+    """1-D blend weights ``[length]`` for one tile side at output resolution.
+
+    At a faded edge the outer quarter of the overlap gets weight 0 (those samples lack context), the next
+    half a linear ramp (never exactly 0), the rest 1; two neighbours' ramps then coincide and sum to 1.
+    """
     weights = torch.ones(length)
-    if ramp <= 0:
-        return weights
-    steps = (torch.arange(min(ramp, length), dtype=torch.float32) + 0.5) / ramp
+    pad, ramp = overlap // 4, max(overlap - 2 * (overlap // 4), 0)
+    edge = torch.cat([torch.zeros(pad), (torch.arange(ramp, dtype=torch.float32) + 0.5) / max(ramp, 1)])
+    edge = edge[:length]
     if rise:
-        weights[: len(steps)] = torch.minimum(weights[: len(steps)], steps)
+        weights[: len(edge)] = torch.minimum(weights[: len(edge)], edge)
     if fall:
-        weights[length - len(steps) :] = torch.minimum(weights[length - len(steps) :], steps.flip(0))
+        weights[length - len(edge) :] = torch.minimum(weights[length - len(edge) :], edge.flip(0))
     return weights
 
 
@@ -73,7 +77,9 @@ def run_tiled(
     ``fn`` maps a tile ``[B, C, h, w]`` to ``[B, out_channels, h·s, w·s]`` (``s = scale``, e.g. 4 for an
     ESRGAN, 8 for a VAE decoder, ``Fraction(1, 8)`` for its encoder; ``H·s`` and tile sides times ``s``
     must be whole). Where tiles overlap, each is weighted by a linear ramp over the overlap (edges on the
-    image border are not faded) and the sum is normalised, so there is no hard seam. The output canvas
+    image border are not faded) and the sum is normalised, so there is no hard seam: the outer quarter of
+    the overlap is dropped, the middle half cross-faded linearly. Away from tile edges by more than the
+    model's receptive field (minus a quarter overlap) the result equals the untiled one. The output canvas
     lives on ``x``'s device in ``out_dtype``; tiles are moved there as they finish.
     """
     s = Fraction(scale)
