@@ -107,7 +107,7 @@ def decoder_bytes_per_latent_pixel(vae: Any, dtype: torch.dtype) -> int:
     """
     channels = [int(c) for c in vae.config.block_out_channels][::-1]
     element = torch.finfo(dtype).bits // 8
-    return max(ch * 4**level for level, ch in enumerate(channels)) * _ALIVE * element
+    return max(ch << (2 * level) for level, ch in enumerate(channels)) * _ALIVE * element  # ch · 4^level
 
 
 def estimate_decode_bytes(vae: Any, height: int, width: int, dtype: torch.dtype) -> int:
