@@ -104,8 +104,14 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")
-def get_job(job_id: str, svc: ServicesDep) -> JobView:
-    record = svc.jobs.get(job_id)
+def get_job(
+    job_id: str,
+    svc: ServicesDep,
+    wait: Annotated[
+        float, Query(ge=0.0, le=60.0, description="Long poll: wait up to this many seconds for the end.")
+    ] = 0.0,
+) -> JobView:
+    record = svc.jobs.wait(job_id, wait) if wait > 0 else svc.jobs.get(job_id)
     position = svc.jobs.position(job_id) if record.status is JobStatus.QUEUED else None
     return job_view(record, position)
 
