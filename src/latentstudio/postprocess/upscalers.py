@@ -90,8 +90,10 @@ def discover_upscalers(models_dir: Path | None) -> list[UpscalerInfo]:
     return builtins + sorted(found, key=lambda info: info.name.lower())
 
 
-def load_spandrel(path: Path, *, device: torch.device, dtype: torch.dtype) -> Any:
+def load_spandrel(path: Path, *, device: torch.device, dtype: torch.dtype, registry: Any = None) -> Any:
     """Read ``path`` safely and build the spandrel model its weights describe (eval mode, on ``device``).
+
+    ``registry``: a spandrel ``ArchRegistry`` to detect with (default: spandrel's built-in architectures).
 
     Returns a spandrel ``ImageModelDescriptor``. Raises :class:`UpscalerLoadError` naming the file for an
     unsafe or corrupt file, or weights of an architecture spandrel does not know.
@@ -103,7 +105,8 @@ def load_spandrel(path: Path, *, device: torch.device, dtype: torch.dtype) -> An
     except ModelFileError as e:
         raise UpscalerLoadError(str(e)) from e
     try:
-        descriptor = ModelLoader(device=device).load_from_state_dict(tensors)
+        loader = ModelLoader(device=device) if registry is None else ModelLoader(device, registry=registry)
+        descriptor = loader.load_from_state_dict(tensors)
     except UnsupportedModelError as e:
         raise UpscalerLoadError(f"{path}: unsupported model architecture (spandrel cannot detect it)") from e
     except (KeyError, RuntimeError, ValueError) as e:

@@ -1,0 +1,115 @@
+"""A1111 extras: upscale by / to (crop), two upscalers blended, postprocessing infotext, batch, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from latentstudio.postprocess.extras import ExtrasOptions, html_info, run_extras, run_extras_batch
+from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers, discover_face_restorers
+from latentstudio.postprocess.synthetic import random_esrgan_state
+from latentstudio.postprocess.upscalers import UpscalerNotFoundError, UpscalerRegistry
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "ESRGAN").mkdir()
+    save_file(random_esrgan_state(seed=3), tmp_path / "ESRGAN" / "4x-Tiny.safetensors")
+    return tmp_path
+
+
+def _image(width: int, height: int, seed: int = 0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy(), "RGB")
+
+
+def _run(image: Image.Image, root: Path, **options: object) -> tuple[Image.Image, str]:
+    result = run_extras(
+        image, ExtrasOptions(**options), upscalers=UpscalerRegistry(root), faces=FaceRestorers(root)
+    )
+    return result.image, result.postprocessing
+
+
+def test_scale_by_writes_a1111_infotext(root: Path) -> None:
+    image, info = _run(_image(40, 24), root, upscaler_1="Lanczos", upscaling_resize=2)
+    assert image.size == (80, 48)
+    assert info == "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"
+    assert html_info(info) == "<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>"
+    image, info = _run(_image(20, 12), root, upscaler_1="4x-Tiny", upscaling_resize=3)
+    assert image.size == (56, 32)  # int(60)//8·8 × int(36)//8·8: one ×4 model pass, then Lanczos down
+    assert info == "Postprocess upscale by: 3.0, Postprocess upscaler: 4x-Tiny"
+
+
+def test_scale_to_with_and_without_crop(root: Path) -> None:
+    source = _image(40, 40)
+    image, info = _run(source, root, resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=60,
+                       upscaler_1="Lanczos")  # fmt: skip
+    assert image.size == (100, 60)
+    assert (
+        info == "Postprocess upscale to: 100x60, Postprocess crop to: 100x60, Postprocess upscaler: Lanczos"
+    )
+    assert image.getpixel((1, 30)) == (0, 0, 0)  # cover scale 2.5 gives 96×96: black side bands, as A1111
+    image, info = _run(source, root, resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=60,
+                       upscaling_crop=False, upscaler_1="Lanczos")  # fmt: skip
+    assert image.size == (96, 96)
+    assert info == "Postprocess upscale to: 100x60, Postprocess upscaler: Lanczos"
+
+
+def test_two_upscalers_are_blended(root: Path) -> None:
+    source = _image(16, 16)
+    first, _ = _run(source, root, upscaler_1="Lanczos")
+    second, _ = _run(source, root, upscaler_1="4x-Tiny")
+    blended, info = _run(
+        source, root, upscaler_1="Lanczos", upscaler_2="4x-Tiny", extras_upscaler_2_visibility=0.25
+    )
+    assert blended.tobytes() == Image.blend(first, second, 0.25).tobytes()
+    assert info == (
+        "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos, Postprocess upscaler 2: 4x-Tiny"
+    )
+    unchanged, info = _run(source, root)  # upscaler_1 "None": nothing to do
+    assert unchanged.tobytes() == source.tobytes()
+    assert info == ""
+
+
+def test_batch_keeps_parameters(root: Path) -> None:
+    with_info = _image(8, 8)
+    with_info.info["parameters"] = "a cat\nSteps: 20, Seed: 1"
+    results = run_extras_batch(
+        [with_info, _image(8, 16).convert("RGBA")],
+        ExtrasOptions(upscaler_1="Nearest", upscaling_resize=4),
+        upscalers=UpscalerRegistry(root),
+        faces=FaceRestorers(root),
+    )
+    assert [r.image.size for r in results] == [(32, 32), (32, 64)]
+    assert [r.parameters for r in results] == ["a cat\nSteps: 20, Seed: 1", None]
+    assert results[1].image.mode == "RGB"
+
+
+def test_errors_name_what_is_missing(root: Path) -> None:
+    with pytest.raises(UpscalerNotFoundError, match="could not find upscaler named 'ESRGAN_4x'"):
+        _run(_image(8, 8), root, upscaler_1="ESRGAN_4x")
+    with pytest.raises(
+        FaceRestorerError, match=r"GFPGAN needs its weights.*GFPGAN \(nothing is downloaded\)"
+    ):
+        _run(_image(8, 8), root, gfpgan_visibility=0.5)
+    (root / "GFPGAN").mkdir()
+    save_file(random_esrgan_state(), root / "GFPGAN" / "GFPGANv1.4.safetensors")
+    with pytest.raises(FaceRestorerError, match="holds a ESRGAN model, not GFPGAN"):
+        _run(_image(8, 8), root, gfpgan_visibility=0.5)
+    with pytest.raises(ValueError, match=r"resize_mode must be 0 \(scale by\) or 1"):
+        ExtrasOptions(resize_mode=2)
+    names = [(i.name, Path(i.cmd_dir).name, i.model_path is not None) for i in discover_face_restorers(root)]
+    assert names == [("CodeFormer", "Codeformer", False), ("GFPGAN", "GFPGAN", True)]
