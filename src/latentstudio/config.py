@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Job store, hash cache and settings.")
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
+    safety_checker: Path | None = Field(
+        default=None,
+        description="Local StableDiffusionSafetyChecker folder (config.json + model.safetensors); setting it "
+        "turns the NSFW filter on (off by default, as in A1111). Never downloaded.",
+    )
+    builtin_model: bool = Field(
+        default=True, description="Offer the built-in shapes model when models_dir has no checkpoints."
+    )
     checkpoints_in_ram: int = Field(
         default=2, ge=1, le=16, description="How many loaded checkpoints the model manager keeps."
     )
