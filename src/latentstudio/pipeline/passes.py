@@ -1,0 +1,173 @@
+"""Sampling passes: the sigmas of one pass (txt2img, img2img or the hires-fix second pass) and running it
+for one batch, with the job's noise, guidance, progress and interrupt handling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from latentstudio.models.loader import Components
+from latentstudio.pipeline.params import GenerationParams
+from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
+from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG
+from latentstudio.samplers.wrappers import (
+    CFGDenoiser,
+    Denoiser,
+    SamplingInterrupted,
+    ScheduledConditioning,
+    StepControl,
+)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress of one job: ``step`` of ``total`` over all batches; ``latent`` is ``[B, C, h, w]``."""
+
+    step: int
+    total: int
+    batch: int
+    latent: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One sampling pass: the sampler, its σ (``[n + 1]``, already cut for img2img) and its guidance.
+
+    ``vp_terminal``: A1111's DDIM/PLMS convention with the Automatic schedule — start from plain noise and
+    stop at t = 0 — see :func:`pass_sigmas`. ``schedule_label`` is what the infotext calls the schedule.
+    """
+
+    sampler: str
+    sigmas: torch.Tensor
+    vp_terminal: bool
+    schedule_label: str
+    conds: Sequence[tuple[ScheduledConditioning, float]]
+    uncond: ScheduledConditioning
+    pad_empty: torch.Tensor | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a pass sits in its job: steps done before it, the job's total, and the batch index."""
+
+    offset: int
+    total: int
+    batch: int
+    on_step: Callable[[StepInfo], None] | None
+
+
+def pass_sigmas(
+    sampler: str, scheduler: str, steps: int, strength: float | None, model_sigmas: torch.Tensor
+) -> tuple[torch.Tensor, bool, str]:
+    """``(sigmas, vp_terminal, schedule_label)`` for a pass; ``strength`` None for txt2img, else img2img
+    with A1111's step arithmetic (``t_enc = int(min(strength, 0.999) · steps)``; t_enc + 1 steps run)."""
+    info = SAMPLER_INFO[sampler]
+    sigmas, _ = sigmas_for(sampler, scheduler, steps, model_sigmas)
+    # A1111 writes the schedule the sampler resolved "Automatic" to, if any; else "Automatic".
+    label = scheduler if scheduler != "Automatic" else (info.scheduler or "Automatic")
+    # A1111 runs DDIM and PLMS on timesteps in VP space: they start from plain noise (x_vp = ε) and stop at
+    # t = 0 (ᾱ_0, σ = 0.029), returning x_vp. In σ-space: start at ε·√(1+σ²), end at σ_0, then rescale.
+    vp_terminal = info.timestep and info.native_schedule == "DDIM" and scheduler == "Automatic"
+    if vp_terminal:
+        sigmas = torch.cat([sigmas[:-1], model_sigmas[:1]])
+    if strength is not None:
+        t_enc = int(min(strength, 0.999) * steps)
+        sigmas = sigmas[len(sigmas) - t_enc - 2 :]
+    return sigmas, vp_terminal, label
+
+
+def make_rng(
+    params: GenerationParams,
+    components: Components,
+    seeds: list[int],
+    subseeds: list[int],
+    shape: tuple[int, int, int],
+) -> ImageRNG:
+    """A1111's ``ImageRNG`` for a batch at latent ``shape`` (the hires pass gets a fresh one, same seeds)."""
+    return ImageRNG(
+        shape,
+        seeds,
+        subseeds=subseeds,
+        subseed_strength=params.subseed_strength,
+        seed_resize_from_h=params.seed_resize_from_h,
+        seed_resize_from_w=params.seed_resize_from_w,
+        source=params.rng,
+        device=components.device,
+        eta_noise_seed_delta=params.eta_noise_seed_delta,
+    )
+
+
+def run_pass(  # noqa: PLR0917 - one pass of one batch
+    sampling: Pass,
+    denoiser: Denoiser,
+    params: GenerationParams,
+    control: StepControl,
+    rng: ImageRNG,
+    init: torch.Tensor | None,
+    progress: Progress,
+) -> tuple[torch.Tensor, bool, set[str]]:
+    """Sample one batch: ``(latents [B, C, h, w], stopped, padding used)``; ``init`` is the img2img
+    latent (noised to the first σ) or None (pure noise). On interrupt/skip the last latent is returned."""
+    sigmas = sampling.sigmas
+    noise = rng.first().to(sigmas.device)
+    if init is not None:
+        x = init + noise * sigmas[0]
+    else:
+        x = noise * ((1 + sigmas[0] ** 2).sqrt() if sampling.vp_terminal else sigmas[0])
+    # a fresh guidance object per pass and batch: its step counter drives prompt editing
+    guided = CFGDenoiser(
+        denoiser, sampling.conds, sampling.uncond, params.cfg_scale, control, sampling.pad_empty,
+        pad_last=params.pad_conds_v0,
+    )  # fmt: skip
+    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = rng.noise_sampler
+    if SAMPLER_INFO[sampling.sampler].brownian_noise:
+        noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
+    latents, stopped = _sample(sampling.sampler, guided, x, sigmas, noise_sampler, _options(params), progress)
+    if sampling.vp_terminal:
+        latents = latents / (1 + sigmas[-1] ** 2).sqrt()
+    return latents, stopped, guided.padded
+
+
+def _sample(  # noqa: PLR0917 - the loop state of one pass
+    sampler: str,
+    guided: CFGDenoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    options: dict[str, Any],
+    progress: Progress,
+) -> tuple[torch.Tensor, bool]:
+    """Run the sampler; on interrupt return the last latent reached (A1111 decodes it too)."""
+    last = {"x": x}
+
+    def callback(state: dict[str, Any]) -> None:
+        last["x"] = state["x"]
+        if progress.on_step is not None:
+            done = progress.offset + int(state["i"]) + 1
+            progress.on_step(StepInfo(done, progress.total, progress.batch, state["denoised"]))
+
+    try:
+        with torch.inference_mode():
+            out = SAMPLERS[sampler](
+                guided, x, sigmas, noise_sampler=noise_sampler, callback=callback, **options
+            )
+    except SamplingInterrupted as signal:
+        return last["x"], not signal.skipped
+    return out, False
+
+
+def _options(params: GenerationParams) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if params.eta is not None:
+        options["eta"] = params.eta
+    if params.s_noise != 1.0:
+        options["s_noise"] = params.s_noise
+    return options
