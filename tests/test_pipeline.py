@@ -271,7 +271,7 @@ def test_and_parts_comments_and_unknown_networks(sd1: loader.Components) -> None
     commented = run(_params(prompt="a red circle # not this", sampler="Euler"), sd1, identity=IDENTITY)
     assert np.abs(_pixels(commented)[0] - _pixels(plain)[0]).max() <= 1  # "a red circle \n" tokenizes alike
     tagged = run(_params(prompt="a red circle <lora:detail:0.6>", sampler="Euler"), sd1, identity=IDENTITY)
-    assert tagged.warnings == ["<lora:detail:0.6> ignored: extra networks are not supported yet"]
+    assert tagged.warnings == ["<lora:detail:0.6> ignored: no LoRA folder for this job"]
     assert np.array_equal(_pixels(tagged)[0], _pixels(plain)[0])
 
 
@@ -323,3 +323,42 @@ def test_second_order_samplers_schedule_edits_over_twice_the_steps(sd1: loader.C
     plain = image("a red circle")
     assert not np.array_equal(image("a [red:blue:4] circle"), plain)
     assert np.array_equal(image("a [red:blue:8] circle"), plain)
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest-exact)", "Lanczos"])
+def test_hires_fix_two_passes(sd1: loader.Components, upscaler: str) -> None:
+    steps_seen: list[tuple[int, int]] = []
+    params = _params(
+        sampler="Euler", steps=4, enable_hr=True, hr_scale=2.0, hr_upscaler=upscaler, hr_second_pass_steps=3,
+        denoising_strength=0.6,
+    )  # fmt: skip
+    result = run(params, sd1, identity=IDENTITY, on_step=lambda s: steps_seen.append((s.step, s.total)))
+    assert result.images[0].size == (128, 128)
+    # progress covers both passes: 4 first-pass steps, then int(0.6 · 3) + 1 = 2 hires steps
+    assert steps_seen == [(i, 6) for i in range(1, 7)]
+    parsed = infotext.parse(result.infotexts[0])
+    assert (parsed["Size-1"], parsed["Size-2"]) == ("64", "64")  # A1111 records the first-pass size
+    assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Hires upscaler"]) == (
+        "2.0",
+        "3",
+        upscaler,
+    )
+    assert parsed["Denoising strength"] == "0.6"
+    plain = run(dataclasses.replace(params, enable_hr=False), sd1, identity=IDENTITY)
+    assert plain.images[0].size == (64, 64)
+    again = run(params, sd1, identity=IDENTITY)
+    assert np.array_equal(_pixels(again)[0], _pixels(result)[0])
+
+
+def test_hires_fix_resize_with_truncation_and_hires_prompt(sd1: loader.Components) -> None:
+    params = _params(
+        sampler="Euler", steps=3, width=64, height=96, enable_hr=True, hr_resize_x=128, hr_resize_y=128,
+        hr_prompt="a blue square",
+    )  # fmt: skip
+    result = run(params, sd1, identity=IDENTITY)
+    assert result.images[0].size == (128, 128)  # cover-fit to 128×192, then 64 rows cut
+    parsed = infotext.parse(result.infotexts[0])
+    assert (parsed["Hires resize-1"], parsed["Hires resize-2"]) == ("128", "128")
+    assert parsed["Hires prompt"] == "a blue square"
+    same_prompt = run(dataclasses.replace(params, hr_prompt=""), sd1, identity=IDENTITY)
+    assert not np.array_equal(_pixels(same_prompt)[0], _pixels(result)[0])

@@ -43,8 +43,8 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     """OpenCV's ``getGaussianKernel`` for A1111's size ``2·int(2.5σ + 0.5) + 1``, normalised."""
     size = 2 * int(2.5 * sigma + 0.5) + 1
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel = np.exp(-(x**2) / (2 * sigma * sigma))
-    return kernel / kernel.sum()
+    kernel: np.ndarray = np.exp(-(x**2) / (2 * sigma * sigma))
+    return kernel / float(kernel.sum())
 
 
 def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:

@@ -1,14 +1,16 @@
-"""``run(params, components) -> GenerationResult``: txt2img and img2img as A1111 does them.
+"""``run(params, components) -> GenerationResult``: txt2img (with the hires fix) and img2img as A1111.
 
-Steps: check → encode → sigmas → latents → sample → decode → infotext. Saving is the caller's choice
-(:func:`latentstudio.pipeline.images.save_image`), so the same function serves the CLI, the worker and tests.
+Steps: check → networks → encode → sigmas → latents → sample (one or two passes) → decode → infotext.
+Saving is the caller's choice (:func:`latentstudio.pipeline.images.save_image`), so the same function
+serves the CLI, the worker and tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -19,38 +21,26 @@ from PIL import Image
 from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
-from latentstudio.pipeline import infotexts
+from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
+from latentstudio.pipeline import hires, infotexts
+from latentstudio.pipeline.hires import PixelUpscaler
 from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
 from latentstudio.pipeline.resize import resize_image
 from latentstudio.prompts.chunks import EmbeddingFinder
 from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
-from latentstudio.prompts.parser import extract_networks, schedules, split_and, strip_comments
-from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
-from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG, all_seeds
+from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
+from latentstudio.samplers import SAMPLER_INFO
+from latentstudio.samplers.noise import all_seeds
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
-from latentstudio.samplers.wrappers import (
-    CFGDenoiser,
-    Conditioning,
-    Denoiser,
-    SamplingInterrupted,
-    ScheduledConditioning,
-    StepControl,
-)
+from latentstudio.samplers.wrappers import Conditioning, Denoiser, ScheduledConditioning, StepControl
+
+__all__ = ["GenerationResult", "ModelIdentity", "NaNLatentError", "StepInfo", "latent_preview", "run"]
 
 
 class NaNLatentError(RuntimeError):
     """Sampling produced NaN/inf latents (an image would be black); reported instead of saved."""
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Progress of one job: ``step`` of ``total`` over all batches; ``latent`` is ``[B, C, h, w]``."""
-
-    step: int
-    total: int
-    batch: int
-    latent: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -76,23 +66,23 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _img2img_steps(steps: int, strength: float) -> int:
-    """A1111 ``setup_img2img_steps``: ``t_enc = int(min(strength, 0.999) · steps)``; t_enc+1 steps run."""
-    return int(min(strength, 0.999) * steps)
-
-
 def _init_latents(components: Components, params: GenerationParams) -> torch.Tensor:
     """The VAE latent of the resized init image, ``[1, C, H/8, W/8]`` (the distribution's mean)."""
     assert params.init_image is not None
     image = resize_image(params.init_image, params.width, params.height, params.resize_mode)
-    pixels = from_pil(image).to(components.device, components.dtype)
-    vae = components.vae
-    with torch.inference_mode():
-        latent: torch.Tensor = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    latent = _vae_encode(components, from_pil(image))
     if params.resize_mode is ResizeMode.LATENT_UPSCALE:  # A1111: encode as is, resize the latent
         size = (params.height // 8, params.width // 8)
-        latent = torch.nn.functional.interpolate(latent.float(), size=size, mode="bilinear")
-    return latent.float()
+        latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear")
+    return latent
+
+
+def _vae_encode(components: Components, pixels: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in [-1, 1] → latents ``[B, C, H/8, W/8]`` (fp32; the distribution's mean)."""
+    vae = components.vae
+    with torch.inference_mode():
+        latent: torch.Tensor = vae.encode(pixels.to(components.device, components.dtype)).latent_dist.mean
+    return (latent * float(vae.config.scaling_factor)).float()
 
 
 def _decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
@@ -120,87 +110,168 @@ def run(
     control: StepControl | None = None,
     embeddings: EmbeddingDatabase | None = None,
     cache: ConditioningCache | None = None,
+    loras: LoraNetworks | None = None,
+    upscaler: PixelUpscaler = hires.resize_pixels,
 ) -> GenerationResult:
     """Generate ``batch_size × n_iter`` images. ``params`` must be :meth:`GenerationParams.resolved`.
 
     ``embeddings``: textual inversions usable by name in the prompts (their hashes go to the infotext).
     ``cache``: encoded prompts kept across jobs (the worker's); without one, each distinct text of this
     job is still encoded once.
+    ``loras``: the LoRA files ``<lora:name:te:unet:dyn>`` tags may name: merged into the weights for this
+    job only (the base weights come back bit for bit); a LoRA that cannot be used is a warning.
+    ``upscaler``: the hires fix's pixel upscalers (``image, name, width, height → image``); the default
+    knows A1111's built-in None, Lanczos and Nearest.
     """
     # 1. check
     params.validate()
-    control = control or StepControl()
-    info = SAMPLER_INFO[params.sampler]
+    # 2. networks: the prompt's LoRAs, in force until this job returns
+    requests, warnings = _network_requests(params, have_loras=loras is not None)
+    applied = loras.applied(components, requests) if loras is not None else nullcontext(Activation())
+    with applied as networks:
+        return _generate(
+            params, components, identity=identity, on_step=on_step, control=control or StepControl(),
+            embeddings=embeddings, cache=cache or ConditioningCache(), networks=networks,
+            warnings=[*warnings, *networks.warnings], upscaler=upscaler,
+        )  # fmt: skip
+
+
+def _generate(
+    params: GenerationParams,
+    components: Components,
+    *,
+    identity: ModelIdentity,
+    on_step: Callable[[StepInfo], None] | None,
+    control: StepControl,
+    embeddings: EmbeddingDatabase | None,
+    cache: ConditioningCache,
+    networks: Activation,
+    warnings: list[str],
+    upscaler: PixelUpscaler,
+) -> GenerationResult:
+    """Steps 3 to 8 of :func:`run`, with the job's networks in force."""
     seeds, subseeds = _batch_seeds(params)
-    # 2. encode (once: every batch shares the prompts)
-    used: list[Embedding] = []
-    warnings: list[str] = []
-    conds, uncond, texts = _conditionings(
-        components, params, embeddings, used, warnings, cache or ConditioningCache()
-    )
-    extra_info = _extra_info(params, used, texts)
-    pad_empty = encode_prompts(components, [""], _text_options(params)).context if params.pad_conds else None
-    # 3. sigmas
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
-    sigmas, _ = sigmas_for(params.sampler, params.scheduler, params.steps, model_sigmas)
-    # A1111 writes the schedule the sampler resolved "Automatic" to, if any; else "Automatic".
-    schedule_label = params.scheduler if params.scheduler != "Automatic" else (info.scheduler or "Automatic")
-    # A1111 runs DDIM and PLMS on timesteps in VP space: they start from plain noise (x_vp = ε) and stop
-    # at t = 0 (ᾱ_0, σ = 0.029), returning x_vp. The same in σ-space: start at ε·√(1+σ²), end at σ_0, scale.
-    vp_terminal = info.timestep and info.native_schedule == "DDIM" and params.scheduler == "Automatic"
-    if vp_terminal:
-        sigmas = torch.cat([sigmas[:-1], model_sigmas[:1]])
-    if params.is_img2img:
-        t_enc = _img2img_steps(params.steps, params.denoising_strength)
-        sigmas = sigmas[len(sigmas) - t_enc - 2 :]
+    text = _Texts(embeddings, cache, networks.text_key)
+    # 3. encode and 4. sigmas, per pass (once: every batch shares them)
+    first = _first_pass(components, params, model_sigmas, text)
+    plan = hires.plan(params) if params.enable_hr else None
+    second = _hires_pass(components, params, model_sigmas, text, plan) if plan is not None else None
+    extra_info = {"Lora hashes": networks.infotext_hashes(), **_extra_info(params, text.used, text.texts)}
+    if plan is not None and second is not None:
+        extra_info.update(hires.infotext_keys(params, plan, first.schedule_label, second.schedule_label))
     denoiser = Denoiser(_unet_fn(components), model_sigmas, components.info.prediction, components.dtype)
     init = _init_latents(components, params) if params.is_img2img else None
     images: list[Image.Image] = []
     interrupted = False
-    total = params.n_iter * (len(sigmas) - 1)
+    per_batch = first.steps + (second.steps if second is not None else 0)
     for batch in range(params.n_iter):
         window = slice(batch * params.batch_size, (batch + 1) * params.batch_size)
-        # 4. latents
-        rng = ImageRNG(
-            _latent_shape(components, params),
-            seeds[window],
-            subseeds=subseeds[window],
-            subseed_strength=params.subseed_strength,
-            seed_resize_from_h=params.seed_resize_from_h,
-            seed_resize_from_w=params.seed_resize_from_w,
-            source=params.rng,
-            device=components.device,
-            eta_noise_seed_delta=params.eta_noise_seed_delta,
-        )
-        noise = rng.first().to(components.device)
-        if init is not None:
-            x = init + noise * sigmas[0]
-        else:
-            x = noise * ((1 + sigmas[0] ** 2).sqrt() if vp_terminal else sigmas[0])
-        # 5. sample (a fresh guidance object per batch: its step counter drives prompt editing)
-        guided = CFGDenoiser(
-            denoiser, conds, uncond, params.cfg_scale, control, pad_empty, pad_last=params.pad_conds_v0
-        )
-        noise_sampler = (
-            BrownianNoiseSampler(x, sigmas, seeds[window]) if info.brownian_noise else rng.noise_sampler
-        )
-        latents, stopped = _sample(params, guided, x, sigmas, noise_sampler, batch, total, on_step)
-        if vp_terminal:
-            latents = latents / (1 + sigmas[-1] ** 2).sqrt()
+        # 5. latents and 6. sample
+        rng = make_rng(params, components, seeds[window], subseeds[window], _latent_shape(components, params))
+        progress = Progress(batch * per_batch, params.n_iter * per_batch, batch, on_step)
+        latents, stopped, padded = run_pass(first, denoiser, params, control, rng, init, progress)
+        if plan is not None and second is not None and not stopped:
+            upscaled = _upscale_for_hires(components, latents, plan, upscaler)
+            shape = (upscaled.shape[1], upscaled.shape[2], upscaled.shape[3])
+            rng = make_rng(params, components, seeds[window], subseeds[window], shape)
+            progress = dataclasses.replace(progress, offset=progress.offset + first.steps)
+            latents, stopped, more = run_pass(second, denoiser, params, control, rng, upscaled, progress)
+            padded |= more
         interrupted = interrupted or stopped
-        extra_info.update(dict.fromkeys(sorted(guided.padded), True))
+        extra_info.update(dict.fromkeys(sorted(padded), True))
         if not torch.isfinite(latents).all():
             raise NaNLatentError("sampling produced NaN latents (try fp32 or another sampler); nothing saved")
-        # 6. decode
+        # 7. decode
         images.extend(to_pil(_decode(components, latents)))
         if stopped:
             break
+    # 8. infotext
     lines = [
-        infotexts.create(params, identity, seeds[i], subseeds[i], schedule_label, info, extra_info)
+        infotexts.create(
+            params,
+            identity,
+            seeds[i],
+            subseeds[i],
+            first.schedule_label,
+            SAMPLER_INFO[params.sampler],
+            extra_info,
+        )
         for i in range(len(images))
     ]
     n = len(images)
     return GenerationResult(images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings)
+
+
+@dataclass
+class _Texts:
+    """The job's text encoding state: where embeddings and encodings come from, what was used."""
+
+    embeddings: EmbeddingDatabase | None
+    cache: ConditioningCache
+    networks: Hashable  # the text-encoder LoRA patches in force (part of every cache key)
+    used: list[Embedding] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def _first_pass(
+    components: Components, params: GenerationParams, model_sigmas: torch.Tensor, text: _Texts
+) -> Pass:
+    """txt2img, or img2img at ``denoising_strength``, with the job's prompts."""
+    strength = params.denoising_strength if params.is_img2img else None
+    sigmas, vp_terminal, label = pass_sigmas(
+        params.sampler, params.scheduler, params.steps, strength, model_sigmas
+    )
+    steps = _total_steps(params.sampler, params.steps)
+    size = (params.height, params.width)
+    conds, uncond = _conditionings(
+        components, params, (params.prompt, params.negative_prompt), (steps, None), size, text
+    )
+    pad = _empty_context(components, params, size) if params.pad_conds else None
+    return Pass(params.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
+
+
+def _hires_pass(
+    components: Components,
+    params: GenerationParams,
+    model_sigmas: torch.Tensor,
+    text: _Texts,
+    plan: hires.HiresPlan,
+) -> Pass:
+    """The hires fix's img2img pass; its prompts are scheduled after the first pass's steps (A1111)."""
+    sigmas, vp_terminal, label = pass_sigmas(
+        plan.sampler, plan.scheduler, plan.steps, params.denoising_strength, model_sigmas
+    )
+    steps = (_total_steps(params.sampler, params.steps), _total_steps(plan.sampler, plan.steps))
+    size = (plan.height, plan.width)
+    conds, uncond = _conditionings(components, params, (plan.prompt, plan.negative_prompt), steps, size, text)
+    pad = _empty_context(components, params, size) if params.pad_conds else None
+    return Pass(plan.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
+
+
+def _total_steps(sampler: str, steps: int) -> int:
+    """A1111 schedules prompts over model calls: twice the steps for second-order samplers."""
+    return steps * (2 if SAMPLER_INFO[sampler].second_order else 1)
+
+
+def _empty_context(components: Components, params: GenerationParams, size: tuple[int, int]) -> torch.Tensor:
+    """The empty prompt's context ``[1, 77, D]`` (A1111 "Pad conds" pads with it)."""
+    return encode_prompts(components, [""], _text_options(params, size)).context
+
+
+def _upscale_for_hires(
+    components: Components, latents: torch.Tensor, plan: hires.HiresPlan, upscaler: PixelUpscaler
+) -> torch.Tensor:
+    """First-pass latents ``[B, C, h, w]`` → the second pass's init latents at the hires size: a latent
+    mode interpolates them; a pixel upscaler works on the decoded images, which are encoded again."""
+    if plan.latent_mode is not None:
+        return hires.truncate(hires.upscale_latents(latents, plan), plan)
+    upscaled = [
+        upscaler(image, plan.upscaler, plan.width, plan.height)
+        for image in to_pil(_decode(components, latents))
+    ]
+    encoded = torch.cat([_vae_encode(components, from_pil(image)) for image in upscaled])
+    return hires.truncate(encoded, plan)
 
 
 def _extra_info(
@@ -216,47 +287,64 @@ def _extra_info(
     }
 
 
-def _conditionings(  # noqa: PLR0917 - one job's text inputs and outputs
+def _conditionings(  # noqa: PLR0917 - one pass's text inputs
     components: Components,
     params: GenerationParams,
-    database: EmbeddingDatabase | None,
-    used: list[Embedding],
-    warnings: list[str],
-    cache: ConditioningCache,
-) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning, list[str]]:
-    """Positive AND-parts and the negative prompt as step schedules (each distinct text encoded once), and
-    the texts that were encoded.
+    prompts: tuple[str, str],
+    steps: tuple[int, int | None],
+    size: tuple[int, int],
+    text: _Texts,
+) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning]:
+    """Positive AND-parts and the negative prompt of one pass as step schedules, each distinct text encoded
+    once (through the job's cache; the texts and embeddings used are recorded in ``text``). ``steps`` is
+    ``(total steps, hires total steps or None)`` for :func:`schedules`; ``size`` is ``(height, width)``.
 
     A1111 order: ``#`` comments, extra-network tags removed, AND split, prompt-editing schedules.
     """
-    prompt, networks = extract_networks(strip_comments(params.prompt))
-    negative, negative_networks = extract_networks(strip_comments(params.negative_prompt))
-    for kind, entries in {**negative_networks, **networks}.items():
-        for args in entries:
-            warnings.append(f"<{kind}:{':'.join(args)}> ignored: extra networks are not supported yet")
-    options = _text_options(params)
-    # A1111 schedules over model calls: second-order samplers get twice the steps (SamplerData.total_steps)
-    steps = params.steps * (2 if SAMPLER_INFO[params.sampler].second_order else 1)
+    prompt, _ = extract_networks(strip_comments(prompts[0]))
+    negative, _ = extract_networks(strip_comments(prompts[1]))
+    options = _text_options(params, size)
 
-    def schedule(text: str, aesthetic: float) -> ScheduledConditioning:
+    def schedule(part_text: str, aesthetic: float) -> ScheduledConditioning:
         text_options = dataclasses.replace(options, aesthetic_score=aesthetic)
         entries = []
-        for end, part in schedules(text, steps, old_scheduling=params.old_prompt_editing):
-            encode = partial(_encode_recording, components, part, text_options, database)
-            conditioning, found = cache.get_or_encode(components, part, text_options, database, encode)
-            used.extend(e for e in found if e not in used)
+        for end, part in schedules(part_text, steps[0], steps[1], old_scheduling=params.old_prompt_editing):
+            encode = partial(_encode_recording, components, part, text_options, text.embeddings)
+            conditioning, found = text.cache.get_or_encode(
+                components, part, text_options, text.embeddings, encode, text.networks
+            )
+            text.used.extend(e for e in found if e not in text.used)
             entries.append((end, conditioning))
-            texts.append(part)
+            text.texts.append(part)
         return ScheduledConditioning(tuple(entries))
 
-    texts: list[str] = []
     conds = [(schedule(part, 6.0), weight) for part, weight in split_and(prompt)]
-    return conds, schedule(negative, 2.5), texts
+    return conds, schedule(negative, 2.5)
 
 
-def _text_options(params: GenerationParams) -> TextOptions:
-    emphasis = Emphasis(params.emphasis)
-    return TextOptions(clip_skip=params.clip_skip, emphasis=emphasis, size=(params.height, params.width))
+def _network_requests(params: GenerationParams, *, have_loras: bool) -> tuple[list[LoraRequest], list[str]]:
+    """The prompt's ``<lora:…>``/``<lyco:…>`` tags, and a warning for each tag that is not applied: other
+    kinds (hypernetworks), LoRAs when the job has no LoRA source, and any tag in the negative prompt (A1111
+    reads networks from the prompt only)."""
+    _, networks = extract_networks(strip_comments(params.prompt))
+    _, negative = extract_networks(strip_comments(params.negative_prompt))
+    warnings: list[str] = []
+    for kind, entries in networks.items():
+        is_lora = kind in ("lora", "lyco")
+        if is_lora and have_loras:
+            continue
+        reason = "no LoRA folder for this job" if is_lora else f"{kind!r} networks are not supported"
+        warnings.extend(f"<{kind}:{':'.join(args)}> ignored: {reason}" for args in entries)
+    for kind, entries in negative.items():
+        reason = "networks apply from the prompt only"
+        warnings.extend(f"<{kind}:{':'.join(a)}> in the negative prompt ignored: {reason}" for a in entries)
+    tags = lora_tags(networks) if have_loras else []
+    return [LoraRequest(t.name, t.te_multiplier, t.unet_multiplier, t.dyn_dim) for t in tags], warnings
+
+
+def _text_options(params: GenerationParams, size: tuple[int, int]) -> TextOptions:
+    """Encoder options of a pass; ``size`` ``(height, width)`` is SDXL's size conditioning."""
+    return TextOptions(clip_skip=params.clip_skip, emphasis=Emphasis(params.emphasis), size=size)
 
 
 def _encode_recording(
@@ -275,46 +363,6 @@ def _encode_recording(
         return find  # the CLIP vocabulary is shared: one lookup serves every encoder
 
     return encode_prompts(components, [text], options, finder), tuple(used)
-
-
-def _sample(  # noqa: PLR0917 - the loop state of one batch
-    params: GenerationParams,
-    guided: CFGDenoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: int,
-    total: int,
-    on_step: Callable[[StepInfo], None] | None,
-) -> tuple[torch.Tensor, bool]:
-    """Run the sampler; on interrupt return the last latent reached (A1111 decodes it too)."""
-    last = {"x": x}
-    steps_per_batch = len(sigmas) - 1
-
-    def callback(state: dict[str, Any]) -> None:
-        last["x"] = state["x"]
-        if on_step is not None:
-            done = batch * steps_per_batch + int(state["i"]) + 1
-            on_step(StepInfo(done, total, batch, state["denoised"]))
-
-    options = _sampler_options(params)
-    try:
-        with torch.inference_mode():
-            out = SAMPLERS[params.sampler](
-                guided, x, sigmas, noise_sampler=noise_sampler, callback=callback, **options
-            )
-    except SamplingInterrupted as signal:
-        return last["x"], not signal.skipped
-    return out, False
-
-
-def _sampler_options(params: GenerationParams) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if params.eta is not None:
-        options["eta"] = params.eta
-    if params.s_noise != 1.0:
-        options["s_noise"] = params.s_noise
-    return options
 
 
 def _latent_shape(components: Components, params: GenerationParams) -> tuple[int, int, int]:
