@@ -22,7 +22,10 @@ from tests.conftest import MakeTiny
 
 def _manager(models_dir: Path, keep: int = 2) -> ModelManager:
     data = models_dir.parent / "data"
-    return ModelManager(Settings(models_dir=models_dir, data_dir=data, device="cpu", checkpoints_in_ram=keep))
+    settings = Settings(
+        models_dir=models_dir, data_dir=data, device="cpu", checkpoints_in_ram=keep, builtin_model=False
+    )
+    return ModelManager(settings)
 
 
 def _install(

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from latentstudio.cli_train import eval_app, train_app
+
 app = typer.Typer(
     name="latentstudio",
     help="Stable Diffusion studio: web UI, A1111-compatible API, CLI and training. Offline by design.",
@@ -233,6 +235,10 @@ def _run_and_save(components: Any, params: Any, identity: Any, output: Path, emb
     folder = output / ("img2img-images" if params.is_img2img else "txt2img-images")
     for image, text, seed in zip(result.images, result.infotexts, result.seeds, strict=True):
         typer.echo(save_image(image, folder, seed, text))
+
+
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

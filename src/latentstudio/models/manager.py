@@ -19,6 +19,7 @@ from diffusers import AutoencoderKL
 
 from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
 from latentstudio.models import discovery, loader
+from latentstudio.models.builtin import builtin_checkpoint
 from latentstudio.models.discovery import CheckpointInfo, VaeInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
@@ -99,10 +100,14 @@ class ModelManager:
         self.lora_library.refresh()
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted."""
+        """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted; when there are none, the
+        built-in shapes model (unless ``settings.builtin_model`` is off)."""
         with self._lock:
             if self._checkpoints is None:
                 self._checkpoints = discovery.scan_checkpoints(self.settings.models_dir)
+                builtin = builtin_checkpoint()
+                if not self._checkpoints and self.settings.builtin_model and builtin.is_file():
+                    self._checkpoints = [CheckpointInfo.from_path(builtin, builtin.parent)]
             return list(self._checkpoints)
 
     def vaes(self) -> list[VaeInfo]:

@@ -1,0 +1,137 @@
+"""``latentstudio train …`` and ``latentstudio eval …`` (typer sub-apps mounted by :mod:`latentstudio.cli`).
+
+Heavy imports stay inside the commands: nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+train_app = typer.Typer(help="Train models (Hugging Face accelerate; `accelerate launch` for DDP).",
+                        no_args_is_help=True)  # fmt: skip
+eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
+
+Output = Annotated[Path, typer.Option("--output-dir", help="Run folder: config, log, checkpoints, final/.")]
+Threads = Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a busy machine; 0: default).")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="A config.json written by an earlier run (overrides flags).")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+@train_app.command("vae")
+def train_vae_command(  # noqa: PLR0917 - one option per setting
+    output_dir: Output = Path("runs/vae"),
+    steps: int = 450,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    seed: int = 0,
+    threads: Threads = 1,
+    config: ConfigFile = None,
+) -> None:
+    """Train a small AutoencoderKL (8× downscale, 4 latent channels) on the procedural shapes set."""
+    from latentstudio.train.config import VaeConfig
+    from latentstudio.train.loop import train
+    from latentstudio.train.tasks import VaeTask
+
+    cfg = VaeConfig.load(config) if config else VaeConfig(
+        output_dir=str(output_dir), steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads
+    )  # fmt: skip
+    result = train(VaeTask(cfg), cfg)
+    typer.echo(json.dumps({"output": str(result.output_dir / "final"), "seconds": round(result.seconds, 1)}))
+
+
+@train_app.command("model")
+def train_model_command(  # noqa: PLR0917 - one option per setting
+    vae: Annotated[Path, typer.Option(help="The final/ folder of a `train vae` run.")],
+    output_dir: Output = Path("runs/model"),
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    objective: Annotated[str, typer.Option(help="epsilon or v_prediction.")] = "epsilon",
+    min_snr_gamma: Annotated[float, typer.Option(help="Min-SNR-γ weighting (0: off).")] = 5.0,
+    noise_offset: float = 0.0,
+    seed: int = 0,
+    threads: Threads = 1,
+    config: ConfigFile = None,
+) -> None:
+    """Train a text-to-image UNet + CLIP text encoder from scratch on the shapes set, in the VAE's latents;
+    writes an SD1 single-file checkpoint (final/model.safetensors)."""
+    from latentstudio.train.config import ModelConfig
+    from latentstudio.train.loop import train
+    from latentstudio.train.tasks import ModelTask
+
+    if objective not in ("epsilon", "v_prediction"):
+        raise _fail(f"--objective: {objective!r} is not one of epsilon, v_prediction")
+    cfg = ModelConfig.load(config) if config else ModelConfig(
+        output_dir=str(output_dir), vae=str(vae), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        objective=objective, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,  # type: ignore[arg-type]
+        threads=threads,
+    )  # fmt: skip
+    if not (Path(cfg.vae) / "vae.safetensors").is_file():
+        raise _fail(f"--vae: no vae.safetensors in {cfg.vae} (give the final/ folder of `train vae`)")
+    result = train(ModelTask(cfg), cfg)
+    typer.echo(json.dumps({"output": str(result.output_dir / "final"), "seconds": round(result.seconds, 1)}))
+
+
+@train_app.command("shapes")
+def train_shapes_command(
+    output_dir: Output = Path("runs/shapes"),
+    threads: Threads = 1,
+    ship: Annotated[bool, typer.Option(help="Copy the result over the packaged built-in model.")] = False,
+) -> None:
+    """Reproduce the built-in model: `train vae` then `train model` with the shipped recipe (resumable)."""
+    from latentstudio.train.recipe import builtin_model_path, run_recipe, shapes_recipe
+
+    recipe = shapes_recipe(output_dir, threads=threads)
+    path = run_recipe(recipe, builtin_model_path() if ship else None)
+    typer.echo(str(path))
+
+
+@eval_app.command("shapes")
+def eval_shapes_command(  # noqa: PLR0917 - one option per setting
+    model: Annotated[Path | None, typer.Option(help="Checkpoint file (default: the built-in model).")] = None,
+    subset: Annotated[int, typer.Option(min=1, help="How many prompts of the fixed set.")] = 96,
+    steps: int = 20,
+    sampler: str = "DPM++ 2M",
+    cfg_scale: float = 7.0,
+    threads: Threads = 1,
+    images: Annotated[Path | None, typer.Option(help="Also write each picture here.")] = None,
+) -> None:
+    """Foreground colour / background colour / shape / position accuracy (JSON) at the model's native size."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from latentstudio.models.files import ModelFileError
+    from latentstudio.models.loader import load_checkpoint
+    from latentstudio.train.eval_shapes import Reading, evaluate
+    from latentstudio.train.recipe import builtin_model_path
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = model or builtin_model_path()
+    try:
+        components = load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
+    except (ModelFileError, OSError) as e:
+        raise _fail(str(e)) from None
+
+    def save(index: int, image: np.ndarray, reading: Reading) -> None:
+        if images is not None:
+            images.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(
+                images / f"{index:03d}-{reading.fg}-{reading.shape}-on-{reading.bg}.png"
+            )
+
+    accuracy = evaluate(components, subset, steps=steps, sampler=sampler, cfg_scale=cfg_scale, on_image=save)
+    typer.echo(json.dumps({"model": str(path), "steps": steps, **accuracy.as_dict()}, indent=2))
+    sys.stdout.flush()

@@ -1,0 +1,99 @@
+"""Training configurations: frozen dataclasses, written as ``config.json`` next to every output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+Objective = Literal["epsilon", "v_prediction"]
+C = TypeVar("C", bound="LoopConfig")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every mode shares: optimisation, EMA, checkpoints, samples, logging.
+
+    ``batch_size`` is per process and per micro-step; the global batch is
+    ``batch_size × grad_accum × processes``.
+    """
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999  # 0 disables EMA
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def save(self, path: Path) -> None:
+        """Write the config as JSON (with its class name) to ``path``."""
+        data = {"kind": type(self).__name__, **dataclasses.asdict(self)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls: type[C], path: Path) -> C:
+        """Read a config written by :meth:`save`; unknown fields are an error."""
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        kind = data.pop("kind", cls.__name__)
+        if kind != cls.__name__:
+            raise ValueError(f"{path}: a {kind} config, expected {cls.__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown config fields {unknown}")
+        for f in dataclasses.fields(cls):  # JSON lists back to tuples
+            if isinstance(data.get(f.name), list):
+                data[f.name] = tuple(data[f.name])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class VaeConfig(LoopConfig):
+    """``train vae``: a small AutoencoderKL on the shapes set (8× downscale, 4 latent channels)."""
+
+    output_dir: str = "runs/vae"
+    resolution: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 64)
+    norm_groups: int = 4  # few groups: per-channel GroupNorm would wash out flat colours
+    latent_channels: int = 4
+    kl_weight: float = 1e-5
+    lr: float = 2e-3
+    warmup: int = 20
+    steps: int = 450
+    batch_size: int = 8
+    ema_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelConfig(LoopConfig):
+    """``train model``: UNet + CLIP text encoder from scratch in the latent space of a trained VAE."""
+
+    output_dir: str = "runs/model"
+    vae: str = ""  # the VAE run's output dir (its final/ weights) or a .safetensors file
+    resolution: int = 64
+    unet_channels: tuple[int, ...] = (48, 96, 96)
+    unet_attention: tuple[bool, ...] = (True, True, False)
+    norm_groups: int = 16
+    heads: int = 8
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    objective: Objective = "epsilon"
+    min_snr_gamma: float = 5.0  # 0 disables min-SNR weighting
+    noise_offset: float = 0.0
+    caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
+    data_seed: int = 0
+    train_text_encoder: bool = True
+    extra: dict[str, str] = field(default_factory=dict)

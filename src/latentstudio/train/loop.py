@@ -1,0 +1,217 @@
+"""The training loop on Hugging Face accelerate: one readable loop for every mode.
+
+A mode is a :class:`Task`: the trainable modules (one ``ModuleDict``), a loss for one micro-batch, sample
+images and a final export. The loop owns the rest: the accelerate ``Accelerator`` (devices, DDP/FSDP/
+DeepSpeed from ``accelerate launch`` configs, mixed precision, gradient accumulation), AdamW with linear
+warm-up, gradient clipping, EMA, checkpoints with exact resume, periodic samples, a tqdm bar (loss, it/s)
+and logs (``log.jsonl`` always; TensorBoard too when the ``tensorboard`` package is installed).
+
+Exact resume: every random draw of step ``s`` comes from generators seeded by ``(seed, s, micro, rank)``
+and the data of a step is a pure function of its index, so a resumed run repeats the same batches, noise
+and updates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from latentstudio.train.config import LoopConfig
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Where a micro-batch sits: its samples are ``first … first + size − 1`` of the dataset, and its
+    random draws come from ``generator`` (CPU)."""
+
+    step: int
+    first: int
+    size: int
+    generator: torch.Generator
+
+
+class Task(Protocol):
+    """One training mode (see :mod:`latentstudio.train.tasks`)."""
+
+    modules: torch.nn.ModuleDict
+
+    def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
+        """The scalar loss of one micro-batch (``modules`` may be wrapped by DDP)."""
+        ...
+
+    def samples(self, modules: torch.nn.ModuleDict, path: Path) -> None:
+        """Write sample images of the current (EMA) weights to ``path`` (a PNG)."""
+        ...
+
+    def export(self, modules: torch.nn.ModuleDict, folder: Path) -> None:
+        """Write the final artefacts of the run into ``folder``."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """``losses``: the mean loss of every step run in this call (index 0 = ``first_step``)."""
+
+    first_step: int
+    losses: list[float]
+    seconds: float
+    output_dir: Path
+
+
+def _generator(config: LoopConfig, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((config.seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def _update_ema(ema: dict[str, torch.Tensor], module: torch.nn.Module, decay: float, updates: int) -> None:
+    """EMA with warm-up: d = min(decay, (1 + n)/(10 + n)) after n updates (in place, on ``ema``)."""
+    d = min(decay, (1 + updates) / (10 + updates))
+    with torch.no_grad():
+        for key, value in module.state_dict().items():
+            if key in ema:
+                ema[key].mul_(d).add_(value.detach().float().to(ema[key].device), alpha=1 - d)
+
+
+def _with_weights(module: torch.nn.ModuleDict, ema: dict[str, torch.Tensor] | None) -> torch.nn.ModuleDict:
+    """A copy of ``module`` with the EMA weights (or ``module`` itself without EMA), in eval mode."""
+    if ema is None:
+        return module
+    averaged = copy.deepcopy(module)
+    averaged.load_state_dict(ema, strict=False)
+    return averaged.eval()
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _save_checkpoint(
+    folder: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+) -> None:  # fmt: skip
+    """``checkpoint-<step>/``: weights and EMA (safetensors), optimizer state (torch, tensors only), step."""
+    tmp = folder / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "modules.safetensors"))
+    if ema is not None:
+        save_file(ema, str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+    tmp.rename(folder / f"checkpoint-{step}")
+
+
+def _load_checkpoint(
+    path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None
+) -> int:
+    """Restore a checkpoint written by :func:`_save_checkpoint`; returns its step. Weights-only loading."""
+    module.load_state_dict(load_file(str(path / "modules.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if ema is not None:
+        ema.update(load_file(str(path / "ema.safetensors")))
+    step: int = json.loads((path / "state.json").read_text(encoding="utf-8"))["step"]
+    return step
+
+
+def train(task: Task, config: LoopConfig, *, stop_at: int | None = None) -> TrainResult:
+    """Run (or resume, from the newest ``checkpoint-*`` in ``config.output_dir``) ``config.steps`` steps.
+
+    ``stop_at``: return after that step without the final export (for tests of resume; a checkpoint is
+    written there).
+    """
+    out = Path(config.output_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    tracker = "tensorboard" if is_tensorboard_available() else None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
+        log_with=tracker, project_dir=str(out),
+    )  # fmt: skip
+    main = accelerator.is_main_process
+    if main:
+        config.save(out / "config.json")
+    module = task.modules
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    ema = _state(module) if config.ema_decay > 0 else None
+    latest = _latest_checkpoint(out)
+    start = _load_checkpoint(latest, module, optimizer, ema) if latest is not None else 0
+    model, optimizer = accelerator.prepare(module, optimizer)
+    if tracker:
+        accelerator.init_trackers("latentstudio")
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    losses = _run_steps(task, config, accelerator, model, optimizer, ema, start, end)
+    accelerator.wait_for_everyone()
+    seconds = losses.pop()
+    unwrapped = accelerator.unwrap_model(model)
+    if main and end == config.steps and stop_at is None:
+        task.export(_with_weights(unwrapped, ema), out / "final")
+    accelerator.end_training()
+    return TrainResult(start, losses, seconds, out)
+
+
+def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
+    task: Task, config: LoopConfig, accelerator: Accelerator, model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None, start: int, end: int,
+) -> list[float]:  # fmt: skip
+    """Steps ``start … end − 1``; returns their mean losses followed by the elapsed seconds."""
+    out, rank, world = Path(config.output_dir), accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    log = (out / "log.jsonl").open("a", encoding="utf-8") if main else None
+    bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not main, unit="step")
+    losses: list[float] = []
+    began = time.perf_counter()
+    for step in bar:
+        lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(config.grad_accum):
+            first = ((step * config.grad_accum + micro) * world + rank) * config.batch_size
+            batch = MicroBatch(step, first, config.batch_size, _generator(config, step, micro, rank))
+            with accelerator.accumulate(model):
+                loss = task.loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            total += float(accelerator.reduce(loss.detach(), reduction="mean")) / config.grad_accum
+        losses.append(total)
+        unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            _update_ema(ema, unwrapped, config.ema_decay, step)
+        done = step + 1
+        if done % config.log_every == 0 or done == end:
+            rate = (done - start) / (time.perf_counter() - began)
+            recent = sum(losses[-config.log_every :]) / len(losses[-config.log_every :])
+            bar.set_postfix(loss=f"{recent:.4f}")
+            record = {"step": done, "loss": recent, "lr": lr, "it_s": rate,
+                      "images_s": rate * config.batch_size * config.grad_accum * world}  # fmt: skip
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
+        if main and (done % config.checkpoint_every == 0 or done == end):
+            _save_checkpoint(out, done, unwrapped, optimizer, ema)
+        if main and config.sample_every and done % config.sample_every == 0:
+            task.samples(_with_weights(unwrapped, ema), out / "samples" / f"step-{done:06d}.png")
+        accelerator.wait_for_everyone()
+    if log is not None:
+        log.close()
+    return [*losses, time.perf_counter() - began]

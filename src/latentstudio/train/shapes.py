@@ -1,0 +1,153 @@
+"""A procedural, captioned dataset of flat shapes: the training data of the built-in model (no files).
+
+Every sample is a pure function of ``(seed, index)``: one shape (circle, square, triangle, star) of one
+foreground colour, size and position on a flat background of another colour, drawn with 4× supersampling,
+and a caption naming some or all of those attributes ("a red circle on a blue background",
+"small yellow triangle, top right, black background").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 220),
+    "yellow": (245, 215, 30),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "orange": (245, 130, 20),
+    "purple": (135, 40, 175),
+}
+SHAPES = ("circle", "square", "triangle", "star")
+SIZES: dict[str, float] = {"small": 0.15, "medium": 0.23, "large": 0.31}  # half-side / image size
+# (column, row) in {0, 1, 2}²: 0 = left/top, 1 = centre, 2 = right/bottom
+POSITIONS: dict[str, tuple[int, int]] = {
+    "top left": (0, 0), "top": (1, 0), "top right": (2, 0),
+    "left": (0, 1), "center": (1, 1), "right": (2, 1),
+    "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
+}  # fmt: skip
+TEMPLATES = (
+    "a {fg} {shape} on a {bg} background",
+    "{size} {fg} {shape}, {pos}, {bg} background",
+    "a {size} {fg} {shape} in the {pos} on a {bg} background",
+    "{fg} {shape}, {bg} background",
+    "a {fg} {shape} on {bg}, {pos}",
+)
+SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """The attributes of one picture (names from :data:`COLOURS`, :data:`SHAPES`, :data:`SIZES`,
+    :data:`POSITIONS`)."""
+
+    shape: str
+    fg: str
+    bg: str
+    size: str
+    position: str
+
+    def caption(self, template: int = 0) -> str:
+        """The caption written with ``TEMPLATES[template]``."""
+        return TEMPLATES[template].format(
+            fg=self.fg, shape=self.shape, bg=self.bg, size=self.size, pos=self.position
+        )
+
+
+@dataclass(frozen=True)
+class ShapeSample:
+    """One training example: ``image`` uint8 ``[H, W, 3]``, its caption and its attributes."""
+
+    image: np.ndarray
+    caption: str
+    spec: ShapeSpec
+
+
+def random_spec(rng: np.random.Generator) -> ShapeSpec:
+    """A uniformly drawn spec with foreground colour ≠ background colour."""
+    colours = list(COLOURS)
+    fg, bg = rng.choice(len(colours), size=2, replace=False)
+    return ShapeSpec(
+        shape=SHAPES[rng.integers(len(SHAPES))],
+        fg=colours[fg],
+        bg=colours[bg],
+        size=list(SIZES)[rng.integers(len(SIZES))],
+        position=list(POSITIONS)[rng.integers(len(POSITIONS))],
+    )
+
+
+def centre_and_radius(spec: ShapeSpec, resolution: int) -> tuple[float, float, float]:
+    """``(cx, cy, r)`` in pixels: the shape's bounding square is centred at (cx, cy) with half-side r;
+    left/right/top/bottom put it 2 px from the edge."""
+    r = SIZES[spec.size] * resolution
+    col, row = POSITIONS[spec.position]
+    margin = r + resolution / 32
+    coords = (margin, resolution / 2, resolution - margin)
+    return coords[col], coords[row], r
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Outline of a triangle (apex up) or 5-point star, scaled and shifted to fill the box (cx±r, cy±r)."""
+    if shape == "triangle":
+        unit = [(0.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
+    else:
+        unit = []
+        for k in range(10):
+            angle = -math.pi / 2 + k * math.pi / 5
+            radius = 1.0 if k % 2 == 0 else 0.45
+            unit.append((radius * math.cos(angle), radius * math.sin(angle)))
+    xs, ys = [p[0] for p in unit], [p[1] for p in unit]
+    mx, my = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+    scale = 2 / max(max(xs) - min(xs), max(ys) - min(ys))
+    return [(cx + (x - mx) * scale * r, cy + (y - my) * scale * r) for x, y in unit]
+
+
+def render(spec: ShapeSpec, resolution: int = 64) -> np.ndarray:
+    """The picture of ``spec``: uint8 ``[resolution, resolution, 3]`` (anti-aliased by supersampling)."""
+    s = SUPERSAMPLE
+    big = Image.new("RGB", (resolution * s, resolution * s), COLOURS[spec.bg])
+    draw = ImageDraw.Draw(big)
+    cx, cy, r = (v * s for v in centre_and_radius(spec, resolution))
+    fill = COLOURS[spec.fg]
+    if spec.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif spec.shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(_polygon(spec.shape, cx, cy, r), fill=fill)
+    small = big.resize((resolution, resolution), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.uint8).copy()
+
+
+def sample(seed: int, index: int, resolution: int = 64) -> ShapeSample:
+    """Sample ``index`` of the dataset with ``seed``: deterministic, independent of any other sample."""
+    rng = np.random.default_rng([seed, index])
+    spec = random_spec(rng)
+    template = int(rng.integers(len(TEMPLATES)))
+    return ShapeSample(render(spec, resolution), spec.caption(template), spec)
+
+
+def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` images → float ``[B, 3, H, W]`` in [-1, 1]."""
+    array = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def batch(
+    seed: int, start: int, size: int, resolution: int = 64
+) -> tuple[torch.Tensor, list[str], list[ShapeSpec]]:
+    """Samples ``start … start+size−1``: images ``[size, 3, R, R]`` in [-1, 1], captions, specs."""
+    samples = [sample(seed, i, resolution) for i in range(start, start + size)]
+    return (
+        to_tensor([s.image for s in samples]),
+        [s.caption for s in samples],
+        [s.spec for s in samples],
+    )
