@@ -362,3 +362,81 @@ def test_hires_fix_resize_with_truncation_and_hires_prompt(sd1: loader.Component
     assert parsed["Hires prompt"] == "a blue square"
     same_prompt = run(dataclasses.replace(params, hr_prompt=""), sd1, identity=IDENTITY)
     assert not np.array_equal(_pixels(same_prompt)[0], _pixels(result)[0])
+
+
+def _inpaint_inputs() -> tuple[Image.Image, Image.Image]:
+    rng = np.random.default_rng(3)
+    init = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    mask = Image.new("L", (128, 96), 0)
+    mask.paste(255, (40, 30, 72, 62))
+    return init, mask
+
+
+@pytest.mark.parametrize(
+    ("fill", "label"), [(0, "fill"), (1, None), (2, "latent noise"), (3, "latent nothing")]
+)
+def test_inpainting_whole_picture_keeps_unmasked_pixels(
+    sd1: loader.Components, fill: int, label: str | None
+) -> None:
+    init, mask = _inpaint_inputs()
+    params = _params(sampler="Euler", steps=4, width=128, height=96, init_image=init, mask=mask,
+                     mask_blur=0, inpainting_fill=fill, denoising_strength=0.9)  # fmt: skip
+    result = run(params, sd1, identity=IDENTITY)
+    out, before = np.asarray(result.images[0]), np.asarray(init)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], before[outside])
+    assert np.abs(out[~outside].astype(int) - before[~outside]).mean() > 10  # the masked area was repainted
+    parsed = infotext.parse(result.infotexts[0])
+    assert parsed["Mask blur"] == "0"
+    line = result.infotexts[0].splitlines()[-1]
+    assert ("Masked content: " in line) == (label is not None)
+    assert label is None or line.endswith(f"Masked content: {label}")
+
+
+def test_inpainting_blur_only_reaches_its_radius_and_invert_swaps_the_areas(sd1: loader.Components) -> None:
+    init, mask = _inpaint_inputs()
+    params = _params(sampler="Euler", steps=3, width=128, height=96, init_image=init, mask=mask, mask_blur=4)
+    out, before = np.asarray(run(params, sd1, identity=IDENTITY).images[0]), np.asarray(init)
+    far = np.ones((96, 128), dtype=bool)
+    far[30 - 11 : 62 + 11, 40 - 11 : 72 + 11] = False  # radius of a σ=4 kernel: int(2.5·4 + 0.5) = 10
+    assert np.array_equal(out[far], before[far])
+    inverted = run(dataclasses.replace(params, inpainting_mask_invert=True), sd1, identity=IDENTITY)
+    inside = np.zeros((96, 128), dtype=bool)
+    inside[30 + 11 : 62 - 11, 40 + 11 : 72 - 11] = True
+    assert np.array_equal(np.asarray(inverted.images[0])[inside], before[inside])
+    assert infotext.parse(inverted.infotexts[0])["Mask mode"] == "Inpaint not masked"
+
+
+def test_inpainting_only_masked_processes_the_expanded_crop(sd1: loader.Components) -> None:
+    init, mask = _inpaint_inputs()
+    shapes: list[tuple[int, ...]] = []
+    params = _params(sampler="Euler", steps=3, width=64, height=64, init_image=init, mask=mask, mask_blur=0,
+                     inpaint_full_res=True, inpaint_full_res_padding=8)  # fmt: skip
+    result = run(params, sd1, identity=IDENTITY, on_step=lambda s: shapes.append(tuple(s.latent.shape)))
+    assert result.images[0].size == (128, 96)  # pasted back into the full picture
+    assert set(shapes) == {(1, 4, 8, 8)}  # the 48×48 crop (32 + 2·8) processed at 64×64
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(np.asarray(result.images[0])[outside], np.asarray(init)[outside])
+    parsed = infotext.parse(result.infotexts[0])
+    assert (parsed["Inpaint area"], parsed["Masked area padding"]) == ("Only masked", "8")
+    blank = run(dataclasses.replace(params, mask=Image.new("L", (128, 96))), sd1, identity=IDENTITY)
+    assert blank.warnings == [
+        'Unable to perform "Only masked" because the mask is blank; switched to img2img.'
+    ]
+
+
+def test_inpainting_checkpoint_gets_mask_and_masked_image(make_tiny: MakeTiny) -> None:
+    path = make_tiny(Family.SD1, inpainting=True).path
+    model = loader.load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
+    assert model.unet.config.in_channels == 9
+    init, mask = _inpaint_inputs()
+    txt = run(_params(sampler="Euler", steps=3), model, identity=IDENTITY)
+    assert txt.images[0].size == (64, 64)
+    params = _params(sampler="Euler", steps=3, width=128, height=96, init_image=init, mask=mask, mask_blur=0)
+    result = run(params, model, identity=IDENTITY)
+    assert np.array_equal(
+        np.asarray(result.images[0])[np.asarray(mask) == 0], np.asarray(init)[np.asarray(mask) == 0]
+    )
+    assert infotext.parse(result.infotexts[0])["Conditional mask weight"] == "1.0"
+    weaker = run(dataclasses.replace(params, inpainting_mask_weight=0.0), model, identity=IDENTITY)
+    assert not np.array_equal(np.asarray(weaker.images[0]), np.asarray(result.images[0]))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from latentstudio.pipeline.params import ResizeMode
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.resize import resize_image
 
 
@@ -179,3 +179,82 @@ def apply_overlay(image: Image.Image, overlay: Overlay) -> Image.Image:
     composed = image.convert("RGBA")
     composed.alpha_composite(overlay.image)
     return composed.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An img2img job's inputs at the processing size: ``image`` (masked content filled) and ``mask``
+    (``L``, white = repaint; None without a mask), the ``overlay`` that restores the kept pixels, and the
+    infotext keys and warnings the preparation adds."""
+
+    image: Image.Image
+    mask: Image.Image | None
+    overlay: Overlay | None
+    infotext: dict[str, object]
+    warnings: list[str]
+
+
+def flatten(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A1111 ``images.flatten``: transparent init images over ``img2img_background_color`` (white)."""
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        base.alpha_composite(rgba)
+        return base.convert("RGB")
+    return image.convert("RGB")
+
+
+def prepare(params: GenerationParams) -> Prepared:
+    """A1111 ``StableDiffusionProcessingImg2Img.init`` for one init image: mask (alpha or greyscale,
+    inverted, blurred), "only masked" crop or whole picture, the overlay, and the masked-content fill."""
+    assert params.init_image is not None
+    width, height = params.width, params.height
+    init = flatten(params.init_image)
+    if params.mask is None:
+        if params.resize_mode is not ResizeMode.LATENT_UPSCALE:
+            init = resize_image(init, width, height, params.resize_mode)
+        return Prepared(init, None, None, {}, [])
+    info: dict[str, object] = {}
+    mask = binary_mask(params.mask)
+    if params.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+        info["Mask mode"] = "Inpaint not masked"
+    mask = blur_mask(mask, params.mask_blur, params.mask_blur)
+    info = {"Mask blur": params.mask_blur, **info}
+    region = crop_region(mask, params.inpaint_full_res_padding) if params.inpaint_full_res else None
+    warnings = []
+    if params.inpaint_full_res and region is None:
+        warnings.append('Unable to perform "Only masked" because the mask is blank; switched to img2img.')
+    if region is not None:
+        region = expand_crop_region(region, width, height, mask.width, mask.height)
+        overlay = Overlay(
+            overlay_for(init, mask), (*region[:2], region[2] - region[0], region[3] - region[1])
+        )
+        processing_mask = resize_image(mask.crop(region), width, height, ResizeMode.RESIZE_AND_FILL).convert(
+            "L"
+        )
+        image = resize_image(init.crop(region), width, height, ResizeMode.RESIZE_AND_FILL)
+        info.update({"Inpaint area": "Only masked", "Masked area padding": params.inpaint_full_res_padding})
+    else:
+        processing_mask = resize_image(mask, width, height, params.resize_mode).convert("L")
+        doubled = np.clip(np.asarray(processing_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
+        image = resize_image(init, width, height, params.resize_mode)
+        overlay = Overlay(overlay_for(image, Image.fromarray(doubled, mode="L")), None)
+    if params.inpainting_fill != MaskedContent.ORIGINAL:
+        image = fill(image, processing_mask) if params.inpainting_fill == MaskedContent.FILL else image
+        info["Masked content"] = MASKED_CONTENT_LABELS[params.inpainting_fill]
+    return Prepared(image, processing_mask, overlay, info, warnings)
+
+
+def masked_image_conditioning(
+    image: Image.Image | None, mask: Image.Image | None, weight: float, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An inpainting model's inputs before the VAE: ``(mask [1, 1, H, W], image [1, 3, H, W] in [-1, 1])``
+    with the masked area greyed out by ``weight`` (A1111 ``inpainting_mask_weight``); no image → grey."""
+    cond_mask = conditioning_mask(mask, size)
+    if image is None:
+        return cond_mask, torch.zeros(1, 3, size[1], size[0])
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(
+        2, 0, 1
+    )[None]
+    return cond_mask, torch.lerp(pixels, pixels * (1.0 - cond_mask), weight)

@@ -67,6 +67,13 @@ class GenerationParams:
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    mask: Image.Image | None = None  # img2img inpainting: white = repaint (or the alpha of an RGBA mask)
+    mask_blur: int = 4
+    inpainting_fill: int = 1  # A1111 UI default "original"; 0 fill, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "Only masked" (the API's default is True; the UI's False)
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
+    inpainting_mask_weight: float = 1.0  # inpainting checkpoints: how much of the masked image they see
     enable_hr: bool = False  # txt2img hires fix (second pass at denoising_strength)
     hr_scale: float = 2.0
     hr_resize_x: int = 0
@@ -135,10 +142,25 @@ class GenerationParams:
                 raise ParamError(field, str(e)) from None
         if self.enable_hr:
             self._validate_hires()
+        if self.mask is not None:
+            self._validate_inpainting()
         if self.emphasis not in EMPHASIS_MODES:
             raise ParamError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise ParamError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+
+    def _validate_inpainting(self) -> None:
+        """The inpainting fields (only with a ``mask``)."""
+        if self.init_image is None:
+            raise ParamError("mask", "a mask needs an init image (img2img)")
+        _check_int("mask_blur", self.mask_blur, 0, 64)
+        _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
+        _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
+        _check_float("inpainting_mask_weight", self.inpainting_mask_weight, 0.0, 1.0)
+        if self.resize_mode is ResizeMode.LATENT_UPSCALE:
+            raise ParamError(
+                "resize_mode", "latent upscale (3) cannot be combined with a mask; use 0, 1 or 2"
+            )
 
     def _validate_hires(self) -> None:
         """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""

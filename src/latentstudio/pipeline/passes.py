@@ -48,6 +48,7 @@ class Pass:
     conds: Sequence[tuple[ScheduledConditioning, float]]
     uncond: ScheduledConditioning
     pad_empty: torch.Tensor | None = None
+    blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # inpainting: init, keep, repaint
 
     @property
     def steps(self) -> int:
@@ -125,7 +126,7 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     # a fresh guidance object per pass and batch: its step counter drives prompt editing
     guided = CFGDenoiser(
         denoiser, sampling.conds, sampling.uncond, params.cfg_scale, control, sampling.pad_empty,
-        pad_last=params.pad_conds_v0,
+        pad_last=params.pad_conds_v0, blend=sampling.blend,
     )  # fmt: skip
     noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = rng.noise_sampler
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
@@ -133,6 +134,9 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     latents, stopped = _sample(sampling.sampler, guided, x, sigmas, noise_sampler, _options(params), progress)
     if sampling.vp_terminal:
         latents = latents / (1 + sigmas[-1] ** 2).sqrt()
+    if sampling.blend is not None:  # A1111 blends the final samples once more
+        init_latent, keep, repaint = sampling.blend
+        latents = latents * repaint + init_latent * keep
     return latents, stopped, guided.padded
 
 

@@ -22,17 +22,16 @@ from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hash
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
-from latentstudio.pipeline import hires, infotexts
+from latentstudio.pipeline import hires, infotexts, inpaint
 from latentstudio.pipeline.hires import PixelUpscaler
 from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
-from latentstudio.pipeline.resize import resize_image
 from latentstudio.prompts.chunks import EmbeddingFinder
 from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
 from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
 from latentstudio.samplers import SAMPLER_INFO
-from latentstudio.samplers.noise import all_seeds
+from latentstudio.samplers.noise import ImageRNG, all_seeds
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
 from latentstudio.samplers.wrappers import Conditioning, Denoiser, ScheduledConditioning, StepControl
 
@@ -66,15 +65,41 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _init_latents(components: Components, params: GenerationParams) -> torch.Tensor:
-    """The VAE latent of the resized init image, ``[1, C, H/8, W/8]`` (the distribution's mean)."""
-    assert params.init_image is not None
-    image = resize_image(params.init_image, params.width, params.height, params.resize_mode)
-    latent = _vae_encode(components, from_pil(image))
+def _img2img_latents(
+    components: Components, params: GenerationParams, prepared: inpaint.Prepared, seeds: list[int]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """The init latent ``[1 or B, C, H/8, W/8]`` (the VAE distribution's mean) and, when inpainting, the
+    ``(init, keep, repaint)`` blend; "latent noise"/"latent nothing" replace the masked area first."""
+    latent = _vae_encode(components, from_pil(prepared.image))
     if params.resize_mode is ResizeMode.LATENT_UPSCALE:  # A1111: encode as is, resize the latent
         size = (params.height // 8, params.width // 8)
         latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear")
-    return latent
+    if prepared.mask is None:
+        return latent, None
+    keep, repaint = (m.to(latent) for m in inpaint.latent_masks(prepared.mask, latent))
+    if params.inpainting_fill == inpaint.MaskedContent.LATENT_NOISE:  # A1111: the first batch's seeds
+        shape = (latent.shape[1], latent.shape[2], latent.shape[3])
+        noise = ImageRNG(
+            shape, seeds[: params.batch_size], source=params.rng, device=components.device
+        ).first()
+        latent = latent * keep + noise.to(latent) * repaint
+    elif params.inpainting_fill == inpaint.MaskedContent.LATENT_NOTHING:
+        latent = latent * keep
+    return latent, (latent, keep, repaint)
+
+
+def _image_conditioning(
+    components: Components, prepared: inpaint.Prepared | None, weight: float, size: tuple[int, int]
+) -> torch.Tensor:
+    """An inpainting checkpoint's extra UNet input ``[1, 5, h, w]``: the mask and the VAE latent of the
+    masked image (a grey image and an all-ones mask without one, as A1111); ``size`` is ``(width, height)``.
+    """
+    image = prepared.image if prepared is not None and prepared.mask is not None else None
+    mask = prepared.mask if prepared is not None else None
+    cond_mask, pixels = inpaint.masked_image_conditioning(image, mask, weight, size)
+    latent = _vae_encode(components, pixels)
+    small = torch.nn.functional.interpolate(cond_mask, size=latent.shape[-2:]).to(latent)
+    return torch.cat([small, latent], dim=1)
 
 
 def _vae_encode(components: Components, pixels: torch.Tensor) -> torch.Tensor:
@@ -154,14 +179,23 @@ def _generate(
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
     text = _Texts(embeddings, cache, networks.text_key)
     # 3. encode and 4. sigmas, per pass (once: every batch shares them)
-    first = _first_pass(components, params, model_sigmas, text)
+    prepared = inpaint.prepare(params) if params.is_img2img else None
+    init, blend = _img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
+    warnings.extend(prepared.warnings if prepared is not None else ())
+    first = dataclasses.replace(_first_pass(components, params, model_sigmas, text), blend=blend)
     plan = hires.plan(params) if params.enable_hr else None
     second = _hires_pass(components, params, model_sigmas, text, plan) if plan is not None else None
     extra_info = {"Lora hashes": networks.infotext_hashes(), **_extra_info(params, text.used, text.texts)}
     if plan is not None and second is not None:
         extra_info.update(hires.infotext_keys(params, plan, first.schedule_label, second.schedule_label))
-    denoiser = Denoiser(_unet_fn(components), model_sigmas, components.info.prediction, components.dtype)
-    init = _init_latents(components, params) if params.is_img2img else None
+    extra_info.update(prepared.infotext if prepared is not None else {})
+    inpainting_model = components.info.inpainting
+    if inpainting_model and prepared is not None:
+        extra_info["Conditional mask weight"] = params.inpainting_mask_weight
+    size = (params.width, params.height)
+    weight = params.inpainting_mask_weight
+    concat = _image_conditioning(components, prepared, weight, size) if inpainting_model else None
+    denoiser = _denoiser(components, model_sigmas, concat)
     images: list[Image.Image] = []
     interrupted = False
     per_batch = first.steps + (second.steps if second is not None else 0)
@@ -176,14 +210,19 @@ def _generate(
             shape = (upscaled.shape[1], upscaled.shape[2], upscaled.shape[3])
             rng = make_rng(params, components, seeds[window], subseeds[window], shape)
             progress = dataclasses.replace(progress, offset=progress.offset + first.steps)
-            latents, stopped, more = run_pass(second, denoiser, params, control, rng, upscaled, progress)
+            hr_size = (plan.width, plan.height)
+            concat = _image_conditioning(components, None, 1.0, hr_size) if inpainting_model else None
+            hr_denoiser = _denoiser(components, model_sigmas, concat)
+            latents, stopped, more = run_pass(second, hr_denoiser, params, control, rng, upscaled, progress)
             padded |= more
         interrupted = interrupted or stopped
         extra_info.update(dict.fromkeys(sorted(padded), True))
         if not torch.isfinite(latents).all():
             raise NaNLatentError("sampling produced NaN latents (try fp32 or another sampler); nothing saved")
         # 7. decode
-        images.extend(to_pil(_decode(components, latents)))
+        decoded = to_pil(_decode(components, latents))
+        overlay = prepared.overlay if prepared is not None else None
+        images.extend(decoded if overlay is None else [inpaint.apply_overlay(i, overlay) for i in decoded])
         if stopped:
             break
     # 8. infotext
@@ -372,15 +411,18 @@ def _latent_shape(components: Components, params: GenerationParams) -> tuple[int
     return (int(config.latent_channels), params.height // factor, params.width // factor)
 
 
-def _unet_fn(components: Components) -> Callable[..., torch.Tensor]:
-    """The UNet as ``fn(x_in, t, encoder_hidden_states=..., [added_cond_kwargs=...]) -> ε or v``."""
+def _denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None) -> Denoiser:
+    """The UNet as a k-diffusion denoiser; ``concat`` ``[1, 5, h, w]`` feeds an inpainting checkpoint."""
     unet = components.unet
+    extra = None if concat is None else concat.to(components.device, components.dtype)
 
     def fn(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if extra is not None:  # after c_in scaling, as A1111's c_concat
+            x = torch.cat([x, extra.expand(x.shape[0], -1, -1, -1)], dim=1)
         out: torch.Tensor = unet(x, t, return_dict=False, **kwargs)[0]
         return out
 
-    return fn
+    return Denoiser(fn, model_sigmas, components.info.prediction, components.dtype)
 
 
 def latent_preview(latent: torch.Tensor, family: Family) -> Image.Image:

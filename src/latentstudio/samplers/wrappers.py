@@ -144,6 +144,7 @@ class CFGDenoiser:
     control: StepControl = StepControl()
     pad_empty: torch.Tensor | None = None
     pad_last: bool = False
+    blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # inpainting: init, keep, repaint
     padded: set[str] = field(default_factory=set)
     _calls: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
@@ -159,14 +160,21 @@ class CFGDenoiser:
         length = max(p.context.shape[1] for p in parts)
         parts = [_pad(p, length, None) for p in parts]
         if self.scale == 1.0 and len(parts) == 1:
-            return self._run([parts[0]], x, sigma)[0]
+            return self._blend(self._run([parts[0]], x, sigma)[0])
         uncond = self.uncond.at(step).repeat_to(batch)
         parts, uncond = self._pad_cond_uncond(parts, uncond)
         outs = self._run([*parts, uncond], x, sigma)
         result = outs[-1].clone()
         for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
             result += (cond - outs[-1]) * (weight * self.scale)
-        return result
+        return self._blend(result)
+
+    def _blend(self, denoised: torch.Tensor) -> torch.Tensor:
+        """Inpainting (A1111): the kept area of every denoised estimate is the init latent's."""
+        if self.blend is None:
+            return denoised
+        init, keep, repaint = self.blend
+        return init * keep + repaint * denoised
 
     def _pad_cond_uncond(
         self, parts: list[Conditioning], uncond: Conditioning
