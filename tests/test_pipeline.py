@@ -440,3 +440,17 @@ def test_inpainting_checkpoint_gets_mask_and_masked_image(make_tiny: MakeTiny) -
     assert infotext.parse(result.infotexts[0])["Conditional mask weight"] == "1.0"
     weaker = run(dataclasses.replace(params, inpainting_mask_weight=0.0), model, identity=IDENTITY)
     assert not np.array_equal(np.asarray(weaker.images[0]), np.asarray(result.images[0]))
+
+
+def test_outpainting_grows_the_canvas_and_keeps_the_original(sd1: loader.Components) -> None:
+    from latentstudio.pipeline.inpaint import outpaint_canvas
+
+    init, _ = _inpaint_inputs()
+    canvas, mask = outpaint_canvas(init, left=32, bottom=32)
+    assert canvas.size == (160, 128)
+    params = _params(sampler="Euler", steps=3, width=160, height=128, init_image=canvas, mask=mask,
+                     mask_blur=0, inpainting_fill=0)  # fmt: skip
+    out = np.asarray(run(params, sd1, identity=IDENTITY).images[0])
+    assert np.array_equal(out[:96, 32:], np.asarray(init))
+    with pytest.raises(ValueError, match="left: -1"):
+        outpaint_canvas(init, left=-1)

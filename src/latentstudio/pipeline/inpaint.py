@@ -258,3 +258,22 @@ def masked_image_conditioning(
         2, 0, 1
     )[None]
     return cond_mask, torch.lerp(pixels, pixels * (1.0 - cond_mask), weight)
+
+
+def outpaint_canvas(
+    image: Image.Image, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0
+) -> tuple[Image.Image, Image.Image]:
+    """Outpainting input: ``image`` on a canvas grown by the given pixels on each side, the new area
+    pre-filled by stretching the nearest edge pixels, and the mask of that new area (white = paint).
+    Run it as inpainting (``inpainting_fill`` 0 "fill" or 1 "original") at the canvas size."""
+    for name, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom)):
+        if not 0 <= value <= 2048:
+            raise ValueError(f"{name}: {value} is not in [0, 2048]")
+    width, height = image.width + left + right, image.height + top + bottom
+    source = np.asarray(image.convert("RGB"))
+    rows = np.clip(np.arange(height) - top, 0, image.height - 1)
+    cols = np.clip(np.arange(width) - left, 0, image.width - 1)
+    canvas = Image.fromarray(np.ascontiguousarray(source[rows][:, cols]))
+    mask = Image.new("L", (width, height), 255)
+    mask.paste(0, (left, top, left + image.width, top + image.height))
+    return canvas, mask
