@@ -106,6 +106,7 @@ def test_output_sizes_are_exact(upscaler_root: Path) -> None:
     assert upscale(image, "tiny_x2", scale=3, registry=registry).size == (72, 48)  # two ×2 passes
     assert upscale(image, "Tiny", size=(333, 250), registry=registry).size == (333, 250)
     assert upscale(image, "None", size=(77, 41), registry=registry).size == (77, 41)
+    assert registry.resize(image, "Lanczos", 61, 45).size == (61, 45)  # the hires PixelUpscaler signature
 
 
 def test_builtin_upscalers() -> None:

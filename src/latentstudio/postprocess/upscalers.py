@@ -183,6 +183,11 @@ class UpscalerRegistry:
                 self._loaded.popitem(last=False)
             return model
 
+    def resize(self, image: Image.Image, upscaler: str, width: int, height: int) -> Image.Image:
+        """``upscale(image, upscaler, size=(width, height))``: the ``(image, name, w, h)`` signature of
+        ``pipeline.hires.PixelUpscaler`` (hires fix, img2img resize with an upscaler)."""
+        return upscale(image, upscaler, size=(width, height), registry=self)
+
     def run_model(self, name: str, image: Image.Image) -> Image.Image:
         """One pass of the model upscaler ``name`` over an RGB image (×the model's own scale), tiled."""
         return apply_model(self.model(name), image, self.tiling)
