@@ -31,9 +31,9 @@ def _fail(message: str) -> typer.Exit:
 @train_app.command("vae")
 def train_vae_command(  # noqa: PLR0917 - one option per setting
     output_dir: Output = Path("runs/vae"),
-    steps: int = 450,
+    steps: int = 1500,
     batch_size: int = 8,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     threads: Threads = 1,
     config: ConfigFile = None,

@@ -66,12 +66,14 @@ class VaeConfig(LoopConfig):
     output_dir: str = "runs/vae"
     resolution: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 64)
-    norm_groups: int = 4  # few groups: per-channel GroupNorm would wash out flat colours
+    # One group: GroupNorm removes each group's mean over space, so with many groups a flat picture's
+    # colour survives only in the pattern across the channels of a group (per-channel groups erase it).
+    norm_groups: int = 1
     latent_channels: int = 4
     kl_weight: float = 1e-5
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 20
-    steps: int = 450
+    steps: int = 1500
     batch_size: int = 8
     ema_decay: float = 0.0
 
