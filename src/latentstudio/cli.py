@@ -70,6 +70,45 @@ def models_command(
         raise typer.Exit(code=1)
 
 
+@app.command("loras")
+def loras_command(
+    models_dir: ModelsDir = Path("models"),
+    data_dir: DataDir = Path("data"),
+    lora_dir: Annotated[
+        Path | None, typer.Option("--lora-dir", help="LoRA folder (default: <models-dir>/Lora).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (stable keys).")] = False,
+) -> None:
+    """List LoRA files (Lora/ and LyCORIS/) with alias, hash, base family and rank.
+
+    Files that cannot be read are reported on stderr, one line each, and make the exit code 1.
+    """
+    from latentstudio.config import Settings
+    from latentstudio.models.files import ModelFileError
+    from latentstudio.models.manager import ModelManager
+
+    settings = Settings(models_dir=models_dir, data_dir=data_dir, lora_dir=lora_dir, device="cpu")
+    library = ModelManager(settings).lora_library
+    rows: list[dict[str, Any]] = []
+    errors = []
+    for info in library.infos():
+        try:
+            rows.append(dataclasses.asdict(library.describe(info)))
+        except (ModelFileError, OSError, ValueError) as e:
+            errors.append(str(e))
+    for line in [*library.errors, *errors]:
+        typer.echo(f"error: {line}", err=True)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        typer.echo(f"no usable LoRA files in {', '.join(str(d) for d in settings.resolved_lora_dirs())}")
+    for row in [] if as_json else rows:
+        rank = row["rank"] if row["rank"] is not None else "?"
+        typer.echo(f"{row['name']}\t{row['alias']}\t{row['shorthash']}\t{row['family'] or '?'}\trank {rank}")
+    if library.errors or errors:
+        raise typer.Exit(code=1)
+
+
 @app.command("generate")
 def generate_command(  # noqa: PLR0917 - one option per generation parameter, as A1111's UI
     prompt: Annotated[str, typer.Argument(help="The prompt (A1111 syntax).")],

@@ -134,7 +134,7 @@ def _alpha(key: str, value: torch.Tensor | None) -> float | None:
 
 
 def parse_lora(tensors: Mapping[str, torch.Tensor]) -> LoraWeights:
-    """Group a LoRA state dict into per-module patches, checking every value is finite.
+    """Group a LoRA state dict into per-module patches (tensors in fp32), checking every value is finite.
 
     Raises:
         LoraFormatError: keys of no known format (up to 3 named), an incomplete module, a non-scalar
@@ -151,7 +151,7 @@ def parse_lora(tensors: Mapping[str, torch.Tensor]) -> LoraWeights:
             raise LoraFormatError(f"{name}: tensor of dtype {tensor.dtype}, expected floating point")
         if not bool(torch.isfinite(tensor).all()):
             raise LoraFormatError(f"{name}: contains NaN or infinite values")
-        groups.setdefault(split[0], {})[split[1]] = tensor
+        groups.setdefault(split[0], {})[split[1]] = tensor.float()  # converted once, merged many times
     if unknown:
         shown = ", ".join(sorted(unknown)[:3])
         raise LoraFormatError(f"{len(unknown)} key(s) of no known LoRA format, e.g. {shown}")

@@ -9,6 +9,7 @@ All plain LoRAs of one parameter are merged by a single ``addmm`` with their fac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ import torch
 from latentstudio.models.lora.deltas import F32, bias_delta, delta, lora_factors
 from latentstudio.models.lora.formats import ModulePatch
 from latentstudio.models.lora.keys import Target
+
+_SAFE_UPDATE = 1e30
+"""An update bounded by this cannot overflow an fp32 weight (max 3.4e38); NaN bounds compare False."""
 
 
 @dataclass(frozen=True)
@@ -55,32 +59,37 @@ class Swap:
         return self.param.data_ptr() == self.base.data_ptr()
 
 
-def _merge_weight(param: torch.nn.Parameter, group: Sequence[Contribution]) -> torch.Tensor:
-    """``W + Σ m·ΔW`` in fp32 (plain LoRAs in one ``addmm``), cast to the parameter's dtype."""
+def _merge_weight(param: torch.nn.Parameter, group: Sequence[Contribution]) -> tuple[torch.Tensor, float]:
+    """``W + Σ m·ΔW`` in fp32 (plain LoRAs in one ``addmm``), cast to the parameter's dtype, and a bound on
+    ``|Σ m·ΔW|`` (for plain LoRAs from the factors alone: ``Σ_k max|U[:, k]|·max|D[k, :]|``)."""
     base = param.detach()
     base32 = base.to(F32)
     factors = [(c, lora_factors(c.patch, base32, c.dyn)) for c in group]
     plain = [(c, f) for c, f in factors if f is not None]
+    bound = 0.0
     if plain:
         ups = torch.cat([f[0] * c.multiplier for c, f in plain], dim=1)
         downs = torch.cat([f[1] for _, f in plain], dim=0)
+        bound = float((ups.abs().amax(dim=0) * downs.abs().amax(dim=1)).sum())
         acc = torch.addmm(base32.reshape(base.shape[0], -1), ups, downs).reshape(base.shape)
     else:
         acc = base.to(F32, copy=True)
     for c, f in factors:
         if f is None:
-            acc.add_(delta(c.patch, base32, c.dyn), alpha=c.multiplier)
-    return acc.to(base.dtype)
+            diff = delta(c.patch, base32, c.dyn)
+            bound += abs(c.multiplier) * float(diff.abs().amax())
+            acc.add_(diff, alpha=c.multiplier)
+    return acc.to(base.dtype), bound
 
 
-def _merge_bias(param: torch.nn.Parameter, group: Sequence[Contribution]) -> torch.Tensor:
+def _merge_bias(param: torch.nn.Parameter, group: Sequence[Contribution]) -> tuple[torch.Tensor, float]:
     base = param.detach()
     acc = base.to(F32, copy=True)
     for c in group:
         diff = bias_delta(c.patch, base)
         if diff is not None:
             acc.add_(diff, alpha=c.multiplier)
-    return acc.to(base.dtype)
+    return acc.to(base.dtype), math.inf  # small: always checked
 
 
 def merge(contributions: Sequence[Contribution]) -> tuple[list[Swap], set[int]]:
@@ -101,8 +110,10 @@ def merge(contributions: Sequence[Contribution]) -> tuple[list[Swap], set[int]]:
     with torch.no_grad():
         for (_, attr), group in groups.items():
             param = getattr(group[0].target.module, attr)
-            merged = _merge_weight(param, group) if attr == "weight" else _merge_bias(param, group)
-            if not bool(torch.isfinite(merged).all()):
+            merged, bound = _merge_weight(param, group) if attr == "weight" else _merge_bias(param, group)
+            # an fp32 weight plus an update bounded far below fp32's range stays finite: no pass needed
+            certain = merged.dtype == F32 and bound < _SAFE_UPDATE
+            if not certain and not bool(torch.isfinite(merged).all()):
                 bad.update(c.owner for c in group)
                 continue
             swaps.append(Swap(param, param.detach(), merged))

@@ -88,6 +88,7 @@ class LoraNetworks:
         self._files: OrderedDict[tuple[object, ...], LoraWeights] = OrderedDict()
         self._index: tuple[weakref.ref[Components], ModuleIndex] | None = None
         self._cached: tuple[Hashable, list[Swap]] | None = None
+        self._fitting: set[tuple[object, ...]] = set()  # (file, dyn) checked to fit the indexed model
         self._active: list[Swap] = []
 
     @contextmanager
@@ -126,6 +127,7 @@ class LoraNetworks:
         until its :meth:`deactivate`)."""
         self._cached, self._index = None, None
         self._files.clear()
+        self._fitting.clear()
 
     def _merged(
         self, components: Components, plans: list[_Plan], warnings: list[str]
@@ -156,9 +158,11 @@ class LoraNetworks:
     def _module_index(self, components: Components) -> ModuleIndex:
         if self._index is None or self._index[0]() is not components:
             self._index = (weakref.ref(components), ModuleIndex(components))
+            self._fitting.clear()
         return self._index[1]
 
-    def _load(self, info: LoraInfo) -> LoraWeights:
+    def _load(self, info: LoraInfo) -> tuple[tuple[object, ...], LoraWeights]:
+        """The parsed file (cached while its size and mtime hold) and its cache key."""
         stat = info.path.stat()
         key = (info.path, stat.st_size, stat.st_mtime_ns)
         weights = self._files.get(key)
@@ -168,7 +172,7 @@ class LoraNetworks:
             while len(self._files) > self.files_in_ram:
                 self._files.popitem(last=False)
         self._files.move_to_end(key)
-        return weights
+        return key, weights
 
     def _plan(self, components: Components, tag: LoraRequest, owner: int) -> _Plan:
         """Resolve, read and check one LoRA against ``components``; :class:`LoraSkipped` says why not."""
@@ -182,7 +186,7 @@ class LoraNetworks:
         if info.family is not None and info.family is not family:
             raise LoraSkipped(f"made for {info.family.value}, this model is {family.value}")
         try:
-            weights = self._load(info)
+            file_key, weights = self._load(info)
             shorthash = self.library.shorthash(info)
         except (ModelFileError, LoraFormatError, OSError, ValueError, RuntimeError) as e:
             raise LoraSkipped(str(e)) from None
@@ -200,11 +204,13 @@ class LoraNetworks:
             raise LoraSkipped(
                 f"{len(unknown)} module(s) this {family.value} model does not have, e.g. {shown}"
             )
-        for c in contributions:
-            try:
-                check_fits(c)
-            except (LoraFormatError, RuntimeError) as e:
-                raise LoraSkipped(f"shape mismatch: {str(e).splitlines()[0]}") from None
+        if (file_key, tag.dyn) not in self._fitting:
+            for c in contributions:
+                try:
+                    check_fits(c)
+                except (LoraFormatError, RuntimeError) as e:
+                    raise LoraSkipped(f"shape mismatch: {str(e).splitlines()[0]}") from None
+            self._fitting.add((file_key, tag.dyn))
         text = any(c.target.is_text and c.multiplier != 0 for c in contributions)
         applied = AppliedLora(tag.name, info, shorthash, tag.te, tag.unet, tag.dyn, text)
         return _Plan(applied, tuple(contributions))
