@@ -27,7 +27,13 @@ from tests.serving import Served, serve
 def _settings(tmp_path: Path, **kwargs: object) -> Settings:
     models = tmp_path / "models"
     (models / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
-    return Settings(models_dir=models, data_dir=tmp_path / "data", device="cpu", **kwargs)  # type: ignore[arg-type]
+    return Settings(
+        models_dir=models,
+        data_dir=tmp_path / "data",
+        device="cpu",
+        builtin_model=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture(scope="module")

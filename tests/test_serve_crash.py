@@ -25,7 +25,7 @@ from latentstudio.models.families import Family
 from tests.conftest import MakeTiny
 from tests.serving import free_port, models_root, wait_until
 
-JOB = {"steps": 30, "width": 64, "height": 64, "sampler": "Euler"}
+JOB = {"steps": 8, "width": 64, "height": 64, "sampler": "Euler"}
 
 
 @contextmanager
@@ -35,7 +35,10 @@ def _server(root: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         "--models-dir", str(root / "models"), "--data-dir", str(root / "data"),
     ]  # fmt: skip
     log = (root / f"server-{port}.log").open("ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # one compute thread: on a shared 2-core machine, OpenMP threads spinning against other processes make
+    # each step many times slower, which only lengthens the test
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_until(lambda: _ready(port) or process.poll() is not None, 180, 0.1)
         assert process.poll() is None, (root / f"server-{port}.log").read_text()

@@ -1,8 +1,9 @@
 """GenerationParams ↔ JSON, exactly: every field, enums by value, tuples kept, floats bit-exact.
 
-The init image is not part of the JSON: the store keeps its PNG bytes beside the row. Unknown types
-fail loud at encode time, so a new GenerationParams field of a type this codec does not know cannot be
-silently dropped (tests round-trip every field).
+Image fields (``init_image``, and any other field annotated with a PIL image) are not part of the JSON:
+the store keeps their PNG bytes beside the row (:func:`input_pngs`). Unknown types fail loud at encode
+time, so a new GenerationParams field of a type this codec does not know cannot be silently dropped
+(tests round-trip every field).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from enum import Enum
 from functools import cache
 from io import BytesIO
@@ -20,29 +22,49 @@ from PIL import Image
 
 from latentstudio.pipeline.params import GenerationParams
 
-_IMAGE_FIELDS = frozenset({"init_image"})
-
 
 def params_to_json(params: GenerationParams) -> str:
-    """JSON of every field but the init image (Python's float repr round-trips exactly)."""
+    """JSON of every field but the images (Python's float repr round-trips exactly)."""
+    images = image_fields()
     data = {
         f.name: _encode(getattr(params, f.name), f.name)
         for f in dataclasses.fields(params)
-        if f.name not in _IMAGE_FIELDS
+        if f.name not in images
     }
     return json.dumps(data, ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
-def params_from_json(text: str, init_image: Image.Image | None = None) -> GenerationParams:
-    """The inverse of :func:`params_to_json`; fields missing from older rows take their defaults."""
+def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None) -> GenerationParams:
+    """The inverse of :func:`params_to_json` plus :func:`input_pngs` (decoded); fields missing from older
+    rows take their defaults."""
     data = json.loads(text)
     hints = _hints()
     known = {f.name for f in dataclasses.fields(GenerationParams)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted((set(data) | set(images or {})) - known)
     if unknown:
         raise ValueError(f"stored parameters have fields this version does not know: {', '.join(unknown)}")
     values: dict[str, Any] = {name: _decode(value, hints[name]) for name, value in data.items()}
-    return GenerationParams(**values, init_image=init_image)
+    values.update(images or {})
+    return GenerationParams(**values)
+
+
+def input_pngs(params: GenerationParams) -> dict[str, bytes]:
+    """Lossless PNG bytes of every image field that is set (``init_image``, masks…)."""
+    return {
+        name: image_to_png(value) for name in image_fields() if (value := getattr(params, name)) is not None
+    }
+
+
+@cache
+def image_fields() -> frozenset[str]:
+    """Names of the GenerationParams fields annotated with a PIL image."""
+    return frozenset(name for name, hint in _hints().items() if _mentions_image(hint))
+
+
+def _mentions_image(hint: Any) -> bool:
+    if isinstance(hint, type) and issubclass(hint, Image.Image):
+        return True
+    return any(_mentions_image(arg) for arg in typing.get_args(hint))
 
 
 def image_to_png(image: Image.Image) -> bytes:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from latentstudio.config import Settings
-from latentstudio.jobs.codec import image_to_png
+from latentstudio.jobs.codec import input_pngs
 from latentstudio.jobs.events import EventBus, Subscription
 from latentstudio.jobs.model import (
     EventType,
@@ -103,8 +103,7 @@ class JobService:
             raise JobSpecError(getattr(e, "field", "params"), str(e).split(": ", 1)[-1]) from None
         self._check_models(spec)
         record = JobRecord(uuid.uuid4().hex, JobStatus.QUEUED, spec, self.clock())
-        init = image_to_png(spec.params.init_image) if spec.params.init_image is not None else None
-        if not self.store.insert(record, init, max_queued=self.settings.max_queue):
+        if not self.store.insert(record, input_pngs(spec.params), max_queued=self.settings.max_queue):
             raise QueueFullError(self.settings.max_queue, self._retry_after())
         self.events.publish(JobEvent(EventType.QUEUED, record.id, record.created_at, status=JobStatus.QUEUED))
         self.worker.wake()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -36,7 +36,6 @@ CREATE TABLE jobs (
     checkpoint TEXT,
     vae TEXT NOT NULL,
     params TEXT NOT NULL,
-    init_image BLOB,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -47,6 +46,12 @@ CREATE TABLE jobs (
     interrupted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_status ON jobs (status, seq);
+CREATE TABLE inputs (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    field TEXT NOT NULL,
+    png BLOB NOT NULL,
+    PRIMARY KEY (job_id, field)
+);
 CREATE TABLE images (
     id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -59,7 +64,7 @@ CREATE TABLE images (
 );
 """
 _COLUMNS = (
-    "id, status, kind, source, checkpoint, vae, params, init_image, created_at, started_at, finished_at, "
+    "id, status, kind, source, checkpoint, vae, params, created_at, started_at, finished_at, "
     "step, total, warnings, error, interrupted"
 )
 
@@ -141,8 +146,11 @@ class JobStore:
             self._db.close()
 
     # -- writing ---------------------------------------------------------------------------------------
-    def insert(self, record: JobRecord, init_png: bytes | None, *, max_queued: int | None = None) -> bool:
-        """Add a queued job; False (nothing written) when ``max_queued`` jobs are already queued."""
+    def insert(
+        self, record: JobRecord, inputs: Mapping[str, bytes], *, max_queued: int | None = None
+    ) -> bool:
+        """Add a queued job with its input images (field → PNG bytes, :func:`codec.input_pngs`); False
+        (nothing written) when ``max_queued`` jobs are already queued."""
         spec = record.spec
         with self._atomic(durable=True) as db:
             if max_queued is not None:
@@ -150,12 +158,16 @@ class JobStore:
                 if queued >= max_queued:
                     return False
             db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 (
                     record.id, record.status.value, spec.kind.value, spec.source, spec.checkpoint, spec.vae,
-                    params_to_json(spec.params), init_png, record.created_at, None, None, 0, 0, "[]", None, 0,
+                    params_to_json(spec.params), record.created_at, None, None, 0, 0, "[]", None, 0,
                 ),
             )  # fmt: skip
+            db.executemany(
+                "INSERT INTO inputs (job_id, field, png) VALUES (?, ?, ?)",
+                [(record.id, name, png) for name, png in inputs.items()],
+            )
         return True
 
     def claim_next(self, now: float) -> JobRecord | None:
@@ -224,7 +236,8 @@ class JobStore:
         with self._locked() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             images = self._images(db, [job_id]) if row is not None else {}
-        return None if row is None else _record(row, images.get(job_id, ()))
+            inputs = self._inputs(db, [job_id]) if row is not None else {}
+        return None if row is None else _record(row, images.get(job_id, ()), inputs.get(job_id, {}))
 
     def list(self, status: JobStatus | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         """Jobs newest first, optionally of one status."""
@@ -234,8 +247,9 @@ class JobStore:
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
-            images = self._images(db, [r[0] for r in rows])
-        return [_record(r, images.get(r[0], ())) for r in rows]
+            ids = [r[0] for r in rows]
+            images, inputs = self._images(db, ids), self._inputs(db, ids)
+        return [_record(r, images.get(r[0], ()), inputs.get(r[0], {})) for r in rows]
 
     def count(self, status: JobStatus | None = None) -> int:
         """How many jobs (of one status)."""
@@ -275,14 +289,25 @@ class JobStore:
             out.setdefault(job_id, []).append(ImageRef(*ref))
         return {k: tuple(v) for k, v in out.items()}
 
+    @staticmethod
+    def _inputs(db: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, dict[str, bytes]]:
+        if not job_ids:
+            return {}
+        marks = ",".join("?" * len(job_ids))
+        query = f"SELECT job_id, field, png FROM inputs WHERE job_id IN ({marks})"
+        out: dict[str, dict[str, bytes]] = {}
+        for job_id, field, png in db.execute(query, tuple(job_ids)):
+            out.setdefault(job_id, {})[field] = bytes(png)
+        return out
 
-def _record(row: tuple[object, ...], images: tuple[ImageRef, ...]) -> JobRecord:
-    (job_id, status, kind, source, checkpoint, vae, params, init_png, created, started, finished, step, total,
+
+def _record(row: tuple[object, ...], images: tuple[ImageRef, ...], inputs: Mapping[str, bytes]) -> JobRecord:
+    (job_id, status, kind, source, checkpoint, vae, params, created, started, finished, step, total,
      warnings, error, interrupted) = row  # fmt: skip
-    init = Image.open(BytesIO(init_png)) if isinstance(init_png, bytes) else None  # decoded on first use
+    decoded = {name: Image.open(BytesIO(png)) for name, png in inputs.items()}  # pixels decoded on first use
     spec = JobSpec(
         kind=JobKind(str(kind)),
-        params=params_from_json(str(params), init),
+        params=params_from_json(str(params), decoded),
         checkpoint=None if checkpoint is None else str(checkpoint),
         vae=str(vae),
         source=str(source),

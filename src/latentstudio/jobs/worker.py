@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from latentstudio.jobs.events import EventBus
 from latentstudio.jobs.model import EventType, ImageRef, JobEvent, JobRecord, JobStatus, Progress
@@ -27,6 +28,7 @@ from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager
 from latentstudio.pipeline.images import png_bytes, write_atomic
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, StepInfo, latent_preview, run
+from latentstudio.postprocess.upscalers import UpscalerRegistry
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers.wrappers import StepControl
 
@@ -79,6 +81,7 @@ class Worker:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._cache = ConditioningCache()
+        self._upscalers: UpscalerRegistry | None = None  # built on the first hires job that needs one
         self._thread = threading.Thread(target=self._loop, name=f"latentstudio-worker-{manager.device}")
         self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
 
@@ -236,6 +239,7 @@ class Worker:
             name=info.name_for_extra,
             shorthash=entry.shorthash,
             vae_name=components.vae_path.name if components.vae_path else None,
+            vae_hash=self.manager.vae_shorthash(components),
         )
         with self.lock:
             if self._live is not None:
@@ -250,7 +254,18 @@ class Worker:
             control=control,
             embeddings=self.manager.embeddings(components),
             cache=self._cache,
+            loras=self.manager.lora_networks,
+            upscaler=self._upscale,
         )
+
+    def _upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+        """The hires fix's pixel upscaler: built-in resamplers or a model from the upscaler folders."""
+        from latentstudio.postprocess import upscalers
+
+        if self._upscalers is None:
+            models = self.manager.settings.models_dir
+            self._upscalers = upscalers.UpscalerRegistry(models, device=self.manager.device)
+        return upscalers.upscale(image, name, size=(width, height), registry=self._upscalers)
 
     def _take_skip(self) -> bool:
         with self.lock:

@@ -1,0 +1,169 @@
+"""The job store and codec without HTTP or models: exact round trips, queue order, recovery, schema guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sqlite3
+import typing
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from latentstudio.jobs import JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.jobs.codec import image_fields, input_pngs, params_from_json, params_to_json
+from latentstudio.jobs.model import ImageRef
+from latentstudio.jobs.store import JobStore, Outcome, StoredImage, StoreError
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.samplers.noise import RngSource
+
+
+def _odd_params(**kwargs: object) -> GenerationParams:
+    """Every field away from its default (floats that do not survive a naive round trip included)."""
+    return GenerationParams(
+        prompt="a [cat:dog:0.3] (x:1.1)\nline «two» 🐈", negative_prompt='blurry, "quoted"',
+        sampler="Euler a", scheduler="Karras", steps=7, cfg_scale=0.1 + 0.2, seed=2**32 - 1, subseed=12345,
+        subseed_strength=1 / 3,
+        seed_resize_from_w=320, seed_resize_from_h=256, width=72, height=56, batch_size=3, n_iter=2,
+        clip_skip=2, eta=0.6700000000000002, s_noise=1.003, rng=RngSource.NV, eta_noise_seed_delta=31337,
+        denoising_strength=0.123456789, resize_mode=ResizeMode.LATENT_UPSCALE, emphasis="No norm",
+        old_prompt_editing=True, pad_conds=True, pad_conds_v0=True, **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _perturbed() -> GenerationParams:
+    """Every non-image field moved off its default by its type (so a newly added field is covered too)."""
+    hints = typing.get_type_hints(GenerationParams)
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(GenerationParams):
+        if f.name in image_fields():
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        hint = hints[f.name]
+        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kind = options[0]
+        if isinstance(default, enum.Enum):
+            values[f.name] = list(type(default))[-1]
+        elif isinstance(default, bool):
+            values[f.name] = not default
+        elif isinstance(default, int | float) or kind in (int, float):
+            values[f.name] = (default or 0) + (3 if kind is int else 0.1 + 0.2)
+        elif isinstance(default, str) or kind is str:
+            values[f.name] = f'{default or ""}«{f.name}» 🐈\n"q"'
+        else:
+            raise AssertionError(f"no perturbation for GenerationParams.{f.name}: {hint}")
+    return GenerationParams(**values)  # type: ignore[arg-type]
+
+
+def test_codec_round_trips_every_field_exactly() -> None:
+    for params in (_odd_params(), _perturbed(), GenerationParams(prompt="x")):
+        back = params_from_json(params_to_json(params))
+        assert back == params
+        for f in dataclasses.fields(params):
+            assert type(getattr(back, f.name)) is type(getattr(params, f.name)), f.name
+    perturbed, defaults = _perturbed(), GenerationParams(prompt="")
+    same = [
+        f.name
+        for f in dataclasses.fields(perturbed)
+        if getattr(perturbed, f.name) == getattr(defaults, f.name)
+    ]
+    assert set(same) == set(image_fields())
+    init = Image.new("RGB", (5, 3), (9, 8, 7))
+    pngs = input_pngs(dataclasses.replace(perturbed, init_image=init))
+    assert set(pngs) == {"init_image"}
+    decoded = {k: Image.open(BytesIO(v)) for k, v in pngs.items()}
+    restored = params_from_json(params_to_json(perturbed), decoded)
+    assert restored.init_image is not None
+    assert restored.init_image.tobytes() == init.tobytes()
+
+
+def test_codec_refuses_unknown_stored_fields() -> None:
+    with pytest.raises(ValueError, match="from_the_future"):
+        params_from_json('{"prompt": "x", "from_the_future": 1}')
+
+
+def _record(store: JobStore, prompt: str, when: float, init: Image.Image | None = None) -> JobRecord:
+    params = GenerationParams(prompt=prompt, init_image=init).resolved()
+    kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
+    record = JobRecord(f"{int(when):032x}", JobStatus.QUEUED, JobSpec(kind, params, "tiny"), when)
+    assert store.insert(record, input_pngs(params))
+    return record
+
+
+def test_store_keeps_order_specs_init_images_and_results(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    init = Image.new("RGB", (40, 24), (1, 2, 3))
+    first = _record(store, "first", 1.0, init)
+    second = _record(store, "second", 2.0)
+    assert store.position(second.id) == 1
+    got = store.get(first.id)
+    assert got is not None
+    assert got.spec.params.init_image is not None
+    assert got.spec.params.init_image.tobytes() == init.tobytes()
+    assert dataclasses.replace(got.spec.params, init_image=None) == dataclasses.replace(
+        first.spec.params, init_image=None
+    )
+    claimed = store.claim_next(5.0)
+    assert claimed is not None
+    assert (claimed.id, claimed.status, claimed.started_at) == (first.id, JobStatus.RUNNING, 5.0)
+    ref = ImageRef("a" * 32, 0, 7, 8, "infotext")
+    store.finish(first.id, Outcome(JobStatus.DONE, 6.0, 20, 20, [StoredImage(ref, f"{first.id}/000-7.png")]))
+    with pytest.raises(StoreError, match="not running"):
+        store.finish(first.id, Outcome(JobStatus.DONE, 6.0, 20, 20))  # never twice
+    done = store.get(first.id)
+    assert done is not None
+    assert done.images == (ref,)
+    assert done.status is JobStatus.DONE
+    assert store.image(ref.id) == StoredImage(ref, f"{first.id}/000-7.png")
+    assert [r.id for r in store.list()] == [second.id, first.id]  # newest first
+    assert [r.id for r in store.list(JobStatus.QUEUED)] == [second.id]
+    store.close()
+
+
+def test_restart_fails_running_jobs_and_keeps_the_queue(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    jobs = [_record(store, f"job {i}", float(i)) for i in range(4)]
+    store.claim_next(10.0)
+    assert store.cancel_queued(jobs[2].id, 11.0)
+    assert not store.cancel_queued(jobs[0].id, 11.0)  # running: not cancellable this way
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # as after kill -9
+    assert reopened.fail_running(12.0, "interrupted") == [jobs[0].id]
+    statuses = [reopened.get(j.id).status for j in jobs]  # type: ignore[union-attr]
+    assert statuses == [JobStatus.FAILED, JobStatus.QUEUED, JobStatus.CANCELLED, JobStatus.QUEUED]
+    order = [reopened.claim_next(13.0), reopened.claim_next(14.0)]
+    reopened.requeue(jobs[3].id)
+    assert [r.id for r in order if r] == [jobs[1].id, jobs[3].id]
+    assert reopened.claim_next(15.0).id == jobs[3].id  # type: ignore[union-attr]
+    assert reopened.count(JobStatus.QUEUED) == 0
+
+
+def test_queue_limit_is_checked_atomically_with_the_insert(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    params = GenerationParams(prompt="x").resolved()
+    results = [
+        store.insert(
+            JobRecord(f"{i:032x}", JobStatus.QUEUED, JobSpec(JobKind.TXT2IMG, params), i), {}, max_queued=2
+        )
+        for i in range(3)
+    ]
+    assert results == [True, True, False]
+    assert store.count() == 2
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    JobStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        JobStore(path)
+
+
+def test_specs_must_be_resolved_and_consistent() -> None:
+    with pytest.raises(JobSpecError, match="seed"):
+        JobSpec(JobKind.TXT2IMG, GenerationParams(prompt="x"))
+    with pytest.raises(JobSpecError, match="init_image"):
+        JobSpec(JobKind.IMG2IMG, GenerationParams(prompt="x").resolved())
