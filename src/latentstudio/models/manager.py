@@ -173,9 +173,10 @@ class ModelManager:
     ) -> loader.Components:
         """Components of a checkpoint (default: the first one) with the VAE chosen as A1111's ``sd_vae``.
 
-        ``vae``: ``"Automatic"`` (a ``<checkpoint stem>.vae.*`` or ``VAE/<stem>.*`` file if present, else
-        the checkpoint's own), ``"None"`` (the checkpoint's own) or a VAE file name from :meth:`vaes`.
-        Hashing is separate (:meth:`entry`), so a load never waits for a multi-GB sha256.
+        ``vae``: ``"Automatic"`` (the first VAE file whose name starts with the checkpoint's file name
+        without extension, as A1111; else the checkpoint's own), ``"None"`` (the checkpoint's own) or a VAE
+        file name from :meth:`vaes`. Hashing is separate (:meth:`entry`), so a load never waits for a
+        multi-GB sha256.
         """
         if isinstance(query, CheckpointInfo):
             info = query
@@ -201,9 +202,9 @@ class ModelManager:
         if choice == VAE_NONE:
             return None
         vaes = self.vaes()
-        if choice == VAE_AUTOMATIC:
-            stem = info.path.name.split(".")[0]
-            near = [v for v in vaes if v.path.name.split(".")[0] == stem]
+        if choice == VAE_AUTOMATIC:  # A1111 find_vae_near_checkpoint: the name starts with the file's stem
+            stem = info.path.name if info.is_diffusers else info.path.name.rsplit(".", 1)[0]
+            near = [v for v in vaes if v.path.name.startswith(stem)]
             return near[0].path if near else None
         for v in vaes:
             if choice in (v.name, str(v.path)):
