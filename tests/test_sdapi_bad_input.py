@@ -86,7 +86,8 @@ CASES: list[tuple[str, Any, str | None]] = [
     (T, _txt(alwayson_scripts={TRAVERSAL: {"args": []}}), f"alwayson_scripts.{TRAVERSAL}"),
     (T, {"infotext": "a\nSteps: 999, Sampler: Euler, Seed: 1"}, "infotext"),
     # features that would change the picture
-    (T, _txt(enable_hr=True), "enable_hr"),
+    (T, _txt(enable_hr=True, hr_checkpoint_name=TRAVERSAL), "hr_checkpoint_name"),
+    (T, _txt(enable_hr=True, hr_scheduler=TRAVERSAL), "hr_scheduler"),
     (T, _txt(s_churn=0.5, sampler_index="Euler"), "s_churn"),
     (T, _txt(override_settings={"sgm_noise_multiplier": True}), "override_settings.sgm_noise_multiplier"),
     # images

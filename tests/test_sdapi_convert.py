@@ -203,7 +203,8 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_checkpoint_name": "a"}, "hr_checkpoint_name"),
+        ({"enable_hr": True, "hr_scale": 8.0, "width": 512, "height": 512}, "hr_scale"),
         ({"restore_faces": True}, "restore_faces"),
         ({"tiling": True}, "tiling"),
         ({"script_name": "sd upscale"}, "script_name"),

@@ -89,13 +89,42 @@ def test_a1111_txt2img_payloads(
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
+        ({"enable_hr": True, "hr_sampler_name": "Euler b"}, "hr_sampler_name"),
         ({"tiling": True}, "tiling"),
         ({"restore_faces": True}, "restore_faces"),
     ],
 )
 def test_a1111_txt2img_payloads_we_refuse(client: httpx.Client, change: dict[str, Any], field: str) -> None:
     assert refused_field(client.post("/sdapi/v1/txt2img", json={**TXT2IMG_BASE, **change})) == field
+
+
+def test_a1111_txt2img_with_hires_fix(client: httpx.Client) -> None:
+    body = generate(
+        client, "txt2img", {**TXT2IMG_BASE, "enable_hr": True}
+    )  # test_txt2img_with_hrfix_performed
+    _check_images(body, 1, (128, 128))
+    parsed = infotext.parse(body["info"]["infotexts"][0])
+    assert (parsed["Hires upscale"], parsed["Hires upscaler"], parsed["Denoising strength"]) == (
+        "2.0",
+        "Latent",
+        "0.0",
+    )
+    changed = {
+        "enable_hr": True,
+        "hr_resize_x": 96,
+        "hr_upscaler": "Lanczos",
+        "hr_sampler_name": "Euler",
+        "denoising_strength": 0.5,
+    }
+    body = generate(client, "txt2img", {**TXT2IMG_BASE, **changed})
+    _check_images(body, 1, (96, 96))
+    parsed = infotext.parse(body["info"]["infotexts"][0])
+    assert (parsed["Hires sampler"], parsed["Hires upscaler"], parsed["Hires resize-1"]) == (
+        "Euler",
+        "Lanczos",
+        "96",
+    )
 
 
 def test_a1111_img2img_payloads(client: httpx.Client) -> None:
@@ -105,10 +134,15 @@ def test_a1111_img2img_payloads(client: httpx.Client) -> None:
     assert body["info"]["denoising_strength"] == 0.75
     assert "Denoising strength: 0.75" in body["info"]["infotexts"][0]
     assert body["parameters"]["init_images"] is None
-    masked = {**payload, "mask": mask_b64()}
-    assert refused_field(client.post("/sdapi/v1/img2img", json=masked)) == "mask"
-    inverted = {**masked, "inpainting_mask_invert": True}
-    assert refused_field(client.post("/sdapi/v1/img2img", json=inverted)) == "mask"
+    masked = {**payload, "mask": mask_b64()}  # test_inpainting_masked_performed
+    for change in ({}, {"inpainting_mask_invert": True}):  # ... and with an inverted mask
+        body = generate(client, "img2img", {**masked, **change})
+        _check_images(body, 1, (64, 64))
+        parsed = infotext.parse(body["info"]["infotexts"][0])
+        assert (parsed["Mask blur"], parsed["Masked content"]) == ("4", "fill")
+        assert parsed["Mask mode"] == ("Inpaint not masked" if change else "Inpaint masked")
+    uneven = {**masked, "mask_blur": None, "mask_blur_x": 2}
+    assert refused_field(client.post("/sdapi/v1/img2img", json=uneven)) == "mask_blur_x"
     upscale = {**payload, "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]}
     assert refused_field(client.post("/sdapi/v1/img2img", json=upscale)) == "script_name"
     missing = client.post("/sdapi/v1/img2img", json={**IMG2IMG_BASE, "init_images": []})

@@ -4,6 +4,7 @@ for one batch, with the job's noise, guidance, progress and interrupt handling.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,9 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = rng.noise_sampler
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
         noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
-    latents, stopped = _sample(sampling.sampler, guided, x, sigmas, noise_sampler, _options(params), progress)
+    latents, stopped = _sample(
+        sampling.sampler, guided, x, sigmas, noise_sampler, _options(params, sampling.sampler), progress
+    )
     if sampling.vp_terminal:
         latents = latents / (1 + sigmas[-1] ** 2).sqrt()
     if sampling.blend is not None:  # A1111 blends the final samples once more
@@ -168,10 +171,12 @@ def _sample(  # noqa: PLR0917 - the loop state of one pass
     return out, False
 
 
-def _options(params: GenerationParams) -> dict[str, Any]:
+def _options(params: GenerationParams, sampler: str) -> dict[str, Any]:
+    """The job's eta / s_noise for samplers that take them (a hires pass may use another sampler)."""
+    accepted = inspect.signature(SAMPLERS[sampler]).parameters
     options: dict[str, Any] = {}
-    if params.eta is not None:
+    if params.eta is not None and "eta" in accepted:
         options["eta"] = params.eta
-    if params.s_noise != 1.0:
+    if params.s_noise != 1.0 and "s_noise" in accepted:
         options["s_noise"] = params.s_noise
     return options

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import psutil
 import torch
 from PIL import Image
 
@@ -27,6 +28,7 @@ from latentstudio.pipeline.hires import PixelUpscaler
 from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
+from latentstudio.postprocess import tiled_vae
 from latentstudio.prompts.chunks import EmbeddingFinder
 from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
 from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
@@ -111,15 +113,27 @@ def _vae_encode(components: Components, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
-    """Latents → images ``[B, 3, H, W]`` in [-1, 1]; retries the VAE in fp32 if half precision gives NaN."""
+    """Latents → images ``[B, 3, H, W]`` in [-1, 1]; tiled when the decode would not fit in half of the free
+    memory (large hires results); retries the VAE in fp32 if half precision gives NaN."""
     vae = components.vae
     scaled = latents / vae.config.scaling_factor
-    with torch.inference_mode():
-        images: torch.Tensor = vae.decode(scaled.to(components.dtype)).sample
-        if not torch.isfinite(images).all() and components.dtype != torch.float32:
-            images = vae.float().decode(scaled.float()).sample
-            vae.to(components.dtype)
+    budget = _free_memory(components.device) // 2 // max(latents.shape[0], 1)
+    try:
+        tile = tiled_vae.auto_tile(vae, tuple(latents.shape), budget, dtype=components.dtype)
+    except ValueError:  # not even the smallest tile fits the estimate: try the smallest anyway
+        tile = tiled_vae.VaeTile(size=16, overlap=4)
+    images = tiled_vae.decode(vae, scaled.to(components.dtype), tile=tile)
+    if not torch.isfinite(images).all() and components.dtype != torch.float32:
+        images = tiled_vae.decode(vae.float(), scaled.float(), tile=tile)
+        vae.to(components.dtype)
     return images.float()
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` (CUDA: the driver's count; otherwise available RAM)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
 
 
 def _batch_seeds(params: GenerationParams) -> tuple[list[int], list[int]]:

@@ -32,6 +32,8 @@ from latentstudio.samplers.noise import RngSource
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
 _PARAM_FIELDS = {
     "sampler": "sampler_name",
+    "hr_sampler": "hr_sampler_name",
+    "inpainting_mask_weight": "override_settings.inpainting_mask_weight",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta",
 }
@@ -141,13 +143,22 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
             f"churn is not supported (must be 0 for {sampler})",
         ),
     ]
-    if isinstance(req, Txt2ImgRequest):
-        refusals.append((req.enable_hr, "enable_hr", "hires fix is not supported yet (issue 9)"))
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
+        same = (None, "", "Use same checkpoint")
+        refusals.append(
+            (req.hr_checkpoint_name not in same, "hr_checkpoint_name", "a hires checkpoint is not supported")
+        )
     if isinstance(req, Img2ImgRequest):
         noise = req.initial_noise_multiplier
+        blur_differs = req.mask_blur is None and req.mask_blur_x != req.mask_blur_y
         refusals += [
-            (req.mask is not None, "mask", "inpainting is not supported yet (issue 9)"),
-            (req.latent_mask is not None, "latent_mask", "inpainting is not supported yet (issue 9)"),
+            (
+                req.mask is not None and blur_differs,
+                "mask_blur_x",
+                "different mask_blur_x and _y are not supported",
+            ),
+            (req.mask is not None and not req.mask_round, "mask_round", "only rounded masks are supported"),
+            (req.latent_mask is not None, "latent_mask", "a separate latent mask is not supported"),
             (noise is not None and noise != 1.0, "initial_noise_multiplier", "only 1.0 is supported"),
             (len(req.init_images or ()) > 1, "init_images", "one init image per request is supported"),
         ]
@@ -176,11 +187,47 @@ def _eta(sampler: str, eta: float | None, options: Mapping[str, opts.Value]) -> 
     return float(options[key])  # type: ignore[arg-type]
 
 
+def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value]) -> dict[str, Any]:
+    """The hires-fix fields of a txt2img request (A1111's "Use same …" labels mean the first pass's)."""
+    same = (None, "", "Use same sampler", "Use same scheduler")
+    sampler, scheduler = None, None if req.hr_scheduler in same else req.hr_scheduler
+    try:
+        if req.hr_sampler_name not in same:
+            sampler, named = resolve_sampler(str(req.hr_sampler_name))
+            scheduler = named or scheduler
+    except ValueError as e:
+        raise InputError("hr_sampler_name", str(e)) from None
+    try:
+        scheduler = resolve_scheduler(scheduler) if scheduler is not None else None
+    except ValueError as e:
+        raise InputError("hr_scheduler", str(e)) from None
+    return {
+        "enable_hr": True, "hr_scale": req.hr_scale, "hr_resize_x": req.hr_resize_x,
+        "hr_resize_y": req.hr_resize_y, "hr_second_pass_steps": req.hr_second_pass_steps,
+        "hr_upscaler": req.hr_upscaler or str(options.get("latent_upscale_default_mode", "Latent")),
+        "hr_sampler": sampler, "hr_scheduler": scheduler, "hr_prompt": req.hr_prompt,
+        "hr_negative_prompt": req.hr_negative_prompt,
+        "denoising_strength": 0.75 if req.denoising_strength is None else req.denoising_strength,
+    }  # fmt: skip
+
+
+def _inpainting(req: Img2ImgRequest, mask: Image.Image, options: Mapping[str, opts.Value]) -> dict[str, Any]:
+    """The inpainting fields of an img2img request with a mask."""
+    return {
+        "mask": mask, "mask_blur": req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
+        "inpainting_fill": req.inpainting_fill, "inpaint_full_res": req.inpaint_full_res,
+        "inpaint_full_res_padding": req.inpaint_full_res_padding,
+        "inpainting_mask_invert": bool(req.inpainting_mask_invert),
+        "inpainting_mask_weight": float(options["inpainting_mask_weight"]),  # type: ignore[arg-type]
+    }  # fmt: skip
+
+
 def generation_params(
     req: GenerationRequest,
     options: Mapping[str, opts.Value],
     catalog: ServerCatalog,
     init: Image.Image | None,
+    mask: Image.Image | None = None,
 ) -> GenerationParams:
     """The resolved :class:`GenerationParams` (seeds fixed) of a checked request."""
     for side in ("width", "height"):
@@ -197,6 +244,10 @@ def generation_params(
     extra: dict[str, Any] = {}
     if isinstance(req, Img2ImgRequest):
         extra = {"denoising_strength": req.denoising_strength, "resize_mode": ResizeMode(req.resize_mode)}
+        if mask is not None:
+            extra.update(_inpainting(req, mask, options))
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
+        extra = _hires(req, options)
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, sampler=sampler, scheduler=scheduler, steps=req.steps,
         cfg_scale=req.cfg_scale, seed=req.seed, subseed=req.subseed, subseed_strength=req.subseed_strength,
@@ -245,6 +296,7 @@ def prepare(
     stored: Mapping[str, opts.Value],
     catalog: ServerCatalog,
     init_images: Sequence[Image.Image] = (),
+    mask: Image.Image | None = None,
 ) -> Prepared:
     """Everything a txt2img / img2img request needs to be queued (``init_images`` decoded by the caller).
 
@@ -256,7 +308,9 @@ def prepare(
         if not init_images:
             raise InputError("init_images", "Init image not found")
         init = flatten(init_images[0], str(options["img2img_background_color"]))
-    params = generation_params(req, options, catalog, init)
+        if req.mask and mask is None:
+            raise InputError("mask", "the mask image could not be read")
+    params = generation_params(req, options, catalog, init, mask)
     checkpoint = options["sd_model_checkpoint"]
     spec = JobSpec(
         JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG,

@@ -52,7 +52,10 @@ def _generate(
     images = []
     if decode_init and isinstance(req, Img2ImgRequest) and req.init_images:
         images = [decode_image(req.init_images[0], "init_images.0", max_pixels=svc.settings.max_image_pixels)]
-    prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images)
+    mask = None
+    if decode_init and isinstance(req, Img2ImgRequest) and req.mask:
+        mask = decode_image(req.mask, "mask", max_pixels=svc.settings.max_image_pixels)
+    prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images, mask)
     record = svc.jobs.submit(prepared.spec)
     store.update(prepared.persist)
     record = svc.jobs.wait(record.id, WAIT_SECONDS)
