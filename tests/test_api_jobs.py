@@ -11,6 +11,7 @@ from io import BytesIO
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -290,3 +291,36 @@ def test_health_and_every_route_in_the_openapi_schema(client: httpx.Client, serv
     assert expected <= paths
     routes = {getattr(r, "path", "") for r in server.app.routes if getattr(r, "include_in_schema", False)}
     assert routes <= paths
+
+
+def test_hires_and_inpainting_jobs(client: httpx.Client) -> None:
+    hires = {"prompt": "x", "seed": 3, **FAST, "hires": {"scale": 1.5, "steps": 2, "upscaler": "Lanczos"}}
+    view = wait_job(client, _submit(client, **hires))
+    assert view["status"] == "done", view
+    image = Image.open(BytesIO(client.get(view["images"][0]["url"]).content))  # type: ignore[index]
+    assert image.size == (96, 96)
+    assert "Hires upscaler: Lanczos" in view["images"][0]["infotext"]  # type: ignore[index]
+
+    def b64(picture: Image.Image) -> str:
+        buffer = BytesIO()
+        picture.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    payload = {
+        "kind": "img2img",
+        "prompt": "x",
+        **FAST,
+        "init_image": b64(init),
+        "mask": b64(mask),
+        "mask_blur": 0,
+    }
+    view = wait_job(client, _submit(client, **payload))
+    assert view["status"] == "done", view
+    out = np.asarray(Image.open(BytesIO(client.get(view["images"][0]["url"]).content)).convert("RGB"))  # type: ignore[index]
+    assert (out[:16] == (200, 40, 40)).all()  # outside the mask: the init image
+    bad = client.post("/api/v1/jobs", json={**payload, "mask": "not base64!"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"][-1] == "mask"

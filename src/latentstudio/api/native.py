@@ -50,6 +50,21 @@ def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = 
             "denoising_strength": payload.denoising_strength,
             "resize_mode": ResizeMode(payload.resize_mode),
         }
+        if payload.mask is not None:
+            extra.update(
+                mask=decode_image(payload.mask, "mask", max_pixels=max_pixels), mask_blur=payload.mask_blur,
+                inpainting_fill=payload.inpainting_fill, inpaint_full_res=payload.inpaint_full_res,
+                inpaint_full_res_padding=payload.inpaint_full_res_padding,
+                inpainting_mask_invert=payload.inpainting_mask_invert,
+            )  # fmt: skip
+    elif payload.hires is not None:
+        hr = payload.hires
+        extra = {
+            "enable_hr": True, "hr_scale": hr.scale, "hr_resize_x": hr.resize_x, "hr_resize_y": hr.resize_y,
+            "hr_upscaler": hr.upscaler, "hr_second_pass_steps": hr.steps, "hr_sampler": hr.sampler,
+            "hr_scheduler": hr.scheduler, "hr_prompt": hr.prompt, "hr_negative_prompt": hr.negative_prompt,
+            "denoising_strength": hr.denoising_strength,
+        }  # fmt: skip
     params = GenerationParams(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, sampler=payload.sampler,
         scheduler=payload.scheduler, steps=payload.steps, cfg_scale=payload.cfg_scale, seed=payload.seed,

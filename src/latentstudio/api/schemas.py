@@ -55,10 +55,30 @@ class GenerationFields(BaseModel):
         return self
 
 
+class HiresFields(BaseModel):
+    """The hires fix: a second img2img pass at a larger size (A1111 semantics; see the README)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: Finite = Field(
+        default=2.0, ge=1.0, le=8.0, description="Upscale by (ignored when resize_x/y set)."
+    )
+    resize_x: int = Field(default=0, ge=0, le=2048, description="Target width (0: from the aspect ratio).")
+    resize_y: int = Field(default=0, ge=0, le=2048, description="Target height (0: from the aspect ratio).")
+    upscaler: Name = Field(default="Latent", description="A latent mode ('Latent', …) or a pixel upscaler.")
+    steps: int = Field(default=0, ge=0, le=150, description="Second-pass steps (0: as the first pass).")
+    sampler: Name | None = Field(default=None, description="Second-pass sampler (null: the first pass's).")
+    scheduler: Name | None = Field(default=None, description="Second-pass schedule (null: the first's).")
+    prompt: str = Field(default="", max_length=MAX_PROMPT, description="'' means the first pass's prompt.")
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
+    denoising_strength: Finite = Field(default=0.7, ge=0.0, le=1.0)
+
+
 class Txt2ImgJob(GenerationFields):
-    """A text-to-image job."""
+    """A text-to-image job, optionally with the hires fix."""
 
     kind: Literal["txt2img"] = "txt2img"
+    hires: HiresFields | None = None
 
 
 class Img2ImgJob(GenerationFields):
@@ -68,6 +88,16 @@ class Img2ImgJob(GenerationFields):
     init_image: str = Field(max_length=70_000_000, description="Base64 image, optionally a data: URL.")
     denoising_strength: Finite = Field(default=0.75, ge=0.0, le=1.0)
     resize_mode: int = Field(default=0, ge=0, le=3, description="0 resize, 1 crop, 2 fill, 3 latent.")
+    mask: str | None = Field(
+        default=None,
+        max_length=70_000_000,
+        description="Inpainting: base64 mask, white = repaint (or alpha).",
+    )
+    mask_blur: int = Field(default=4, ge=0, le=64)
+    inpainting_fill: int = Field(default=1, ge=0, le=3, description="0 fill, 1 original, 2 noise, 3 nothing.")
+    inpaint_full_res: bool = Field(default=False, description="Only masked: process the mask's crop.")
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=2048)
+    inpainting_mask_invert: bool = False
 
 
 def _kind(value: object) -> str:
