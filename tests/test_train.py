@@ -126,3 +126,13 @@ def test_the_architecture_metadata_builds_what_shapes_cannot_tell(tmp_path: Path
     bare = write_checkpoint(tmp_path / "bare.safetensors", load_file(str(path)))
     with pytest.raises((ModelFileError, ValueError)):  # GroupNorm(32) on 8 channels
         load_checkpoint(bare, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_learning_rate_schedule_and_config_round_trip(tmp_path: Path) -> None:
+    config = ModelConfig(lr=1e-3, warmup=10, lr_steps=((100, 3e-4), (50, 5e-4)))
+    assert config.lr_at(0) == pytest.approx(1e-4)
+    assert [config.lr_at(s) for s in (20, 50, 99, 100, 500)] == [1e-3, 5e-4, 5e-4, 3e-4, 3e-4]
+    config.save(tmp_path / "config.json")
+    assert ModelConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(ValueError, match="a ModelConfig config"):
+        VaeConfig.load(tmp_path / "config.json")

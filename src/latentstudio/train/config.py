@@ -27,6 +27,7 @@ class LoopConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     warmup: int = 100
+    lr_steps: tuple[tuple[int, float], ...] = ()  # ((step, lr), …): from that step on, that lr
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999  # 0 disables EMA
@@ -35,6 +36,14 @@ class LoopConfig:
     log_every: int = 10
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of ``step``: linear warm-up to ``lr``, then piecewise constant by ``lr_steps``."""
+        lr = self.lr
+        for start, value in sorted(self.lr_steps):
+            if step >= start:
+                lr = value
+        return lr * min(1.0, (step + 1) / max(self.warmup, 1))
 
     def save(self, path: Path) -> None:
         """Write the config as JSON (with its class name) to ``path``."""
@@ -55,7 +64,7 @@ class LoopConfig:
             raise ValueError(f"{path}: unknown config fields {unknown}")
         for f in dataclasses.fields(cls):  # JSON lists back to tuples
             if isinstance(data.get(f.name), list):
-                data[f.name] = tuple(data[f.name])
+                data[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in data[f.name])
         return cls(**data)
 
 

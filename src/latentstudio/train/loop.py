@@ -177,7 +177,7 @@ def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
     losses: list[float] = []
     began = time.perf_counter()
     for step in bar:
-        lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1))
+        lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         total = 0.0

@@ -29,13 +29,14 @@ class ShapesRecipe:
 def shapes_recipe(output_dir: Path, *, threads: int = 1, scale: float = 1.0) -> ShapesRecipe:
     """The exact configs of the shipped model; ``scale`` < 1 shortens both stages (smoke runs)."""
     vae = VaeConfig(
-        output_dir=str(output_dir / "vae"), steps=1500, batch_size=8, warmup=20, lr=1e-3, norm_groups=1,
-        threads=threads, checkpoint_every=50, sample_every=150, log_every=10,
+        output_dir=str(output_dir / "vae"), steps=1300, batch_size=8, warmup=20, lr=1e-3,
+        lr_steps=((1000, 3e-4),), norm_groups=1, threads=threads,
+        checkpoint_every=50, sample_every=150, log_every=10,
     )  # fmt: skip
     model = ModelConfig(
         output_dir=str(output_dir / "model"), vae=str(output_dir / "vae" / "final"),
-        steps=1500, batch_size=32, warmup=50, lr=1e-3, threads=threads, ema_decay=0.995,
-        checkpoint_every=100, sample_every=300, log_every=10,
+        steps=1200, batch_size=32, warmup=50, lr=5e-4, lr_steps=((900, 2e-4),), threads=threads,
+        ema_decay=0.995, checkpoint_every=100, sample_every=300, log_every=10,
     )  # fmt: skip
     if scale != 1.0:
         vae = dataclasses.replace(vae, steps=max(2, round(vae.steps * scale)))
