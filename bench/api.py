@@ -13,8 +13,12 @@ What is measured (one process, one run, so the differences hold on a noisy machi
 * **native API**: ``POST /api/v1/jobs`` then ``GET /api/v1/jobs/{id}?wait=60`` (long poll) over real HTTP
   to uvicorn on a loopback port in this process; optionally fetching the image too.
 * **A1111 API**: ``POST /sdapi/v1/txt2img`` (the synchronous call, base64 PNG in the answer), when present.
-* Each rep alternates direct and API calls; reported are medians (p50) and p90, and the **overhead** =
-  p50(API) − p50(direct). Goal (issue 6): ≤ 20 ms p50.
+* Each rep alternates direct and API calls; reported are medians (p50) and p90, and the end-to-end
+  **overhead** = p50(API) − p50(direct). On a busy machine the pipeline's own variance swamps that
+  difference, so two low-noise parts are measured too: **outside the worker** (client wall time minus the
+  job's ``finished_at − started_at``: HTTP, validation, the durable insert, wake-up, the long-poll answer)
+  and the **PNG encode + atomic write** the worker adds; their sum is the overhead checked against the goal
+  (issue 6: ≤ 20 ms p50).
 * **throughput** with ``--clients`` (8) concurrent clients: jobs/s through the API (one worker runs them in
   turn, so this is bounded by the pipeline: compare with direct sequential jobs/s) and plain requests/s
   of ``GET /api/v1/jobs/{id}`` and ``GET /healthz`` (the server's own ceiling, no generation).
@@ -55,7 +59,7 @@ def _build_models(root: Path) -> Path:
     return root / "models"
 
 
-def _direct(models: Path, root: Path, device: str, steps: int) -> Callable[[int, bool], None]:
+def _direct(models: Path, root: Path, device: str, steps: int) -> Callable[[int, bool], float]:
     """A function running one job directly (seed, save?) exactly as the worker calls the pipeline."""
     from latentstudio.config import Settings
     from latentstudio.models.manager import ModelManager
@@ -72,15 +76,19 @@ def _direct(models: Path, root: Path, device: str, steps: int) -> Callable[[int,
     identity = ModelIdentity(name="tiny")
     out = root / "direct" / "out.png"
 
-    def one(seed: int, save: bool) -> None:
+    def one(seed: int, save: bool) -> float:
+        """Run one job; returns the seconds the PNG encode + atomic write took (0 without ``save``)."""
         params = GenerationParams(
             prompt="a red circle", steps=steps, width=64, height=64, sampler="Euler", seed=seed
         ).resolved()
         result = run(
             params, components, identity=identity, on_step=lambda _: None, embeddings=embeddings, cache=cache
         )
-        if save:
-            write_atomic(out, png_bytes(result.images[0], result.infotexts[0]))
+        if not save:
+            return 0.0
+        started = time.perf_counter()
+        write_atomic(out, png_bytes(result.images[0], result.infotexts[0]))
+        return time.perf_counter() - started
 
     return one
 
@@ -136,7 +144,7 @@ def _sdapi_job(client: httpx.Client, seed: int, steps: int) -> None:
 
 
 def _latency(
-    client: httpx.Client, direct: Callable[[int, bool], None], args: argparse.Namespace
+    client: httpx.Client, direct: Callable[[int, bool], float], args: argparse.Namespace
 ) -> dict[str, Any]:
     has_sdapi = client.get("/openapi.json").json()["paths"].get("/sdapi/v1/txt2img") is not None
     runs: dict[str, Callable[[int], object]] = {
@@ -152,6 +160,7 @@ def _latency(
             fn(seed)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     outside: list[float] = []
+    writes: list[float] = []
     for rep in range(args.reps):
         order = list(runs.items()) if rep % 2 == 0 else list(reversed(runs.items()))
         for name, fn in order:
@@ -160,11 +169,14 @@ def _latency(
             samples[name].append(time.perf_counter() - started)
             if name == "native POST + long-poll":
                 outside.append(float(value))  # type: ignore[arg-type]
+            elif name == "direct run + PNG write":
+                writes.append(float(value))  # type: ignore[arg-type]
     stats = {name: _stats(values) for name, values in samples.items()}
     base = stats["direct run"]["p50_ms"]
     for values in stats.values():
         values["overhead_p50_ms"] = values["p50_ms"] - base
     stats["outside the worker (native)"] = {**_stats(outside), "overhead_p50_ms": _stats(outside)["p50_ms"]}
+    stats["PNG encode + atomic write"] = {**_stats(writes), "overhead_p50_ms": _stats(writes)["p50_ms"]}
     return stats
 
 
@@ -198,7 +210,7 @@ def _concurrent(
 
 
 def _throughput(
-    client: httpx.Client, direct: Callable[[int, bool], None], args: argparse.Namespace, base: str
+    client: httpx.Client, direct: Callable[[int, bool], float], args: argparse.Namespace, base: str
 ) -> dict[str, float]:
     jobs = 4 * args.clients
     direct_rate = jobs / _timed(lambda: [direct(2000 + i, True) for i in range(jobs)])
@@ -274,7 +286,7 @@ def _report(
         print(f"{name:28s} {values['p50_ms']:9.1f} {values['p90_ms']:9.1f} {values['overhead_p50_ms']:15.1f}")
     overhead = latency["native POST + long-poll"]["overhead_p50_ms"]
     outside = latency["outside the worker (native)"]["p50_ms"]
-    worker = latency["direct run + PNG write"]["overhead_p50_ms"]
+    worker = latency["PNG encode + atomic write"]["p50_ms"]
     verdict = "meets" if outside + worker <= GOAL_MS else "misses"
     print(
         f"native API overhead p50: {overhead:.1f} ms end to end (noisy: a difference of two medians); "
