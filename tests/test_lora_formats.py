@@ -192,6 +192,7 @@ def test_merge_equals_reference_and_restores_bit_exactly(
     activation = networks.activate(components, [LoraRequest(name, te, unet)])
     assert activation.warnings == ()
     assert [a.mentioned for a in activation.applied] == [name]
+    assert activation.patched == len(builder.deltas)
     _check_merged(before, [(builder, te, unet)])
     networks.deactivate()
     assert weights_digest(components) == digest

@@ -57,10 +57,12 @@ class AppliedLora:
 
 @dataclass(frozen=True)
 class Activation:
-    """The outcome of :meth:`LoraNetworks.activate`: the LoRAs applied and one warning per LoRA skipped."""
+    """The outcome of :meth:`LoraNetworks.activate`: the LoRAs applied, one warning per LoRA skipped and the
+    number of weight and bias tensors patched."""
 
     applied: tuple[AppliedLora, ...] = ()
     warnings: tuple[str, ...] = ()
+    patched: int = 0
 
     @property
     def text_key(self) -> Hashable:
@@ -75,6 +77,7 @@ class Activation:
 
 @dataclass(frozen=True)
 class _Plan:
+    owner: int
     applied: AppliedLora
     contributions: tuple[Contribution, ...]
 
@@ -87,7 +90,7 @@ class LoraNetworks:
         self.files_in_ram = files_in_ram
         self._files: OrderedDict[tuple[object, ...], LoraWeights] = OrderedDict()
         self._index: tuple[weakref.ref[Components], ModuleIndex] | None = None
-        self._cached: tuple[Hashable, list[Swap]] | None = None
+        self._cached: tuple[weakref.ref[Components], Hashable, list[Swap]] | None = None
         self._fitting: set[tuple[object, ...]] = set()  # (file, dyn) checked to fit the indexed model
         self._active: list[Swap] = []
 
@@ -114,7 +117,7 @@ class LoraNetworks:
         for swap in swaps:
             swap.apply()
         self._active = swaps
-        return Activation(tuple(p.applied for p in plans), tuple(warnings))
+        return Activation(tuple(p.applied for p in plans), tuple(warnings), len(swaps))
 
     def deactivate(self) -> None:
         """Give every patched parameter its base tensor back (bit-exact); a no-op when nothing is applied."""
@@ -137,23 +140,24 @@ class LoraNetworks:
         if not plans:  # keep the cached set for the next job that uses it
             return plans, []
         while True:
-            key = (id(components), tuple((p.applied.info.path, p.applied.te, p.applied.unet, p.applied.dyn,
-                                          p.applied.shorthash) for p in plans))  # fmt: skip
+            key = tuple((a.info.path, a.shorthash, a.te, a.unet, a.dyn) for a in (p.applied for p in plans))
+            cached = self._cached
             if (
-                self._cached is not None
-                and self._cached[0] == key
-                and all(s.current() for s in self._cached[1])
+                cached is not None
+                and cached[0]() is components
+                and cached[1] == key
+                and all(s.current() for s in cached[2])
             ):
-                return plans, self._cached[1]
+                return plans, cached[2]
             self._cached = None  # free the old merged set before computing a new one
             swaps, bad = merge([c for p in plans for c in p.contributions])
             if not bad:
-                self._cached = (key, swaps)
+                self._cached = (weakref.ref(components), key, swaps)
                 return plans, swaps
             for p in plans:
-                if p.contributions[0].owner in bad:
+                if p.owner in bad:
                     warnings.append(f"LoRA {p.applied.mentioned!r} skipped: merged weights are not finite")
-            plans = [p for p in plans if p.contributions[0].owner not in bad]
+            plans = [p for p in plans if p.owner not in bad]
 
     def _module_index(self, components: Components) -> ModuleIndex:
         if self._index is None or self._index[0]() is not components:
@@ -213,4 +217,4 @@ class LoraNetworks:
             self._fitting.add((file_key, tag.dyn))
         text = any(c.target.is_text and c.multiplier != 0 for c in contributions)
         applied = AppliedLora(tag.name, info, shorthash, tag.te, tag.unet, tag.dyn, text)
-        return _Plan(applied, tuple(contributions))
+        return _Plan(owner, applied, tuple(contributions))
