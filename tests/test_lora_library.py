@@ -56,8 +56,11 @@ def test_discovery_folders_names_aliases_and_previews(tmp_path: Path) -> None:
     (tmp_path / "Lora" / "notes.txt").write_text("not a LoRA")
     (tmp_path / "Lora" / "style10.preview.png").write_bytes(b"png")
     torch.save({"lora_unet_conv_in.diff": torch.zeros(2)}, tmp_path / "Lora" / "old.pt")
+    _lora(tmp_path / "elsewhere" / "linked.safetensors")
+    (tmp_path / "Lora" / "link").symlink_to(tmp_path / "elsewhere")  # followed, as A1111
+    (tmp_path / "Lora" / "sub" / "loop").symlink_to(tmp_path / "Lora")  # a cycle is walked once
     library = _library(tmp_path)
-    assert [i.name for i in library.infos()] == ["loha", "none-alias", "old", "style2", "style10"]
+    assert [i.name for i in library.infos()] == ["linked", "loha", "none-alias", "old", "style2", "style10"]
     assert library.errors == []
     assert library.find("style10").preview == tmp_path / "Lora" / "style10.preview.png"  # type: ignore[union-attr]
     assert library.find("style2").preview is None  # type: ignore[union-attr]

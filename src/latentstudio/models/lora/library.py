@@ -11,6 +11,7 @@ computed — and its first 12 hex digits go to ``Lora hashes``. Listing reads on
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -140,15 +141,22 @@ def read_info(path: Path) -> LoraInfo:
 
 
 def scan_lora_files(folders: Sequence[Path]) -> list[Path]:
-    """LoRA files under ``folders`` (recursive, symlinks followed, hidden entries skipped), natural-sorted."""
+    """LoRA files under ``folders`` (recursive, symlinks followed once, hidden entries skipped),
+    natural-sorted by file name."""
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob("*"):
-            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-            if not hidden and path.suffix.lower() in LORA_SUFFIXES and path.is_file():
-                found.append(path)
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            stat = os.stat(root)
+            if (stat.st_dev, stat.st_ino) in seen:  # a symlink cycle or a folder reached twice
+                dirs.clear()
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                path = Path(root) / name
+                if not name.startswith(".") and path.suffix.lower() in LORA_SUFFIXES and path.is_file():
+                    found.append(path)
     return sorted(found, key=lambda p: (natural_key(p.name), p.as_posix()))
 
 
