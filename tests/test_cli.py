@@ -67,9 +67,29 @@ def test_generate_img2img_and_same_seed_same_pixels(workdir: Path) -> None:
     assert Image.open(a).tobytes() == Image.open(b).tobytes()
 
 
+def test_generate_hires_and_inpainting(workdir: Path) -> None:
+    from PIL import Image
+
+    common = ("generate", "x", "--steps", "2", "--seed", "5", "--width", "64", "--height", "64")
+    hires = _cli(*common, "--hr-scale", "1.5", "--hr-upscaler", "Lanczos", cwd=workdir)
+    assert hires.returncode == 0, hires.stderr
+    assert Image.open(workdir / hires.stdout.strip()).size == (96, 96)
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(workdir / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(workdir / "mask.png")
+    inpainted = _cli(
+        *common, "--init-image", "init.png", "--mask", "mask.png", "--mask-blur", "0", cwd=workdir
+    )
+    assert inpainted.returncode == 0, inpainted.stderr
+    out = Image.open(workdir / inpainted.stdout.strip()).convert("RGB")
+    assert out.getpixel((60, 10)) == (10, 200, 30)  # right half unmasked: unchanged
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (("--hr-scale", "0.5"), "hr_scale: must be in [1.0, 8.0], got 0.5"),
         (("--sampler", "Euler z"), "sampler: unknown"),
         (("--scheduler", "Fast"), "scheduler: unknown"),
         (("--width", "100"), "width: 100 is not a multiple of 8"),

@@ -128,6 +128,11 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     clip_skip: int = 1,
     init_image: Annotated[Path | None, typer.Option(help="img2img: the initial image.")] = None,
     denoising_strength: float = 0.75,
+    mask: Annotated[Path | None, typer.Option(help="Inpainting: mask image, white = repaint.")] = None,
+    mask_blur: int = 4,
+    hr_scale: Annotated[float, typer.Option(help="Hires fix: second pass at this scale (1: off).")] = 1.0,
+    hr_upscaler: Annotated[str, typer.Option(help="Hires upscaler: Latent…, Lanczos, Nearest.")] = "Latent",
+    hr_steps: Annotated[int, typer.Option(help="Hires second-pass steps (0: as the first pass).")] = 0,
     rng: Annotated[str, typer.Option(help="Noise source: cpu, gpu or nv.")] = "cpu",
     output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -148,11 +153,13 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         raise _fail(f"--rng: {rng!r} is not one of cpu, gpu, nv") from None
     try:
         image = Image.open(init_image).convert("RGB") if init_image is not None else None
+        mask_image = Image.open(mask) if mask is not None else None
         params = GenerationParams(
             prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, width=width or 512, height=height or 512, batch_size=batch_size,
             n_iter=n_iter, clip_skip=clip_skip, rng=source, init_image=image,
-            denoising_strength=denoising_strength,
+            denoising_strength=denoising_strength, mask=mask_image, mask_blur=mask_blur, hr_scale=hr_scale,
+            enable_hr=hr_scale != 1.0, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps,
         )  # fmt: skip
         params.validate()  # before any model work
         settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
