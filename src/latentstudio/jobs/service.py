@@ -87,11 +87,14 @@ class JobService:
     @property
     def ready(self) -> bool:
         """The worker runs and the default checkpoint is loaded."""
-        return self.worker.ready.is_set()
+        return self.worker.alive and self.worker.ready.is_set()
 
     @property
     def not_ready_reason(self) -> str | None:
-        return None if self.ready else self.worker.ready_error
+        """Why :attr:`ready` is False (None when ready)."""
+        if self.ready:
+            return None
+        return self.worker.ready_error if self.worker.alive else "the job worker is not running"
 
     # -- submitting ------------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobRecord:

@@ -89,6 +89,11 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current step: a running job goes back to the queue, nothing else is claimed."""
         self._stopping.set()
@@ -144,7 +149,11 @@ class Worker:
                 self._wakeup.wait(timeout=1.0)
                 self._wakeup.clear()
                 continue
-            self._execute(record)
+            try:
+                self._execute(record)
+            except Exception:  # the store itself failed (disk full, I/O error): keep serving, retry later
+                log.exception("worker: job %s could not be recorded", record.id)
+                self._stopping.wait(1.0)
 
     def _warm_up(self) -> None:
         """Load the default checkpoint so the first job does not pay for it; sets :attr:`ready`."""
