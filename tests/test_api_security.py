@@ -71,6 +71,10 @@ def test_valid_credentials_pass_and_openapi_declares_basic_auth(guarded: Served)
     ready = httpx.get(guarded.base + "/readyz", auth=("bob", "hunter2"))
     assert ready.status_code == 503
     assert "no checkpoints" in ready.json()["detail"]
+    for path in ("/api/v1/jobs", "/sdapi/v1/txt2img"):  # nothing to run a job with: the server's fault
+        job = httpx.post(guarded.base + path, json={"prompt": "x", "steps": 2}, auth=("bob", "hunter2"))
+        assert job.status_code == 503, job.text
+        assert "no checkpoints in" in job.json()["detail"]
     schema = httpx.get(guarded.base + "/openapi.json", auth=("bob", "hunter2")).json()
     assert schema["components"]["securitySchemes"]["basic"] == {"type": "http", "scheme": "basic"}
     unauthenticated_post = httpx.post(guarded.base + "/api/v1/jobs", content=b"x" * 1_000_000)

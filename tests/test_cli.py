@@ -86,6 +86,32 @@ def test_generate_hires_and_inpainting(workdir: Path) -> None:
     assert out.getpixel((60, 10)) == (10, 200, 30)  # right half unmasked: unchanged
 
 
+def test_generate_applies_loras_from_the_models_folder(workdir: Path) -> None:
+    import torch
+
+    from latentstudio.models import loader
+    from tests.lora_files import LoraBuilder
+
+    model = workdir / "models" / "Stable-diffusion" / "tiny.safetensors"
+    builder = LoraBuilder(
+        loader.load_checkpoint(model, device=torch.device("cpu"), dtype=torch.float32), seed=3
+    )
+    for layer in range(3):
+        path = f"text_model.encoder.layers.{layer}.mlp.fc2"
+        builder.lora("lora_te_" + path.replace(".", "_"), "text_encoder", path, alpha=8.0)
+    builder.save(workdir / "models" / "Lora" / "detail.safetensors", {})
+    common = ("generate", "x", "--steps", "2", "--seed", "5", "--width", "64", "--height", "64")
+    plain = _cli(*common, cwd=workdir)
+    with_lora = _cli("generate", "x <lora:detail:1>", *common[2:], cwd=workdir)
+    assert with_lora.returncode == 0, with_lora.stderr
+    assert "ignored" not in with_lora.stderr
+    from PIL import Image
+
+    out = Image.open(workdir / with_lora.stdout.strip())
+    assert "Lora hashes: " in out.info["parameters"]
+    assert out.tobytes() != Image.open(workdir / plain.stdout.strip()).tobytes()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

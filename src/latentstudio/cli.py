@@ -172,7 +172,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
     entry = manager.entry(info)
     identity = ModelIdentity(name=info.name_for_extra, shorthash=entry.shorthash)
-    _run_and_save(components, params, identity, output, manager.embeddings(components))
+    _run_and_save(components, params, identity, output, manager.embeddings(components), manager.lora_networks)
 
 
 @app.command("png-info")
@@ -259,7 +259,9 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def _run_and_save(components: Any, params: Any, identity: Any, output: Path, embeddings: Any) -> None:
+def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
+    components: Any, params: Any, identity: Any, output: Path, embeddings: Any, loras: Any
+) -> None:
     """Run the pipeline with a progress bar; print each written path."""
     from tqdm import tqdm
 
@@ -273,7 +275,9 @@ def _run_and_save(components: Any, params: Any, identity: Any, output: Path, emb
         bar.update(step.step - bar.n)
 
     try:
-        result = run(params, components, identity=identity, on_step=on_step, embeddings=embeddings)
+        result = run(
+            params, components, identity=identity, on_step=on_step, embeddings=embeddings, loras=loras
+        )
     except NaNLatentError as e:
         raise _fail(str(e)) from None
     finally:

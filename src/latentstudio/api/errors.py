@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from latentstudio.jobs import JobNotFoundError, JobSpecError, QueueFullError
+from latentstudio.jobs import JobNotFoundError, JobSpecError, NoCheckpointError, QueueFullError
 from latentstudio.pipeline.params import ParamError
 
 
@@ -55,6 +55,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobNotFoundError)
     async def not_found(_: Request, exc: JobNotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(NoCheckpointError)
+    async def no_checkpoint(_: Request, exc: NoCheckpointError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"{exc}; add one and call /sdapi/v1/refresh-checkpoints"}, status_code=503
+        )
 
     @app.exception_handler(QueueFullError)
     async def queue_full(_: Request, exc: QueueFullError) -> JSONResponse:

@@ -15,6 +15,7 @@ from latentstudio.jobs.model import (
     JobSpec,
     JobSpecError,
     JobStatus,
+    NoCheckpointError,
     Progress,
     QueueFullError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "JobSpec",
     "JobSpecError",
     "JobStatus",
+    "NoCheckpointError",
     "Progress",
     "QueueFullError",
     "Subscription",

@@ -54,6 +54,10 @@ class JobSpecError(JobError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class NoCheckpointError(JobError):
+    """The models folder has no checkpoint to run a job with (answered 503: the server, not the request)."""
+
+
 class QueueFullError(JobError):
     """``--max-queue`` jobs are already waiting; ``retry_after`` is a whole number of seconds to wait."""
 

@@ -31,6 +31,7 @@ from latentstudio.jobs.model import (
     JobSpec,
     JobSpecError,
     JobStatus,
+    NoCheckpointError,
     Progress,
     QueueFullError,
 )
@@ -114,6 +115,11 @@ class JobService:
 
     def _check_models(self, spec: JobSpec) -> None:
         """Only discovered checkpoints and VAEs by name: never a path a client made up."""
+        if spec.checkpoint is None:
+            try:
+                self.manager.default_checkpoint()
+            except ModelNotFoundError as e:
+                raise NoCheckpointError(str(e)) from None
         if spec.checkpoint is not None:
             try:
                 info = self.manager.find(spec.checkpoint)
