@@ -113,3 +113,20 @@ def test_errors_name_what_is_missing(root: Path) -> None:
         ExtrasOptions(resize_mode=2)
     names = [(i.name, Path(i.cmd_dir).name, i.model_path is not None) for i in discover_face_restorers(root)]
     assert names == [("CodeFormer", "Codeformer", False), ("GFPGAN", "GFPGAN", True)]
+
+
+@pytest.mark.slow
+def test_gfpgan_restores_with_user_weights(root: Path) -> None:
+    """Full-size GFPGANv1Clean architecture with random weights (≈ 80 M parameters): the loading, the
+    [-1, 1] call convention and the visibility blend run end to end."""
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in GFPGAN().state_dict().items()}
+    (root / "GFPGAN").mkdir()
+    save_file(state, root / "GFPGAN" / "GFPGANv1.4.safetensors")
+    source = _image(64, 48)
+    image, info = _run(source, root, gfpgan_visibility=0.4)
+    assert image.size == (64, 48)
+    assert info == "GFPGAN visibility: 0.4"
+    assert image.tobytes() != source.tobytes()

@@ -200,8 +200,12 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
-    """``[1, 3, H, W]`` in [0, 1] → RGB PIL image (rounded to the nearest 8-bit value)."""
-    array = (tensor[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """``[1, 3, H, W]`` in [0, 1] → RGB PIL image (rounded to the nearest 8-bit value).
+
+    One float temporary (in-place scaling): at 2048² every full-size float copy is 48 MiB.
+    """
+    scaled = tensor[0].clamp(0, 1).mul_(255.0).round_()
+    array = scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, "RGB")
 
 
