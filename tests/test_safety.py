@@ -6,6 +6,7 @@ of -1 always are (everything flagged and blacked out).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from latentstudio.postprocess.safety import (
     SafetyCheckerError,
     clip_pixels,
 )
+from tests.conftest import MakeTiny
 
 TINY = {
     "projection_dim": 16,
@@ -84,3 +86,24 @@ def test_clip_preprocessing_shape_and_centre_crop() -> None:
         [0.26862954, 0.26130258, 0.27577711]
     )
     assert torch.allclose(pixels[0, :, 16, 16], white, atol=1e-5)
+
+
+def test_the_server_blacks_out_flagged_images_and_says_so(make_tiny: MakeTiny, tmp_path: Path) -> None:
+    import httpx
+
+    from latentstudio.models.families import Family
+    from tests.serving import models_root, serve, wait_job
+
+    models = models_root(make_tiny(Family.SD1).path, tmp_path)
+    checker = _write_checker(tmp_path / "checker", threshold=-1.0)  # flags everything
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data", device="cpu", safety_checker=checker)
+    with serve(settings) as served, httpx.Client(base_url=served.base, timeout=120) as client:
+        payload = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "sampler": "Euler", "batch_size": 2}
+        view = wait_job(client, client.post("/api/v1/jobs", json=payload).json()["id"])
+        assert view["status"] == "done", view
+        assert view["warnings"] == [
+            f"image {i} was flagged by the safety checker and blacked out" for i in (1, 2)
+        ]
+        for image in view["images"]:
+            png = Image.open(io.BytesIO(client.get(image["url"]).content))
+            assert png.convert("RGB").getextrema() == ((0, 0), (0, 0), (0, 0))

@@ -8,6 +8,7 @@ transaction leaves the job ``running`` in the store, which the next start marks 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -28,6 +29,7 @@ from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager
 from latentstudio.pipeline.images import png_bytes, write_atomic
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, StepInfo, latent_preview, run
+from latentstudio.postprocess.safety import SafetyChecker
 from latentstudio.postprocess.upscalers import UpscalerRegistry
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers.wrappers import StepControl
@@ -82,6 +84,7 @@ class Worker:
         self._stopping = threading.Event()
         self._cache = ConditioningCache()
         self._upscalers: UpscalerRegistry | None = None  # built on the first hires job that needs one
+        self._safety: SafetyChecker | None = None  # built on the first job when the setting is on
         self._thread = threading.Thread(target=self._loop, name=f"latentstudio-worker-{manager.device}")
         self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
 
@@ -255,7 +258,7 @@ class Worker:
                 self._live.family = components.info.family
                 self._live.started = self.clock()
         control = StepControl(should_stop=lambda: self._flag("stop"), should_skip=self._take_skip)
-        return run(
+        result = run(
             spec.params,
             components,
             identity=identity,
@@ -266,6 +269,19 @@ class Worker:
             loras=self.manager.lora_networks,
             upscaler=self._upscale,
         )
+        return self._safety_filtered(result)
+
+    def _safety_filtered(self, result: GenerationResult) -> GenerationResult:
+        """With the ``safety_checker`` setting, flagged images are blacked out and named in the warnings."""
+        folder = self.manager.settings.safety_checker
+        if folder is None:
+            return result
+        if self._safety is None:
+            self._safety = SafetyChecker(folder, device=self.manager.device)
+        checked = self._safety.check(result.images)
+        flagged = [f"image {i + 1} was flagged by the safety checker and blacked out"
+                   for i, bad in enumerate(checked.flagged) if bad]  # fmt: skip
+        return dataclasses.replace(result, images=checked.images, warnings=[*result.warnings, *flagged])
 
     def _upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
         """The hires fix's pixel upscaler: built-in resamplers or a model from the upscaler folders."""
