@@ -64,6 +64,7 @@ class Settings(BaseSettings):
         default=2, ge=1, le=16, description="How many loaded checkpoints the model manager keeps."
     )
     # -- server (latentstudio serve) --
+    ui: bool = Field(default=True, description="Serve the web UI at / (off: API only).")
     max_queue: int = Field(default=100, ge=1, le=100_000, description="Queued jobs before 429.")
     preview_every: int = Field(
         default=5, ge=0, le=1000, description="Step events carry a small preview every N steps (0: never)."

@@ -43,6 +43,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(native.router)
     app.include_router(sdapi.router)
+    if settings.ui:
+        _mount_ui(app, settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if credentials is not None:
         app.add_middleware(BasicAuthMiddleware, credentials=credentials)
@@ -58,6 +60,31 @@ def create_app(settings: Settings) -> FastAPI:
             allow_credentials=True,
         )
     return app
+
+
+def _mount_ui(app: FastAPI, settings: Settings) -> None:
+    """The web UI at ``/``; its backend reaches the services the lifespan hook builds."""
+    from latentstudio.api.ui_backend import SdapiBackend, option_fields
+    from latentstudio.ui import mount_ui
+
+    backends: dict[int, SdapiBackend] = {}
+
+    def backend() -> SdapiBackend:
+        services = get_app_services(app)
+        found = backends.get(id(services))
+        if found is None:
+            backends.clear()
+            found = backends[id(services)] = SdapiBackend(services)
+        return found
+
+    mount_ui(app, backend, option_fields(settings), settings.data_dir / "images")
+
+
+def get_app_services(app: FastAPI) -> Services:
+    found = app.state.services
+    if not isinstance(found, Services):
+        raise RuntimeError("app.state.services is not set: was the app started with its lifespan?")
+    return found
 
 
 def _version() -> str:

@@ -238,6 +238,14 @@ class JobService:
         self.worker.request(job_id, cancel=True)
         return self.get(job_id)
 
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job from the history with its images (row first, then the files: an image
+        is never indexed without its file). A queued or running job is a :class:`JobSpecError`."""
+        self.get(job_id)
+        if not self.store.delete_finished(job_id):
+            raise JobSpecError("job_id", "only a finished job can be deleted; cancel it first")
+        shutil.rmtree(self.images_root / job_id, ignore_errors=True)
+
     def interrupt(self, job_id: str | None = None) -> str | None:
         """A1111 interrupt: the running job (``job_id`` only if it is the one running) stops after its
         current step and keeps what it has (done, ``interrupted``). Returns its id, None when idle."""

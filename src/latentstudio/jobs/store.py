@@ -190,6 +190,14 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
+    def delete_finished(self, job_id: str) -> bool:
+        """Remove a terminal job with its inputs and image index; False when it is queued or running."""
+        with self._atomic(durable=True) as db:
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE id = ? AND status NOT IN ('queued', 'running')", (job_id,)
+            )
+            return cursor.rowcount == 1
+
     def finish(self, job_id: str, outcome: Outcome) -> None:
         """Record how a running job ended and index its images, all or nothing."""
         with self._atomic() as db:

@@ -1,0 +1,180 @@
+"""The web UI's :class:`~latentstudio.ui.backend.Backend`, implemented with the A1111 layer's conversion.
+
+A UI generation is an ``/sdapi/v1`` request built from the controls: the same stored settings, styles,
+checks and refusals, queued on the same job service (``source`` "ui"). Errors of every layer become one
+:class:`FieldError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+
+from latentstudio.api.errors import InputError
+from latentstudio.api.sdapi import extras, listing, pasting
+from latentstudio.api.sdapi import options as opts
+from latentstudio.api.sdapi.convert import prepare
+from latentstudio.api.sdapi.models import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest
+from latentstudio.api.state import Services
+from latentstudio.config import Settings
+from latentstudio.jobs import JobRecord, JobService
+from latentstudio.jobs.model import JobSpecError, NoCheckpointError, QueueFullError
+from latentstudio.pipeline.params import ParamError
+from latentstudio.prompts.counter import count_tokens
+from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
+from latentstudio.ui.backend import Catalog, FieldError, Kind, OptionField
+
+# The settings the Settings tab offers: the ones that change images (A1111's "Stable Diffusion" and
+# "Sampler parameters" pages), in that order.
+SETTINGS_KEYS = (
+    "CLIP_stop_at_last_layers",
+    "randn_source",
+    "eta_noise_seed_delta",
+    "eta_ancestral",
+    "eta_ddim",
+    "s_noise",
+    "emphasis",
+    "use_old_scheduling",
+    "pad_cond_uncond",
+    "pad_cond_uncond_v0",
+    "img2img_background_color",
+)
+
+
+@contextmanager
+def field_errors() -> Iterator[None]:
+    """Turn the API's, the pipeline's and the job layer's refusals into :class:`FieldError`."""
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        raise FieldError(where or "request", str(first.get("msg", "invalid"))) from None
+    except InputError as e:
+        raise FieldError(e.field, e.message) from None
+    except (ParamError, JobSpecError) as e:
+        raise FieldError(e.field, str(e).split(": ", 1)[-1]) from None
+    except QueueFullError as e:
+        raise FieldError("queue", f"{e} (try again in {e.retry_after} s)") from None
+    except NoCheckpointError as e:
+        raise FieldError("checkpoint", str(e)) from None
+
+
+class SdapiBackend:
+    """:class:`~latentstudio.ui.backend.Backend` over the server's :class:`Services`."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.store = opts.OptionsStore(services.settings.data_dir)
+
+    @property
+    def jobs(self) -> JobService:
+        return self.services.jobs
+
+    def catalog(self) -> Catalog:
+        svc = self.services
+        stored = self.store.load()
+        current = listing.current_checkpoint(svc.manager, _str(stored.get("sd_model_checkpoint")))
+        checkpoints = listing.sd_models(svc.manager)
+        embeddings = listing.embeddings(svc.manager, svc.settings, _str(stored.get("sd_model_checkpoint")))
+        return Catalog(
+            samplers=list(SAMPLER_INFO),
+            schedulers=[s.label for s in SCHEDULER_INFO.values()],
+            checkpoints=[c["title"] for c in checkpoints],
+            current_checkpoint=next(
+                (
+                    c["title"]
+                    for c in checkpoints
+                    if current is not None and c["filename"] == str(current.path.resolve())
+                ),
+                None,
+            ),
+            vaes=["Automatic", "None", *(v["model_name"] for v in listing.sd_vaes(svc.manager))],
+            current_vae=str(stored.get("sd_vae") or "Automatic"),
+            upscalers=[u["name"] for u in listing.upscalers()],
+            latent_upscalers=[m["name"] for m in listing.latent_upscale_modes()],
+            loras=[lora["name"] for lora in listing.loras(svc.manager)],
+            embeddings=sorted(embeddings["loaded"]),
+            styles=[s["name"] for s in listing.prompt_styles(svc.settings)],
+        )
+
+    def refresh(self) -> None:
+        self.services.manager.refresh()
+
+    def submit(
+        self,
+        kind: Kind,
+        fields: Mapping[str, Any],
+        init: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> JobRecord:
+        svc = self.services
+        with field_errors():
+            stored = self.store.load()
+            if kind == "txt2img":
+                prepared = prepare(Txt2ImgRequest.model_validate(dict(fields)), stored, self._catalog())
+            else:
+                if init is None:
+                    raise FieldError("init_images", "drop an image to start from")
+                request = Img2ImgRequest.model_validate({**fields, "init_images": ["ui"]})
+                for name, image in (("init_images", init), ("mask", mask)):
+                    if image is not None and image.width * image.height > svc.settings.max_image_pixels:
+                        raise FieldError(name, f"larger than {svc.settings.max_image_pixels} pixels")
+                if mask is not None:
+                    request = request.model_copy(update={"mask": "ui"})
+                prepared = prepare(request, stored, self._catalog(), [init], mask)
+            return svc.jobs.submit(dataclasses.replace(prepared.spec, source="ui"))
+
+    def _catalog(self) -> Any:
+        return listing.catalog(self.services.manager, self.services.settings)
+
+    def paste(self, text: str) -> dict[str, Any]:
+        with field_errors():
+            request = pasting.apply_infotext(Txt2ImgRequest(infotext=text), self.store.load())
+        return request.model_dump(exclude={"infotext"})
+
+    def read_infotext(self, image: Image.Image) -> str:
+        return extras.png_info(image)[0]
+
+    def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
+        with field_errors():
+            request = ExtrasSingleRequest.model_validate({**fields, "image": "ui"})
+            extras.check_request(request)
+            return extras.postprocess(image, request, self.services.settings.max_image_pixels)
+
+    def options(self) -> list[OptionField]:
+        return option_fields(self.services.settings)
+
+    def set_options(self, changes: Mapping[str, Any]) -> None:
+        with field_errors():
+            checked = opts.check(
+                {k: v for k, v in changes.items() if k in SETTINGS_KEYS or k.startswith("sd_")}
+            )
+            checked = self._catalog().check_models(checked, "")
+            self.store.update(checked)
+
+    def token_count(self, prompt: str, steps: int) -> tuple[int, int]:
+        return count_tokens(prompt, steps)
+
+    def delete_job(self, job_id: str) -> None:
+        with field_errors():
+            self.services.jobs.delete(job_id)
+
+
+def option_fields(settings: Settings) -> list[OptionField]:
+    """The Settings tab's options with their stored values."""
+    stored = opts.OptionsStore(settings.data_dir).load()
+    fields = []
+    for key in SETTINGS_KEYS:
+        spec = opts.CATALOG[key]
+        fields.append(OptionField(key, stored[key], spec.default, spec.low, spec.high, spec.choices))
+    return fields
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,98 @@
+"""What the web UI needs from the server, as a protocol: the UI is a client of the job layer and of these
+calls, never of models or pipelines (DESIGN). The server (``latentstudio.api.ui_backend``) implements it
+with exactly the conversion the A1111 API uses, so a UI generation and an ``/sdapi/v1`` call with the same
+fields and settings make the same job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+from latentstudio.jobs import JobRecord, JobService
+
+Kind = Literal["txt2img", "img2img"]
+
+
+class FieldError(ValueError):
+    """A refused input: ``field`` names the control (A1111 request field names), ``message`` says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One setting the Settings tab shows: A1111 key, current value, and its allowed values."""
+
+    key: str
+    value: Any
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Names the dropdowns offer, refreshed on every page load and on the refresh buttons."""
+
+    samplers: Sequence[str]
+    schedulers: Sequence[str]
+    checkpoints: Sequence[str]  # A1111 titles (``name.safetensors [hash]``)
+    current_checkpoint: str | None
+    vaes: Sequence[str]  # "Automatic", "None", then the files
+    current_vae: str
+    upscalers: Sequence[str]  # pixel upscalers (extras, hires)
+    latent_upscalers: Sequence[str]
+    loras: Sequence[str]
+    embeddings: Sequence[str]
+    styles: Sequence[str] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    """The server side of the UI. Every method raises :class:`FieldError` for refused input."""
+
+    @property
+    def jobs(self) -> JobService: ...
+
+    def catalog(self) -> Catalog: ...
+
+    def refresh(self) -> None:
+        """Rescan the models folders."""
+
+    def submit(
+        self,
+        kind: Kind,
+        fields: Mapping[str, Any],
+        init: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> JobRecord:
+        """Queue a generation from A1111 request fields (``/sdapi/v1/txt2img`` / ``img2img`` names)."""
+
+    def paste(self, text: str) -> dict[str, Any]:
+        """An infotext → the txt2img request fields it sets (A1111's paste), settings included as
+        ``override_settings``."""
+
+    def read_infotext(self, image: Image.Image) -> str:
+        """The infotext an image carries ('' if none)."""
+
+    def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
+        """Upscale one image with ``/sdapi/v1/extra-single-image`` fields; the image and its info text."""
+
+    def options(self) -> list[OptionField]:
+        """The settings that change images, with their current values."""
+
+    def set_options(self, changes: Mapping[str, Any]) -> None:
+        """Check and persist settings (the same store as ``/sdapi/v1/options``)."""
+
+    def token_count(self, prompt: str, steps: int) -> tuple[int, int]:
+        """A1111's token counter: (tokens of the longest scheduled prompt, its 75-token bound)."""
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a finished job and its images from the history."""
