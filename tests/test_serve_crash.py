@@ -25,7 +25,9 @@ from latentstudio.models.families import Family
 from tests.conftest import MakeTiny
 from tests.serving import free_port, models_root, wait_until
 
-JOB = {"steps": 8, "width": 64, "height": 64, "sampler": "Euler"}
+# 30 steps: long enough that a SIGTERM sent after the first step lands before the job ends, even on a busy
+# machine (with 8 the job sometimes finished during the shutdown and the clean-stop check raced).
+JOB = {"steps": 30, "width": 64, "height": 64, "sampler": "Euler"}
 
 
 @contextmanager
