@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.models.loader import Components
+from latentstudio.pipeline.infotexts import ModelIdentity
+from latentstudio.pipeline.params import GenerationParams, ParamError
 
 # A1111's latent upscale modes: name → (torch interpolation mode, antialias)
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -47,6 +49,38 @@ class HiresPlan:
     @property
     def latent_mode(self) -> tuple[str, bool] | None:
         return LATENT_UPSCALE_MODES.get(self.upscaler)
+
+
+@dataclass(frozen=True)
+class HiresModel:
+    """The hires fix's own checkpoint (A1111 ``hr_checkpoint_name``), loaded by the caller: its text encoders,
+    UNet and VAE run the second pass on the first pass's latents, so it must be of the same family."""
+
+    components: Components
+    identity: ModelIdentity
+
+    @property
+    def title(self) -> str:
+        """A1111's ``short_title`` (the ``Hires checkpoint`` infotext value): ``name [shorthash]``."""
+        short = self.identity.shorthash
+        return f"{self.identity.name} [{short}]" if short else self.identity.name
+
+
+def check_model(params: GenerationParams, components: Components, model: HiresModel | None) -> None:
+    """The hires checkpoint is given exactly when the job names one, and is of the first pass's family."""
+    if not (params.enable_hr and params.hr_checkpoint is not None):
+        if model is not None:
+            raise ValueError("hires_model is only for a hires-fix job with hr_checkpoint set")
+        return
+    if model is None:
+        raise ParamError("hr_checkpoint", f"{params.hr_checkpoint!r} was not loaded for this job")
+    first, second = components.info, model.components.info
+    if first.family is not second.family:
+        raise ParamError(
+            "hr_checkpoint",
+            f"{params.hr_checkpoint!r} is {second.label} but the first pass runs {first.label}: the hires "
+            "checkpoint must be of the same family (the latents carry over)",
+        )
 
 
 def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
@@ -99,10 +133,17 @@ def truncate(latents: torch.Tensor, hires: HiresPlan) -> torch.Tensor:
 
 
 def infotext_keys(
-    params: GenerationParams, hires: HiresPlan, first_schedule: str, hires_schedule: str
+    params: GenerationParams,
+    hires: HiresPlan,
+    first_schedule: str,
+    hires_schedule: str,
+    *,
+    checkpoint: str | None = None,
 ) -> dict[str, object]:
-    """The ``Hires …`` keys in A1111's order (a key equal to the first pass's value is left out)."""
+    """The ``Hires …`` keys in A1111's order (a key equal to the first pass's value is left out);
+    ``checkpoint``: the hires checkpoint's ``name [shorthash]`` when the job names one."""
     keys: dict[str, object] = {
+        "Hires checkpoint": checkpoint,
         "Hires sampler": hires.sampler if hires.sampler != params.sampler else None,
         "Hires prompt": hires.prompt if hires.prompt != params.prompt else None,
         "Hires negative prompt": hires.negative_prompt

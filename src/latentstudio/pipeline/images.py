@@ -6,6 +6,7 @@ number already in the folder. Files appear whole (temp file + fsync + rename) or
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
+
+from latentstudio.models.families import Family
 
 INFOTEXT_KEY = "parameters"
 _NUMBERED = re.compile(r"^(\d+)-")
@@ -113,3 +116,22 @@ def read_infotext(image: Image.Image) -> str | None:
     """The ``parameters`` chunk of a PNG (or the EXIF UserComment A1111 writes for JPEG/WebP: not yet)."""
     value = image.info.get(INFOTEXT_KEY)
     return value if isinstance(value, str) else None
+
+
+def latent_preview(latent: torch.Tensor, family: Family) -> Image.Image:
+    """A cheap linear latent → RGB approximation (A1111 "Approx cheap") of the first image in the batch."""
+    coefficients = _PREVIEW_SDXL if family in (Family.SDXL, Family.SDXL_REFINER) else _PREVIEW_SD
+    weights = torch.tensor(coefficients, dtype=torch.float32)
+    if latent.shape[1] != weights.shape[0]:
+        weights = torch.ones(latent.shape[1], 3) / math.sqrt(latent.shape[1])
+    rgb = torch.einsum("chw,cr->rhw", latent[0].float().cpu(), weights)
+    return to_pil(rgb[None])[0]
+
+
+_PREVIEW_SD = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+_PREVIEW_SDXL = [
+    [0.3448, 0.4168, 0.4395],
+    [-0.1953, -0.0290, 0.0250],
+    [0.1074, 0.0886, -0.0163],
+    [-0.3730, -0.2499, -0.2088],
+]

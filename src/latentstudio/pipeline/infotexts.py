@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from latentstudio import infotext
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.samplers import SamplerInfo
 from latentstudio.samplers.noise import RngSource
 
-if TYPE_CHECKING:
-    from latentstudio.pipeline.run import ModelIdentity
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """How the infotext names the model: A1111's ``Model``, ``Model hash``, ``VAE``, ``VAE hash``."""
+
+    name: str
+    shorthash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
 
 
 def create(  # noqa: PLR0917 - one image's facts

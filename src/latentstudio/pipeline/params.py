@@ -74,6 +74,7 @@ class GenerationParams:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
     inpainting_mask_weight: float = 1.0  # inpainting checkpoints: how much of the masked image they see
+    color_correction: bool = False  # A1111 img2img_color_correction: outputs keep the init image's colours
     enable_hr: bool = False  # txt2img hires fix (second pass at denoising_strength)
     hr_scale: float = 2.0
     hr_resize_x: int = 0
@@ -84,6 +85,7 @@ class GenerationParams:
     hr_scheduler: str | None = None
     hr_prompt: str = ""  # "": the first pass's
     hr_negative_prompt: str = ""
+    hr_checkpoint: str | None = None  # another checkpoint of the same family for the second pass; None: same
     emphasis: str = "Original"  # A1111 emphasis option: Original, No norm, Ignore, None
     old_prompt_editing: bool = False  # A1111 use_old_scheduling ("Old prompt editing timelines")
     pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
@@ -144,6 +146,10 @@ class GenerationParams:
             self._validate_hires()
         if self.mask is not None:
             self._validate_inpainting()
+        if self.color_correction and not self.is_img2img:
+            raise ParamError(
+                "color_correction", "colour correction is an img2img option (it needs an init image)"
+            )
         if self.emphasis not in EMPHASIS_MODES:
             raise ParamError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
@@ -170,6 +176,10 @@ class GenerationParams:
         for field in ("hr_resize_x", "hr_resize_y"):
             _check_int(field, getattr(self, field), 0, MAX_SIDE)
         _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        if self.hr_checkpoint is not None and not 0 < len(self.hr_checkpoint.strip()) <= 1000:
+            raise ParamError(
+                "hr_checkpoint", "a checkpoint name (at most 1000 characters), or None for the same"
+            )
         for field, name in (("hr_sampler", self.hr_sampler), ("hr_scheduler", self.hr_scheduler)):
             if name is not None and name not in (SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES):
                 allowed = SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES

@@ -8,8 +8,7 @@ serves the CLI, the worker and tests.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,39 +18,35 @@ import psutil
 import torch
 from PIL import Image
 
-from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hashes
-from latentstudio.models.families import Family
+from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
-from latentstudio.pipeline import hires, infotexts, inpaint
-from latentstudio.pipeline.hires import PixelUpscaler
-from latentstudio.pipeline.images import from_pil, to_pil
+from latentstudio.pipeline import color, hires, infotexts, inpaint, texts
+from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
+from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
+from latentstudio.pipeline.infotexts import ModelIdentity
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
 from latentstudio.postprocess import tiled_vae
-from latentstudio.prompts.chunks import EmbeddingFinder
-from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
-from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
+from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import ImageRNG, all_seeds
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
-from latentstudio.samplers.wrappers import Conditioning, Denoiser, ScheduledConditioning, StepControl
+from latentstudio.samplers.wrappers import Denoiser, StepControl
 
-__all__ = ["GenerationResult", "ModelIdentity", "NaNLatentError", "StepInfo", "latent_preview", "run"]
+__all__ = [
+    "GenerationResult",
+    "HiresModel",
+    "ModelIdentity",
+    "NaNLatentError",
+    "StepInfo",
+    "latent_preview",
+    "run",
+]
 
 
 class NaNLatentError(RuntimeError):
     """Sampling produced NaN/inf latents (an image would be black); reported instead of saved."""
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """How the infotext names the model: A1111's ``Model``, ``Model hash``, ``VAE``, ``VAE hash``."""
-
-    name: str
-    shorthash: str | None = None
-    vae_name: str | None = None
-    vae_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +146,7 @@ def run(
     cache: ConditioningCache | None = None,
     loras: LoraNetworks | None = None,
     upscaler: PixelUpscaler = hires.resize_pixels,
+    hires_model: HiresModel | None = None,
 ) -> GenerationResult:
     """Generate ``batch_size × n_iter`` images. ``params`` must be :meth:`GenerationParams.resolved`.
 
@@ -161,18 +157,58 @@ def run(
     job only (the base weights come back bit for bit); a LoRA that cannot be used is a warning.
     ``upscaler``: the hires fix's pixel upscalers (``image, name, width, height → image``); the default
     knows A1111's built-in None, Lanczos and Nearest.
+    ``hires_model``: the checkpoint ``params.hr_checkpoint`` names (required with it, refused without).
     """
     # 1. check
     params.validate()
+    hires.check_model(params, components, hires_model)
     # 2. networks: the prompt's LoRAs, in force until this job returns
-    requests, warnings = _network_requests(params, have_loras=loras is not None)
+    requests, warnings = texts.network_requests(params, have_loras=loras is not None)
     applied = loras.applied(components, requests) if loras is not None else nullcontext(Activation())
     with applied as networks:
         return _generate(
             params, components, identity=identity, on_step=on_step, control=control or StepControl(),
-            embeddings=embeddings, cache=cache or ConditioningCache(), networks=networks,
-            warnings=[*warnings, *networks.warnings], upscaler=upscaler,
+            text=texts.Texts(embeddings, cache or ConditioningCache(), networks.text_key), networks=networks,
+            warnings=[*warnings, *networks.warnings], upscaler=upscaler, hires_model=hires_model,
+            switch=_LoraSwitch(loras, requests, components),
         )  # fmt: skip
+
+
+@dataclass
+class _LoraSwitch:
+    """Moves the job's LoRAs between the first pass's checkpoint and the hires checkpoint (a
+    :class:`LoraNetworks` patches one model at a time); nothing to do without LoRAs or a second model."""
+
+    loras: LoraNetworks | None
+    requests: Sequence[LoraRequest]
+    current: Components
+
+    def use(self, components: Components) -> Activation | None:
+        """Patch ``components`` (the other model gets its base weights back); None when nothing changed."""
+        if self.loras is None or not self.requests or components is self.current:
+            return None
+        self.current = components
+        return self.loras.activate(components, self.requests)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One sampling pass and the checkpoint that runs it (the hires fix's may be another one)."""
+
+    components: Components
+    sampling: Pass
+    denoiser: Denoiser
+
+
+@dataclass(frozen=True)
+class _Hires:
+    """The hires fix of a job: its plan, its pass, the infotext name of its own checkpoint (None: the first
+    pass's), and the warnings of moving the job's LoRAs onto that checkpoint."""
+
+    plan: hires.HiresPlan
+    stage: _Stage
+    checkpoint: str | None
+    warnings: tuple[str, ...] = ()
 
 
 def _generate(
@@ -182,240 +218,192 @@ def _generate(
     identity: ModelIdentity,
     on_step: Callable[[StepInfo], None] | None,
     control: StepControl,
-    embeddings: EmbeddingDatabase | None,
-    cache: ConditioningCache,
+    text: texts.Texts,
     networks: Activation,
     warnings: list[str],
     upscaler: PixelUpscaler,
+    hires_model: HiresModel | None,
+    switch: _LoraSwitch,
 ) -> GenerationResult:
     """Steps 3 to 8 of :func:`run`, with the job's networks in force."""
     seeds, subseeds = _batch_seeds(params)
-    model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
-    text = _Texts(embeddings, cache, networks.text_key)
     # 3. encode and 4. sigmas, per pass (once: every batch shares them)
     prepared = inpaint.prepare(params) if params.is_img2img else None
     init, blend = _img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
     warnings.extend(prepared.warnings if prepared is not None else ())
-    first = dataclasses.replace(_first_pass(components, params, model_sigmas, text), blend=blend)
-    plan = hires.plan(params) if params.enable_hr else None
-    second = _hires_pass(components, params, model_sigmas, text, plan) if plan is not None else None
-    extra_info = {"Lora hashes": networks.infotext_hashes(), **_extra_info(params, text.used, text.texts)}
-    if plan is not None and second is not None:
-        extra_info.update(hires.infotext_keys(params, plan, first.schedule_label, second.schedule_label))
-    extra_info.update(prepared.infotext if prepared is not None else {})
-    inpainting_model = components.info.inpainting
-    if inpainting_model and prepared is not None:
-        extra_info["Conditional mask weight"] = params.inpainting_mask_weight
-    size = (params.width, params.height)
-    weight = params.inpainting_mask_weight
-    concat = _image_conditioning(components, prepared, weight, size) if inpainting_model else None
-    denoiser = _denoiser(components, model_sigmas, concat)
+    first = _first_stage(components, params, text, prepared, blend)
+    second = _hires_stage(components, params, text, hires_model, switch) if params.enable_hr else None
+    warnings.extend(w for w in (second.warnings if second else ()) if w not in warnings)
+    extra_info = _job_info(params, networks, text, first, second, prepared)
+    correct = prepared is not None and params.color_correction
+    target = color.correction_target(prepared.image) if prepared is not None and correct else None
+    overlay = prepared.overlay if prepared is not None else None
     images: list[Image.Image] = []
     interrupted = False
-    per_batch = first.steps + (second.steps if second is not None else 0)
+    per_batch = first.sampling.steps + (second.stage.sampling.steps if second is not None else 0)
     for batch in range(params.n_iter):
         window = slice(batch * params.batch_size, (batch + 1) * params.batch_size)
         # 5. latents and 6. sample
-        rng = make_rng(params, components, seeds[window], subseeds[window], _latent_shape(components, params))
         progress = Progress(batch * per_batch, params.n_iter * per_batch, batch, on_step)
-        latents, stopped, padded = run_pass(first, denoiser, params, control, rng, init, progress)
-        if plan is not None and second is not None and not stopped:
-            upscaled = _upscale_for_hires(components, latents, plan, upscaler)
-            shape = (upscaled.shape[1], upscaled.shape[2], upscaled.shape[3])
-            rng = make_rng(params, components, seeds[window], subseeds[window], shape)
-            progress = dataclasses.replace(progress, offset=progress.offset + first.steps)
-            hr_size = (plan.width, plan.height)
-            concat = _image_conditioning(components, None, 1.0, hr_size) if inpainting_model else None
-            hr_denoiser = _denoiser(components, model_sigmas, concat)
-            latents, stopped, more = run_pass(second, hr_denoiser, params, control, rng, upscaled, progress)
-            padded |= more
+        batch_rng = partial(make_rng, params, components, seeds[window], subseeds[window])
+        latents, stopped, padded, decoder = _sample_batch(
+            params, first, second, control=control, rng=batch_rng, init=init, progress=progress,
+            upscaler=upscaler, switch=switch,
+        )  # fmt: skip
         interrupted = interrupted or stopped
         extra_info.update(dict.fromkeys(sorted(padded), True))
-        if not torch.isfinite(latents).all():
-            raise NaNLatentError("sampling produced NaN latents (try fp32 or another sampler); nothing saved")
-        # 7. decode
-        decoded = to_pil(_decode(components, latents))
-        overlay = prepared.overlay if prepared is not None else None
+        # 7. decode; A1111 order: colour correction, then the inpainting overlay
+        decoded = to_pil(_decode(decoder, latents))
+        if target is not None:
+            decoded = [color.apply_color_correction(target, image) for image in decoded]
         images.extend(decoded if overlay is None else [inpaint.apply_overlay(i, overlay) for i in decoded])
         if stopped:
             break
     # 8. infotext
+    sampler, label = SAMPLER_INFO[params.sampler], first.sampling.schedule_label
     lines = [
-        infotexts.create(
-            params,
-            identity,
-            seeds[i],
-            subseeds[i],
-            first.schedule_label,
-            SAMPLER_INFO[params.sampler],
-            extra_info,
-        )
+        infotexts.create(params, identity, seeds[i], subseeds[i], label, sampler, extra_info)
         for i in range(len(images))
     ]
     n = len(images)
     return GenerationResult(images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings)
 
 
-@dataclass
-class _Texts:
-    """The job's text encoding state: where embeddings and encodings come from, what was used."""
+def _sample_batch(
+    params: GenerationParams,
+    first: _Stage,
+    second: _Hires | None,
+    *,
+    control: StepControl,
+    rng: Callable[[tuple[int, int, int]], ImageRNG],
+    init: torch.Tensor | None,
+    progress: Progress,
+    upscaler: PixelUpscaler,
+    switch: _LoraSwitch,
+) -> tuple[torch.Tensor, bool, set[str], Components]:
+    """One batch through the first pass and, unless stopped, the hires pass: ``(latents, stopped, padding
+    used, the checkpoint whose VAE decodes them)``. ``rng``: the batch's noise at a latent shape."""
+    switch.use(first.components)
+    noise = rng(_latent_shape(first.components, params))
+    latents, stopped, padded = run_pass(
+        first.sampling, first.denoiser, params, control, noise, init, progress
+    )
+    decoder = first.components
+    if second is not None and not stopped:
+        stage = second.stage
+        upscaled = _upscale_for_hires(first.components, stage.components, latents, second.plan, upscaler)
+        noise = rng((upscaled.shape[1], upscaled.shape[2], upscaled.shape[3]))
+        progress = dataclasses.replace(progress, offset=progress.offset + first.sampling.steps)
+        switch.use(stage.components)
+        latents, stopped, more = run_pass(
+            stage.sampling, stage.denoiser, params, control, noise, upscaled, progress
+        )
+        padded, decoder = padded | more, stage.components
+    if not torch.isfinite(latents).all():
+        raise NaNLatentError("sampling produced NaN latents (try fp32 or another sampler); nothing saved")
+    return latents, stopped, padded, decoder
 
-    embeddings: EmbeddingDatabase | None
-    cache: ConditioningCache
-    networks: Hashable  # the text-encoder LoRA patches in force (part of every cache key)
-    used: list[Embedding] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
 
-
-def _first_pass(
-    components: Components, params: GenerationParams, model_sigmas: torch.Tensor, text: _Texts
-) -> Pass:
+def _first_stage(
+    components: Components,
+    params: GenerationParams,
+    text: texts.Texts,
+    prepared: inpaint.Prepared | None,
+    blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> _Stage:
     """txt2img, or img2img at ``denoising_strength``, with the job's prompts."""
+    model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
     strength = params.denoising_strength if params.is_img2img else None
     sigmas, vp_terminal, label = pass_sigmas(
         params.sampler, params.scheduler, params.steps, strength, model_sigmas
     )
-    steps = _total_steps(params.sampler, params.steps)
+    steps = texts.total_steps(params.sampler, params.steps)
     size = (params.height, params.width)
-    conds, uncond = _conditionings(
+    conds, uncond = texts.conditionings(
         components, params, (params.prompt, params.negative_prompt), (steps, None), size, text
     )
-    pad = _empty_context(components, params, size) if params.pad_conds else None
-    return Pass(params.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
+    pad = texts.empty_context(components, params, size) if params.pad_conds else None
+    sampling = Pass(params.sampler, sigmas, vp_terminal, label, conds, uncond, pad, blend)
+    concat = None
+    if components.info.inpainting:
+        weight, full = params.inpainting_mask_weight, (params.width, params.height)
+        concat = _image_conditioning(components, prepared, weight, full)
+    return _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
 
 
-def _hires_pass(
+def _hires_stage(
     components: Components,
     params: GenerationParams,
-    model_sigmas: torch.Tensor,
-    text: _Texts,
-    plan: hires.HiresPlan,
-) -> Pass:
-    """The hires fix's img2img pass; its prompts are scheduled after the first pass's steps (A1111)."""
+    text: texts.Texts,
+    model: HiresModel | None,
+    switch: _LoraSwitch,
+) -> _Hires:
+    """The hires fix's img2img pass, on the hires checkpoint when the job names one (else ``components``):
+    its prompts are scheduled after the first pass's steps (A1111) and encoded by that checkpoint."""
+    plan = hires.plan(params)
+    if model is not None:
+        components = model.components
+    model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
+    activation = switch.use(components)
+    if activation is not None:  # the hires checkpoint's text encoders carry the LoRAs now
+        text = dataclasses.replace(text, networks=activation.text_key)
     sigmas, vp_terminal, label = pass_sigmas(
         plan.sampler, plan.scheduler, plan.steps, params.denoising_strength, model_sigmas
     )
-    steps = (_total_steps(params.sampler, params.steps), _total_steps(plan.sampler, plan.steps))
+    steps = (texts.total_steps(params.sampler, params.steps), texts.total_steps(plan.sampler, plan.steps))
     size = (plan.height, plan.width)
-    conds, uncond = _conditionings(components, params, (plan.prompt, plan.negative_prompt), steps, size, text)
-    pad = _empty_context(components, params, size) if params.pad_conds else None
-    return Pass(plan.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
+    conds, uncond = texts.conditionings(
+        components, params, (plan.prompt, plan.negative_prompt), steps, size, text
+    )
+    pad = texts.empty_context(components, params, size) if params.pad_conds else None
+    sampling = Pass(plan.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
+    concat = None
+    if components.info.inpainting:
+        concat = _image_conditioning(components, None, 1.0, (plan.width, plan.height))
+    stage = _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
+    title = model.title if model is not None else None
+    return _Hires(plan, stage, title, activation.warnings if activation is not None else ())
 
 
-def _total_steps(sampler: str, steps: int) -> int:
-    """A1111 schedules prompts over model calls: twice the steps for second-order samplers."""
-    return steps * (2 if SAMPLER_INFO[sampler].second_order else 1)
-
-
-def _empty_context(components: Components, params: GenerationParams, size: tuple[int, int]) -> torch.Tensor:
-    """The empty prompt's context ``[1, 77, D]`` (A1111 "Pad conds" pads with it)."""
-    return encode_prompts(components, [""], _text_options(params, size)).context
+def _job_info(  # noqa: PLR0917 - the parts of a job the infotext describes
+    params: GenerationParams,
+    networks: Activation,
+    text: texts.Texts,
+    first: _Stage,
+    second: _Hires | None,
+    prepared: inpaint.Prepared | None,
+) -> dict[str, object]:
+    """The job's infotext keys beyond the fixed ones, in A1111's order."""
+    info: dict[str, object] = {
+        "Lora hashes": networks.infotext_hashes(),
+        **texts.extra_info(params, text.used, text.texts),
+    }
+    if second is not None:
+        labels = (first.sampling.schedule_label, second.stage.sampling.schedule_label)
+        info.update(hires.infotext_keys(params, second.plan, *labels, checkpoint=second.checkpoint))
+    info.update(prepared.infotext if prepared is not None else {})
+    if first.components.info.inpainting and prepared is not None:
+        info["Conditional mask weight"] = params.inpainting_mask_weight
+    return info
 
 
 def _upscale_for_hires(
-    components: Components, latents: torch.Tensor, plan: hires.HiresPlan, upscaler: PixelUpscaler
+    first: Components,
+    second: Components,
+    latents: torch.Tensor,
+    plan: hires.HiresPlan,
+    upscaler: PixelUpscaler,
 ) -> torch.Tensor:
     """First-pass latents ``[B, C, h, w]`` → the second pass's init latents at the hires size: a latent
-    mode interpolates them; a pixel upscaler works on the decoded images, which are encoded again."""
+    mode interpolates them; a pixel upscaler works on the images the ``first`` checkpoint's VAE decodes,
+    which the ``second``'s encodes again (A1111 switches the model in between)."""
     if plan.latent_mode is not None:
         return hires.truncate(hires.upscale_latents(latents, plan), plan)
     upscaled = [
-        upscaler(image, plan.upscaler, plan.width, plan.height)
-        for image in to_pil(_decode(components, latents))
+        upscaler(image, plan.upscaler, plan.width, plan.height) for image in to_pil(_decode(first, latents))
     ]
-    encoded = torch.cat([_vae_encode(components, from_pil(image)) for image in upscaled])
+    encoded = torch.cat([_vae_encode(second, from_pil(image)) for image in upscaled])
     return hires.truncate(encoded, plan)
-
-
-def _extra_info(
-    params: GenerationParams, used: Sequence[Embedding], texts: Sequence[str]
-) -> dict[str, object]:
-    """The infotext keys that depend on the texts: old timelines, TI hashes, a non-default emphasis mode
-    (A1111 names it only when a prompt has brackets it could apply to)."""
-    emphasis = params.emphasis != "Original" and any(c in t for t in texts for c in "([")
-    return {
-        "Old prompt editing timelines": params.old_prompt_editing or None,
-        "TI hashes": ti_hashes(used) or None,
-        "Emphasis": params.emphasis if emphasis else None,
-    }
-
-
-def _conditionings(  # noqa: PLR0917 - one pass's text inputs
-    components: Components,
-    params: GenerationParams,
-    prompts: tuple[str, str],
-    steps: tuple[int, int | None],
-    size: tuple[int, int],
-    text: _Texts,
-) -> tuple[list[tuple[ScheduledConditioning, float]], ScheduledConditioning]:
-    """Positive AND-parts and the negative prompt of one pass as step schedules, each distinct text encoded
-    once (through the job's cache; the texts and embeddings used are recorded in ``text``). ``steps`` is
-    ``(total steps, hires total steps or None)`` for :func:`schedules`; ``size`` is ``(height, width)``.
-
-    A1111 order: ``#`` comments, extra-network tags removed, AND split, prompt-editing schedules.
-    """
-    prompt, _ = extract_networks(strip_comments(prompts[0]))
-    negative, _ = extract_networks(strip_comments(prompts[1]))
-    options = _text_options(params, size)
-
-    def schedule(part_text: str, aesthetic: float) -> ScheduledConditioning:
-        text_options = dataclasses.replace(options, aesthetic_score=aesthetic)
-        entries = []
-        for end, part in schedules(part_text, steps[0], steps[1], old_scheduling=params.old_prompt_editing):
-            encode = partial(_encode_recording, components, part, text_options, text.embeddings)
-            conditioning, found = text.cache.get_or_encode(
-                components, part, text_options, text.embeddings, encode, text.networks
-            )
-            text.used.extend(e for e in found if e not in text.used)
-            entries.append((end, conditioning))
-            text.texts.append(part)
-        return ScheduledConditioning(tuple(entries))
-
-    conds = [(schedule(part, 6.0), weight) for part, weight in split_and(prompt)]
-    return conds, schedule(negative, 2.5)
-
-
-def _network_requests(params: GenerationParams, *, have_loras: bool) -> tuple[list[LoraRequest], list[str]]:
-    """The prompt's ``<lora:…>``/``<lyco:…>`` tags, and a warning for each tag that is not applied: other
-    kinds (hypernetworks), LoRAs when the job has no LoRA source, and any tag in the negative prompt (A1111
-    reads networks from the prompt only)."""
-    _, networks = extract_networks(strip_comments(params.prompt))
-    _, negative = extract_networks(strip_comments(params.negative_prompt))
-    warnings: list[str] = []
-    for kind, entries in networks.items():
-        is_lora = kind in ("lora", "lyco")
-        if is_lora and have_loras:
-            continue
-        reason = "no LoRA folder for this job" if is_lora else f"{kind!r} networks are not supported"
-        warnings.extend(f"<{kind}:{':'.join(args)}> ignored: {reason}" for args in entries)
-    for kind, entries in negative.items():
-        reason = "networks apply from the prompt only"
-        warnings.extend(f"<{kind}:{':'.join(a)}> in the negative prompt ignored: {reason}" for a in entries)
-    tags = lora_tags(networks) if have_loras else []
-    return [LoraRequest(t.name, t.te_multiplier, t.unet_multiplier, t.dyn_dim) for t in tags], warnings
-
-
-def _text_options(params: GenerationParams, size: tuple[int, int]) -> TextOptions:
-    """Encoder options of a pass; ``size`` ``(height, width)`` is SDXL's size conditioning."""
-    return TextOptions(clip_skip=params.clip_skip, emphasis=Emphasis(params.emphasis), size=size)
-
-
-def _encode_recording(
-    components: Components, text: str, options: TextOptions, database: EmbeddingDatabase | None
-) -> tuple[Conditioning, tuple[Embedding, ...]]:
-    """Encode ``text`` with the database's embeddings, noting each one found (for ``TI hashes``)."""
-    used: list[Embedding] = []
-
-    def find(tokens: Sequence[int], offset: int) -> tuple[Embedding | None, int]:
-        embedding, span = database.find_at(tokens, offset) if database is not None else (None, 0)
-        if embedding is not None and embedding not in used:
-            used.append(embedding)
-        return embedding, span
-
-    def finder(_name: str) -> EmbeddingFinder:
-        return find  # the CLIP vocabulary is shared: one lookup serves every encoder
-
-    return encode_prompts(components, [text], options, finder), tuple(used)
 
 
 def _latent_shape(components: Components, params: GenerationParams) -> tuple[int, int, int]:
@@ -437,22 +425,3 @@ def _denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.
         return out
 
     return Denoiser(fn, model_sigmas, components.info.prediction, components.dtype)
-
-
-def latent_preview(latent: torch.Tensor, family: Family) -> Image.Image:
-    """A cheap linear latent → RGB approximation (A1111 "Approx cheap") of the first image in the batch."""
-    coefficients = _PREVIEW_SDXL if family in (Family.SDXL, Family.SDXL_REFINER) else _PREVIEW_SD
-    weights = torch.tensor(coefficients, dtype=torch.float32)
-    if latent.shape[1] != weights.shape[0]:
-        weights = torch.ones(latent.shape[1], 3) / math.sqrt(latent.shape[1])
-    rgb = torch.einsum("chw,cr->rhw", latent[0].float().cpu(), weights)
-    return to_pil(rgb[None])[0]
-
-
-_PREVIEW_SD = [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
-_PREVIEW_SDXL = [
-    [0.3448, 0.4168, 0.4395],
-    [-0.1953, -0.0290, 0.0250],
-    [0.1074, 0.0886, -0.0163],
-    [-0.3730, -0.2499, -0.2088],
-]
