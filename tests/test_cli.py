@@ -149,3 +149,34 @@ def test_png_info_on_a_file_without_parameters(workdir: Path) -> None:
     result = CliRunner().invoke(app, ["png-info", str(broken)])
     assert result.exit_code == 1
     assert "cannot read image" in result.stderr
+
+
+def test_generate_hires_checkpoint_and_color_correction(
+    make_tiny: MakeTiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from latentstudio import infotext
+    from latentstudio.pipeline.images import read_infotext
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    shutil.copyfile(make_tiny(Family.SD1).path, folder / "a.safetensors")
+    shutil.copyfile(make_tiny(Family.SD1, seed=1).path, folder / "b.safetensors")
+    monkeypatch.chdir(tmp_path)
+    common = ["generate", "x", "--steps", "2", "--seed", "5", "--width", "64", "--height", "64"]
+    hires = CliRunner().invoke(app, [*common, "--hr-scale", "1.5", "--hr-checkpoint", "b"])
+    assert hires.exit_code == 0, hires.stderr
+    text = read_infotext(Image.open(tmp_path / hires.stdout.strip()))
+    assert text is not None
+    assert infotext.parse(text)["Hires checkpoint"].startswith("b [")
+    off = CliRunner().invoke(app, [*common, "--hr-checkpoint", "b"])
+    assert off.exit_code == 1
+    assert "--hr-checkpoint: the hires fix is off" in off.stderr
+    Image.new("RGB", (64, 64), (230, 120, 30)).save(tmp_path / "init.png")
+    img2img = [*common, "--init-image", "init.png", "--denoising-strength", "0.9"]
+    plain = CliRunner().invoke(app, img2img)
+    corrected = CliRunner().invoke(app, [*img2img, "--color-correction"])
+    assert corrected.exit_code == 0, corrected.stderr
+    images = [Image.open(tmp_path / r.stdout.strip()).convert("RGB") for r in (plain, corrected)]
+    assert images[0].tobytes() != images[1].tobytes()

@@ -203,7 +203,7 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"enable_hr": True, "hr_checkpoint_name": "a"}, "hr_checkpoint_name"),
+        ({"enable_hr": True, "hr_checkpoint_name": "nope"}, "hr_checkpoint_name"),
         ({"enable_hr": True, "hr_scale": 8.0, "width": 512, "height": 512}, "hr_scale"),
         ({"restore_faces": True}, "restore_faces"),
         ({"tiling": True}, "tiling"),
@@ -258,6 +258,28 @@ def test_seed_resize_needs_both_sides() -> None:
     assert (params.seed_resize_from_w, params.seed_resize_from_h) == (0, 0)
     params = prepare(_txt(seed_resize_from_w=32, seed_resize_from_h=48), STORED, CATALOG).spec.params
     assert (params.seed_resize_from_w, params.seed_resize_from_h) == (32, 48)
+
+
+def test_hires_checkpoint_by_alias_and_use_same() -> None:
+    hires = {"enable_hr": True, "hr_scale": 1.5}
+    params = prepare(_txt(**hires, hr_checkpoint_name="0123456789"), STORED, CATALOG).spec.params
+    assert params.hr_checkpoint == "a.safetensors"  # the checkpoint's name, as jobs name checkpoints
+    for same in (None, "", "Use same checkpoint"):
+        spec = prepare(_txt(**hires, hr_checkpoint_name=same), STORED, CATALOG).spec
+        assert spec.params.hr_checkpoint is None
+    # without the hires fix A1111 never looks at it
+    assert prepare(_txt(hr_checkpoint_name="nope"), STORED, CATALOG).spec.params.hr_checkpoint is None
+
+
+def test_color_correction_option_reaches_img2img_only() -> None:
+    init = [Image.new("RGB", (64, 64))]
+    on = {"img2img_color_correction": True}
+    req = Img2ImgRequest(init_images=["x"], **FAST)
+    assert prepare(req, STORED, CATALOG, init).spec.params.color_correction is False
+    assert prepare(req, {**STORED, **on}, CATALOG, init).spec.params.color_correction is True
+    overridden = Img2ImgRequest(init_images=["x"], override_settings=on, **FAST)
+    assert prepare(overridden, STORED, CATALOG, init).spec.params.color_correction is True
+    assert prepare(_txt(override_settings=on), STORED, CATALOG).spec.params.color_correction is False
 
 
 def test_img2img_conversion_flattens_rgba_on_the_background_colour() -> None:

@@ -89,7 +89,7 @@ def test_a1111_txt2img_payloads(
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"enable_hr": True, "hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
+        ({"enable_hr": True, "hr_checkpoint_name": "nope"}, "hr_checkpoint_name"),
         ({"enable_hr": True, "hr_sampler_name": "Euler b"}, "hr_sampler_name"),
         ({"tiling": True}, "tiling"),
         ({"restore_faces": True}, "restore_faces"),

@@ -130,9 +130,15 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     denoising_strength: float = 0.75,
     mask: Annotated[Path | None, typer.Option(help="Inpainting: mask image, white = repaint.")] = None,
     mask_blur: int = 4,
+    color_correction: Annotated[
+        bool, typer.Option("--color-correction", help="img2img: keep the init image's colours (as A1111).")
+    ] = False,
     hr_scale: Annotated[float, typer.Option(help="Hires fix: second pass at this scale (1: off).")] = 1.0,
     hr_upscaler: Annotated[str, typer.Option(help="Hires upscaler: Latent…, Lanczos, Nearest.")] = "Latent",
     hr_steps: Annotated[int, typer.Option(help="Hires second-pass steps (0: as the first pass).")] = 0,
+    hr_checkpoint: Annotated[
+        str | None, typer.Option(help="Hires second pass with this checkpoint (same family as --model).")
+    ] = None,
     rng: Annotated[str, typer.Option(help="Noise source: cpu, gpu or nv.")] = "cpu",
     output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -143,6 +149,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     from latentstudio.config import Settings
     from latentstudio.models.files import ModelFileError
     from latentstudio.models.manager import ModelManager, ModelNotFoundError
+    from latentstudio.pipeline.hires import HiresModel, check_model
     from latentstudio.pipeline.params import GenerationParams
     from latentstudio.pipeline.run import ModelIdentity
     from latentstudio.samplers.noise import RngSource
@@ -160,19 +167,29 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
             n_iter=n_iter, clip_skip=clip_skip, rng=source, init_image=image,
             denoising_strength=denoising_strength, mask=mask_image, mask_blur=mask_blur, hr_scale=hr_scale,
             enable_hr=hr_scale != 1.0, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps,
+            hr_checkpoint=hr_checkpoint, color_correction=color_correction,
         )  # fmt: skip
         params.validate()  # before any model work
+        if hr_checkpoint is not None and not params.enable_hr:
+            raise _fail("--hr-checkpoint: the hires fix is off (set --hr-scale above 1)")
         settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
         manager = ModelManager(settings)
         info = manager.default_checkpoint() if model is None else manager.find(model)
         components = manager.load(info)
         native = components.info.native_size
         params = dataclasses.replace(params, width=width or native, height=height or native).resolved()
+        hires_model = None
+        if hr_checkpoint is not None:
+            hr_info = manager.find(hr_checkpoint)
+            hr_hash = manager.entry(hr_info).shorthash
+            hires_model = HiresModel(manager.load(hr_info), ModelIdentity(hr_info.name_for_extra, hr_hash))
+            check_model(params, components, hires_model)  # the same family
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
     entry = manager.entry(info)
     identity = ModelIdentity(name=info.name_for_extra, shorthash=entry.shorthash)
-    _run_and_save(components, params, identity, output, manager.embeddings(components), manager.lora_networks)
+    embeddings = manager.embeddings(components)
+    _run_and_save(components, params, identity, output, embeddings, manager.lora_networks, hires_model)
 
 
 @app.command("png-info")
@@ -260,7 +277,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
-    components: Any, params: Any, identity: Any, output: Path, embeddings: Any, loras: Any
+    components: Any, params: Any, identity: Any, output: Path, embeddings: Any, loras: Any, hires_model: Any
 ) -> None:
     """Run the pipeline with a progress bar; print each written path."""
     from tqdm import tqdm
@@ -276,8 +293,9 @@ def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
 
     try:
         result = run(
-            params, components, identity=identity, on_step=on_step, embeddings=embeddings, loras=loras
-        )
+            params, components, identity=identity, on_step=on_step, embeddings=embeddings, loras=loras,
+            hires_model=hires_model,
+        )  # fmt: skip
     except NaNLatentError as e:
         raise _fail(str(e)) from None
     finally:

@@ -28,7 +28,7 @@ from latentstudio.api.schemas import (
     JobView,
 )
 from latentstudio.api.state import ServicesDep
-from latentstudio.jobs import JobEvent, JobKind, JobRecord, JobSpec, JobStatus
+from latentstudio.jobs import JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.samplers.noise import RngSource
 
@@ -49,6 +49,7 @@ def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = 
         extra = {
             "denoising_strength": payload.denoising_strength,
             "resize_mode": ResizeMode(payload.resize_mode),
+            "color_correction": payload.color_correction,
         }
         if payload.mask is not None:
             extra.update(
@@ -63,7 +64,7 @@ def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = 
             "enable_hr": True, "hr_scale": hr.scale, "hr_resize_x": hr.resize_x, "hr_resize_y": hr.resize_y,
             "hr_upscaler": hr.upscaler, "hr_second_pass_steps": hr.steps, "hr_sampler": hr.sampler,
             "hr_scheduler": hr.scheduler, "hr_prompt": hr.prompt, "hr_negative_prompt": hr.negative_prompt,
-            "denoising_strength": hr.denoising_strength,
+            "denoising_strength": hr.denoising_strength, "hr_checkpoint": hr.checkpoint,
         }  # fmt: skip
     params = GenerationParams(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, sampler=payload.sampler,
@@ -114,7 +115,11 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
     """Validate, resolve the seeds and queue; 429 with Retry-After when the queue is full."""
     settings = svc.settings
     spec = job_spec(payload, settings.max_side, settings.max_image_pixels)
-    record = svc.jobs.submit(spec)
+    try:
+        record = svc.jobs.submit(spec)
+    except JobSpecError as e:  # name the request's field
+        field = {"hr_checkpoint": "hires.checkpoint"}.get(e.field, e.field)
+        raise InputError(field, str(e).split(": ", 1)[-1]) from None
     return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
 
 

@@ -72,6 +72,11 @@ class HiresFields(BaseModel):
     prompt: str = Field(default="", max_length=MAX_PROMPT, description="'' means the first pass's prompt.")
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
     denoising_strength: Finite = Field(default=0.7, ge=0.0, le=1.0)
+    checkpoint: Name | None = Field(
+        default=None,
+        description="Another checkpoint of the same family for the second pass (title, name or hash); "
+        "null: the first pass's.",
+    )
 
 
 class Txt2ImgJob(GenerationFields):
@@ -98,6 +103,9 @@ class Img2ImgJob(GenerationFields):
     inpaint_full_res: bool = Field(default=False, description="Only masked: process the mask's crop.")
     inpaint_full_res_padding: int = Field(default=32, ge=0, le=2048)
     inpainting_mask_invert: bool = False
+    color_correction: bool = Field(
+        default=False, description="Match the output's colours to the init image's (A1111 colour correction)."
+    )
 
 
 def _kind(value: object) -> str:

@@ -37,6 +37,7 @@ from latentstudio.jobs.model import (
 )
 from latentstudio.jobs.store import JobStore
 from latentstudio.jobs.worker import Worker
+from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
 
 RESTART_ERROR = "interrupted by a server restart"
@@ -134,6 +135,32 @@ class JobService:
             if spec.vae not in names:
                 allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
                 raise JobSpecError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
+        if spec.params.enable_hr and spec.params.hr_checkpoint is not None:
+            self._check_hires_checkpoint(spec.params.hr_checkpoint, spec.checkpoint)
+
+    def _check_hires_checkpoint(self, name: str, first: str | None) -> None:
+        """The hires fix's own checkpoint: discovered, and of the first pass's family (latents carry over)."""
+        try:
+            info = self.manager.find(name)
+        except ModelNotFoundError as e:
+            raise JobSpecError("hr_checkpoint", str(e)) from None
+        if info.path not in {c.path for c in self.manager.checkpoints()}:
+            raise JobSpecError("hr_checkpoint", f"{name!r} is not a checkpoint in the models folder")
+        try:
+            family = self.manager.family(info)
+        except (ModelFileError, OSError, ValueError) as e:
+            raise JobSpecError("hr_checkpoint", f"{name!r} cannot be read: {e}") from None
+        try:
+            base = self.manager.find(first) if first is not None else self.manager.default_checkpoint()
+            first_family = self.manager.family(base)
+        except (ModelFileError, OSError, ValueError, ModelNotFoundError):
+            return  # the job fails on loading its own checkpoint, with that error
+        if family.family is not first_family.family:
+            raise JobSpecError(
+                "hr_checkpoint",
+                f"{name!r} is {family.label} but the first pass runs {base.name} ({first_family.label}): "
+                "the hires checkpoint must be of the same family",
+            )
 
     def _retry_after(self) -> int:
         """Seconds until a queue slot is likely free: the mean recent job time, at least 1."""

@@ -22,13 +22,20 @@ import torch
 from PIL import Image
 
 from latentstudio.jobs.events import EventBus
-from latentstudio.jobs.model import EventType, ImageRef, JobEvent, JobRecord, JobStatus, Progress
+from latentstudio.jobs.model import EventType, ImageRef, JobEvent, JobRecord, JobSpec, JobStatus, Progress
 from latentstudio.jobs.store import JobStore, Outcome, StoredImage
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager
 from latentstudio.pipeline.images import png_bytes, write_atomic
-from latentstudio.pipeline.run import GenerationResult, ModelIdentity, StepInfo, latent_preview, run
+from latentstudio.pipeline.run import (
+    GenerationResult,
+    HiresModel,
+    ModelIdentity,
+    StepInfo,
+    latent_preview,
+    run,
+)
 from latentstudio.postprocess.safety import SafetyChecker
 from latentstudio.postprocess.upscalers import UpscalerRegistry
 from latentstudio.prompts.conditioning import ConditioningCache
@@ -258,6 +265,7 @@ class Worker:
                 self._live.family = components.info.family
                 self._live.started = self.clock()
         control = StepControl(should_stop=lambda: self._flag("stop"), should_skip=self._take_skip)
+        hires_model = self._hires_model(spec)
         result = run(
             spec.params,
             components,
@@ -268,8 +276,20 @@ class Worker:
             cache=self._cache,
             loras=self.manager.lora_networks,
             upscaler=self._upscale,
+            hires_model=hires_model,
         )
         return self._safety_filtered(result)
+
+    def _hires_model(self, spec: JobSpec) -> HiresModel | None:
+        """The hires fix's own checkpoint (A1111 ``hr_checkpoint_name``) with the job's VAE choice, when the
+        job names one; the pipeline checks its family."""
+        name = spec.params.hr_checkpoint
+        if not spec.params.enable_hr or name is None:
+            return None
+        info = self.manager.find(name)
+        components = self.manager.load(info, vae=spec.vae)
+        identity = ModelIdentity(name=info.name_for_extra, shorthash=self.manager.entry(info).shorthash)
+        return HiresModel(components, identity)
 
     def _safety_filtered(self, result: GenerationResult) -> GenerationResult:
         """With the ``safety_checker`` setting, flagged images are blacked out and named in the warnings."""

@@ -22,6 +22,7 @@ from latentstudio.models import discovery, loader
 from latentstudio.models.builtin import builtin_checkpoint
 from latentstudio.models.discovery import CheckpointInfo, VaeInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
+from latentstudio.models.families import FamilyInfo
 from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
 from latentstudio.models.hashes import HashCache, legacy_hash, short_hash
 from latentstudio.models.lora import LoraLibrary, LoraNetworks
@@ -85,6 +86,7 @@ class ModelManager:
         self._checkpoints: list[CheckpointInfo] | None = None
         self._vae_infos: list[VaeInfo] | None = None
         self._embeddings: dict[tuple[tuple[str, int], ...], EmbeddingDatabase] = {}
+        self._families: dict[tuple[Path, int, int], FamilyInfo] = {}
         self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), self.hashes)
         """The LoRA files (thread-safe: listings may come from any thread)."""
         self.lora_networks = LoraNetworks(self.lora_library)
@@ -97,6 +99,7 @@ class ModelManager:
             self._checkpoints = None
             self._vae_infos = None
             self._embeddings.clear()
+            self._families.clear()
         self.lora_library.refresh()
 
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -142,6 +145,23 @@ class ModelManager:
             inpainting=family.inpainting,
             native_size=family.native_size,
         )
+
+    def family(self, info: CheckpointInfo) -> FamilyInfo:
+        """The checkpoint's family, from its keys without building modules (from the loaded components when
+        it is in RAM; cached while the file's size and mtime hold)."""
+        with self._lock:
+            loaded = self._loaded.get(info.path)
+            if loaded is not None:
+                return loaded.info
+        stat = info.path.stat()
+        key = (info.path, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            found = self._families.get(key)
+        if found is None:
+            found = loader.identify_path(info.path)
+            with self._lock:
+                self._families[key] = found
+        return found
 
     def find(self, query: str) -> CheckpointInfo:
         """A checkpoint by any A1111 alias (title, name, stem, hash) or by a file path."""

@@ -4,10 +4,11 @@ Per field (reference/a1111-compat.md §1.4–1.6, §6): honoured fields become :
 fields that cannot change the picture are accepted and ignored (``force_task_id``, ``comments``,
 ``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, ``s_tmin``/``s_tmax`` without churn,
 ``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
-differ from A1111's is refused with a 422 naming the field: hires fix, face restoration, tiling, masks and
-inpainting (issue 9), refiner, scripts, several init images, ``s_churn``/``s_min_uncond``,
+differ from A1111's is refused with a 422 naming the field: ``firstpass_image``, face restoration, tiling,
+refiner, scripts, several init images, a separate ``latent_mask``, unrounded masks, different
+``mask_blur_x``/``_y``, ``initial_noise_multiplier`` ≠ 1, ``s_churn``/``s_min_uncond``,
 ``disable_extra_networks`` with network tags in the prompt, unknown samplers, schedulers, styles,
-checkpoints, VAEs and options.
+checkpoints (``hr_checkpoint_name`` too), VAEs and options.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _PARAM_FIELDS = {
     "inpainting_mask_weight": "override_settings.inpainting_mask_weight",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta",
+    "hr_checkpoint": "hr_checkpoint_name",
+    "color_correction": "override_settings.img2img_color_correction",
 }
 
 
@@ -143,11 +146,6 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
             f"churn is not supported (must be 0 for {sampler})",
         ),
     ]
-    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
-        same = (None, "", "Use same checkpoint")
-        refusals.append(
-            (req.hr_checkpoint_name not in same, "hr_checkpoint_name", "a hires checkpoint is not supported")
-        )
     if isinstance(req, Img2ImgRequest):
         noise = req.initial_noise_multiplier
         blur_differs = req.mask_blur is None and req.mask_blur_x != req.mask_blur_y
@@ -187,9 +185,17 @@ def _eta(sampler: str, eta: float | None, options: Mapping[str, opts.Value]) -> 
     return float(options[key])  # type: ignore[arg-type]
 
 
-def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value]) -> dict[str, Any]:
+def request_field(field_name: str) -> str:
+    """The A1111 request field (or option) a :class:`GenerationParams` field comes from."""
+    return _PARAM_FIELDS.get(field_name, field_name)
+
+
+def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: ServerCatalog) -> dict[str, Any]:
     """The hires-fix fields of a txt2img request (A1111's "Use same …" labels mean the first pass's)."""
-    same = (None, "", "Use same sampler", "Use same scheduler")
+    same = (None, "", "Use same sampler", "Use same scheduler", "Use same checkpoint")
+    checkpoint = None
+    if req.hr_checkpoint_name not in same:
+        checkpoint = catalog.checkpoint(str(req.hr_checkpoint_name), "hr_checkpoint_name").name
     sampler, scheduler = None, None if req.hr_scheduler in same else req.hr_scheduler
     try:
         if req.hr_sampler_name not in same:
@@ -206,7 +212,7 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value]) -> dict[str, 
         "hr_resize_y": req.hr_resize_y, "hr_second_pass_steps": req.hr_second_pass_steps,
         "hr_upscaler": req.hr_upscaler or str(options.get("latent_upscale_default_mode", "Latent")),
         "hr_sampler": sampler, "hr_scheduler": scheduler, "hr_prompt": req.hr_prompt,
-        "hr_negative_prompt": req.hr_negative_prompt,
+        "hr_negative_prompt": req.hr_negative_prompt, "hr_checkpoint": checkpoint,
         "denoising_strength": 0.75 if req.denoising_strength is None else req.denoising_strength,
     }  # fmt: skip
 
@@ -243,11 +249,14 @@ def generation_params(
     s_noise = req.s_noise if req.s_noise is not None else float(options["s_noise"])  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
     if isinstance(req, Img2ImgRequest):
-        extra = {"denoising_strength": req.denoising_strength, "resize_mode": ResizeMode(req.resize_mode)}
+        extra = {
+            "denoising_strength": req.denoising_strength, "resize_mode": ResizeMode(req.resize_mode),
+            "color_correction": bool(options["img2img_color_correction"]),
+        }  # fmt: skip
         if mask is not None:
             extra.update(_inpainting(req, mask, options))
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
-        extra = _hires(req, options)
+        extra = _hires(req, options, catalog)
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, sampler=sampler, scheduler=scheduler, steps=req.steps,
         cfg_scale=req.cfg_scale, seed=req.seed, subseed=req.subseed, subseed_strength=req.subseed_strength,
@@ -267,7 +276,7 @@ def generation_params(
     try:
         return params.resolved()
     except ParamError as e:
-        raise InputError(_PARAM_FIELDS.get(e.field, e.field), str(e).split(": ", 1)[-1]) from None
+        raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
 
 
 def flatten(image: Image.Image, background: str) -> Image.Image:

@@ -123,6 +123,7 @@ CATALOG: dict[str, OptionSpec] = {
         _O("pad_cond_uncond", False, _A),
         _O("pad_cond_uncond_v0", False, _A),
         _O("img2img_background_color", "#ffffff", _A, pattern="#[0-9a-fA-F]{6}"),
+        _O("img2img_color_correction", False, _A),
         # -- sampling: not implemented, default only --
         _O("s_churn", 0.0, _F),
         _O("s_tmin", 0.0, _F),
@@ -154,7 +155,6 @@ CATALOG: dict[str, OptionSpec] = {
         _O("img2img_fix_steps", False, _F),
         _O("initial_noise_multiplier", 1.0, _F),
         _O("img2img_extra_noise", 0.0, _F),
-        _O("img2img_color_correction", False, _F),
         _O("inpainting_mask_weight", 1.0, _F),
         _O("comma_padding_backtrack", 20, _F),
         _O("use_downcasted_alpha_bar", False, _F),

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
 
+from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import listing, response
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.convert import prepare
+from latentstudio.api.sdapi.convert import prepare, request_field
 from latentstudio.api.sdapi.models import (
     GenerationRequest,
     GenerationResponse,
@@ -26,7 +27,7 @@ from latentstudio.api.sdapi.models import (
 )
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.api.state import Services, ServicesDep
-from latentstudio.jobs import JobStatus
+from latentstudio.jobs import JobSpecError, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
 WAIT_SECONDS = 6 * 3600.0
@@ -56,7 +57,10 @@ def _generate(
     if decode_init and isinstance(req, Img2ImgRequest) and req.mask:
         mask = decode_image(req.mask, "mask", max_pixels=svc.settings.max_image_pixels)
     prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images, mask)
-    record = svc.jobs.submit(prepared.spec)
+    try:
+        record = svc.jobs.submit(prepared.spec)
+    except JobSpecError as e:  # the models the spec names, checked by the service: A1111's field names
+        raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
     store.update(prepared.persist)
     record = svc.jobs.wait(record.id, WAIT_SECONDS)
     if record.status is JobStatus.FAILED:
