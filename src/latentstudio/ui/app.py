@@ -388,6 +388,8 @@ def _wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
         init = mask = None
         if tab.kind == "img2img":
             mode, plain, edited, upload_init, upload_mask = values[count:]
+            if mode == "img2img" and plain is None:  # the sub-tab event may lag: take the filled one
+                mode = "inpaint" if edited and edited.get("background") is not None else "inpaint_upload"
             if mode == "img2img":
                 init = plain
             elif mode == "inpaint":
