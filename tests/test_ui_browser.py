@@ -6,6 +6,7 @@ with a tiny checkpoint. Screenshots of every tab and the measured click → firs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from latentstudio.config import Settings
 from latentstudio.jobs import JobStatus
@@ -44,6 +47,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 def served(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("ui")
     models = models_root(make_tiny(Family.SD1).path, root)
+    (models / "Lora").mkdir()
+    lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}
+    save_file(lora, models / "Lora" / "detail-tweaker.safetensors")  # listed as a card
     settings = Settings(models_dir=models, data_dir=root / "data", device="cpu")
     with serve(settings) as running:
         yield running
@@ -62,9 +68,15 @@ def page(browser: Any, served: Served) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    outside: list[str] = []  # the UI must not reach the network (fonts, analytics, CDNs)
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith((served.base, "data:", "blob:")) else outside.append(r.url),
+    )
     _open(page, served.base)
     yield page
     context.close()
+    assert outside == []
 
 
 def _open(page: Any, base: str) -> None:
@@ -172,6 +184,7 @@ def test_interrupt_a_long_job_and_queue_positions_per_tab(browser: Any, served: 
     first.wait_for_function(
         "Number(document.querySelector('#txt2img_progress .ls-progress').dataset.step) >= 2"
     )
+    first.wait_for_selector("#txt2img_preview img")  # the live preview of the running job
     assert _status(first, "txt2img") == "running"
     first.click("#txt2img_interrupt")
     _wait_status(first, "txt2img", "done")
@@ -223,14 +236,21 @@ def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
     editor.locator("input[type=file]").first.set_input_files(str(init_path))
     canvas = editor.locator("canvas").first
     canvas.wait_for()
-    time.sleep(1.0)  # the editor lays the image out on its canvas
-    box = canvas.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 40, y)
-    page.mouse.down()
-    for i in range(20):
-        page.mouse.move(x - 40 + 4 * i, y, steps=2)
-    page.mouse.up()
+    for _ in range(10):  # a stroke drawn before the editor has laid the image out is lost: draw again
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x - 40, y)
+        page.mouse.down()
+        for i in range(20):
+            page.mouse.move(x - 40 + 4 * i, y, steps=2)
+        page.mouse.up()
+        with contextlib.suppress(sync_api.TimeoutError):  # the server has the image and the stroke
+            page.wait_for_function(
+                "document.querySelector('#img2img_mask_info').innerText.includes('mask covers')", timeout=3000
+            )
+            break
+    _shot(page, "img2img_inpaint_drawn")
+    assert "mask covers" in page.inner_text("#img2img_mask_info")
     page.fill("#img2img_prompt textarea", "a blue square")
     for name, value in {
         "width": 128,
@@ -255,6 +275,17 @@ def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
     changed = np.abs(out - init).max(axis=-1) > 0
     assert not changed[~mask].any()  # every pixel outside the drawn mask is the init pixel
     assert changed[mask].mean() > 0.5
+    _seed(page, "img2img", 7)  # Generate again with the same drawing: the editor's image and mask are kept
+    time.sleep(0.3)
+    page.click("#img2img_generate")
+    page.wait_for_function(
+        "document.querySelector('#img2img_info textarea').value.includes('Seed: 7,')"
+        " || document.querySelector('#img2img_error')?.offsetParent != null"
+    )
+    assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
+    again = _latest_job(served)
+    assert again.id != record.id
+    assert np.array_equal(np.asarray(again.spec.params.mask.convert("L")) > 0, mask)
 
 
 def test_every_tab_renders_and_history_lists_jobs(page: Any, served: Served) -> None:
@@ -303,3 +334,58 @@ def test_with_api_auth_the_ui_asks_for_credentials_and_refuses_wrong_ones(
         page.fill("#txt2img_prompt textarea", "a cat")
         page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '2/75'")
         right.close()
+
+
+def test_lora_card_inserts_its_tag_and_settings_persist(page: Any, served: Served) -> None:
+    page.fill("#txt2img_prompt textarea", "a cat")
+    page.click("#txt2img_networks")  # open the accordion
+    page.locator("#txt2img_loras").get_by_text("detail-tweaker").click()
+    page.wait_for_function(
+        "document.querySelector('#txt2img_prompt textarea').value === 'a cat, <lora:detail-tweaker:1>'"
+    )
+    page.click("#tab_settings-button")
+    field = page.locator("#setting_eta_noise_seed_delta input")
+    field.fill("31337")
+    field.press("Enter")
+    time.sleep(0.3)
+    page.click("#settings_apply")
+    page.wait_for_function("document.querySelector('#settings_status').innerText.includes('saved')")
+    stored = json.loads((served.jobs.settings.data_dir / "sdapi-options.json").read_text())
+    assert stored["eta_noise_seed_delta"] == 31337  # the same store as /sdapi/v1/options
+    with httpx.Client(base_url=served.base, timeout=30) as client:
+        assert client.get("/sdapi/v1/options").json()["eta_noise_seed_delta"] == 31337
+        field.fill("-5")  # out of range: refused, named, nothing stored
+        field.press("Enter")
+        time.sleep(0.3)
+        page.click("#settings_apply")
+        page.wait_for_function("document.querySelector('#settings_status').innerText.includes('eta_noise')")
+        assert client.get("/sdapi/v1/options").json()["eta_noise_seed_delta"] == 31337
+        client.post("/sdapi/v1/options", json={"eta_noise_seed_delta": 0})
+
+
+def test_send_a_result_to_extras_and_upscale_it(page: Any, served: Served) -> None:
+    page.fill("#txt2img_prompt textarea", "to extras")
+    for name, value in {**SMALL, "steps": 2}.items():
+        _number(page, f"txt2img_{name}", value)
+    time.sleep(0.3)
+    page.click("#txt2img_generate")
+    _wait_status(page, "txt2img", "done")
+    page.wait_for_selector("#txt2img_gallery img")
+    page.click("#txt2img_send_to_extras")
+    page.wait_for_selector("#tab_extras-button[aria-selected=true]")
+    page.wait_for_selector("#extras_image img")
+    page.locator("#extras_upscaler_1 input").fill("Lanczos")
+    page.locator("#extras_upscaler_1 input").press("Enter")
+    _number(page, "extras_upscaling_resize", 2)
+    time.sleep(0.3)
+    page.click("#extras_generate")
+    try:
+        page.wait_for_selector("#extras_result img")
+    finally:
+        _shot(page, "extras_result")
+    page.wait_for_function(
+        "document.querySelector('#extras_info').innerText.includes('Postprocess upscale by: 2')"
+    )
+    size = page.eval_on_selector("#extras_result img", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [128, 128]
+    _shot(page, "extras_result")

@@ -234,8 +234,11 @@ def serve_command(  # noqa: PLR0917 - one option per server setting
         bool, typer.Option("--insecure-no-auth", help="Allow a non-loopback bind without --api-auth.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    no_ui: Annotated[
+        bool, typer.Option("--no-ui", help="Serve the APIs only, without the web UI at /.")
+    ] = False,
 ) -> None:
-    """Serve the native job API (/api/v1) and the A1111-compatible API (/sdapi/v1) with uvicorn."""
+    """Serve the web UI (/), the native job API (/api/v1) and the A1111-compatible API (/sdapi/v1)."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -248,6 +251,8 @@ def serve_command(  # noqa: PLR0917 - one option per server setting
         overrides["api_auth"] = api_auth
     if max_queue is not None:
         overrides["max_queue"] = max_queue
+    if no_ui:
+        overrides["ui"] = False
     if cors_allow_origins is not None:
         overrides["cors_allow_origins"] = tuple(o.strip() for o in cors_allow_origins.split(",") if o.strip())
     try:

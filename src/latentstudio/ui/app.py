@@ -262,6 +262,15 @@ def _img2img_inputs() -> dict[str, Any]:
                 brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
                 eraser=gr.Eraser(),
             )
+            mask_info = gr.Markdown("No image yet.", elem_id="img2img_mask_info")
+            # Gradio hands an editor's uploaded pieces to the first event that reads them and then drops
+            # them, sending later only what changed; so one tracker keeps the whole (image, mask) here and
+            # Generate reads that, never the editor itself.
+            edited = gr.State(None)
+            editor.change(
+                track_editor, [editor, edited], [edited, mask_info], queue=False, show_progress="hidden"
+            )
+            editor.clear(lambda: (None, "No image yet."), None, [edited, mask_info], queue=False)
         with (
             gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as t_upload,
             gr.Row(),
@@ -312,6 +321,8 @@ def _img2img_inputs() -> dict[str, Any]:
         "modes": modes,
         "init": init,
         "editor": editor,
+        "edited": edited,
+        "mask_info": mask_info,
         "upload_init": upload_init,
         "upload_mask": upload_mask,
         "fields": {
@@ -326,21 +337,39 @@ def _img2img_inputs() -> dict[str, Any]:
     }
 
 
-def editor_mask(value: dict[str, Any] | None) -> tuple[Image.Image | None, Image.Image | None]:
-    """(init image, mask) from an ImageEditor value: the background, and white wherever a layer is painted."""
-    if not value or value.get("background") is None:
-        return None, None
-    background: Image.Image = value["background"]
-    init = background.convert("RGB")
-    mask = Image.new("L", init.size, 0)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        alpha = layer.convert("RGBA").getchannel("A")
-        if alpha.size != init.size:
-            alpha = alpha.resize(init.size, Image.Resampling.NEAREST)
-        mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v > 0 else 0))
-    return init, (mask if mask.getbbox() is not None else None)
+Edited = dict[str, Image.Image | None]  # {"init": RGB image, "mask": L image or None}
+
+
+def track_editor(value: dict[str, Any] | None, state: Edited | None) -> tuple[Any, Any]:
+    """The editor's whole (image, mask) after an event: pieces it did not resend are kept from ``state``
+    (an event that brings nothing changes nothing).
+
+    The mask is white wherever a layer is painted (any alpha); layers are scaled to the image if needed.
+    """
+    value = value or {}
+    if value.get("background") is None and not any(layer is not None for layer in value.get("layers") or []):
+        return gr.skip(), gr.skip()
+    state = dict(state or {"init": None, "mask": None})
+    if value.get("background") is not None:
+        state["init"] = value["background"].convert("RGB")
+        state["mask"] = None
+    init = state["init"]
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    if init is None:
+        return gr.skip(), gr.skip()
+    if layers:
+        mask = Image.new("L", init.size, 0)
+        for layer in layers:
+            alpha = layer.convert("RGBA").getchannel("A")
+            if alpha.size != init.size:
+                alpha = alpha.resize(init.size, Image.Resampling.NEAREST)
+            mask.paste(255, (0, 0), alpha.point(lambda v: 255 if v > 0 else 0))
+        state["mask"] = mask if mask.getbbox() is not None else None
+    painted = state["mask"]
+    if painted is None:
+        return state, f"Image {init.width}×{init.height} · no mask yet: paint over what to repaint."
+    covered = sum(painted.histogram()[1:]) / (init.width * init.height)
+    return state, f"Image {init.width}×{init.height} · mask covers {covered:.1%}"
 
 
 def _request_fields(tab: GenTab, values: Sequence[Any]) -> dict[str, Any]:
@@ -377,7 +406,7 @@ def _inputs(tab: GenTab) -> list[Any]:
 def _wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
     outputs = [tab.progress, tab.preview, tab.gallery, tab.info, tab.error, tab.job, tab.images, tab.selected]
     image_inputs = (
-        [extra["mode"], extra["init"], extra["editor"], extra["upload_init"], extra["upload_mask"]]
+        [extra["mode"], extra["init"], extra["edited"], extra["upload_init"], extra["upload_mask"]]
         if extra
         else []
     )
@@ -389,11 +418,11 @@ def _wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
         if tab.kind == "img2img":
             mode, plain, edited, upload_init, upload_mask = values[count:]
             if mode == "img2img" and plain is None:  # the sub-tab event may lag: take the filled one
-                mode = "inpaint" if edited and edited.get("background") is not None else "inpaint_upload"
+                mode = "inpaint" if edited and edited.get("init") is not None else "inpaint_upload"
             if mode == "img2img":
                 init = plain
             elif mode == "inpaint":
-                init, mask = editor_mask(edited)
+                init, mask = (edited["init"], edited["mask"]) if edited else (None, None)
                 if init is not None and mask is None:
                     yield _failed("**mask**: draw over the part to repaint (nothing is painted)")
                     return
@@ -653,14 +682,13 @@ def _settings_tab(
             control = gr.Dropdown(list(option.choices), value=option.value, label=label, elem_id=elem)
         elif isinstance(option.default, int | float):
             precision = 0 if isinstance(option.default, int) else None
-            control = gr.Number(
-                option.value,
-                label=label,
-                minimum=option.low,
-                maximum=option.high,
-                precision=precision,
-                elem_id=elem,
+            # no minimum/maximum here: the server's check names the setting and the range instead
+            info = (
+                f"{option.low:g} to {option.high:g}"
+                if option.low is not None and option.high is not None
+                else None
             )
+            control = gr.Number(option.value, label=label, info=info, precision=precision, elem_id=elem)
         else:
             control = gr.Textbox(str(option.value), label=label, elem_id=elem)
         controls[option.key] = control
@@ -829,18 +857,25 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
 
         def send(images: list[ResultImage], index: int, target: str) -> tuple[Any, ...]:
             if not images:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return tuple(gr.skip() for _ in range(7))
             image = image_file(images[min(index, len(images) - 1)].path)
             tab_id = "extras" if target == "extras" else "img2img"
             plain = image if target == "img2img" else gr.skip()
-            editor = (
-                {"background": image, "layers": [], "composite": None} if target == "inpaint" else gr.skip()
-            )
+            inpaint = target == "inpaint"
+            editor = {"background": image, "layers": [], "composite": None} if inpaint else gr.skip()
+            edited = {"init": image.convert("RGB"), "mask": None} if inpaint else gr.skip()
+            info = f"Image {image.width}×{image.height} · no mask yet: paint over what to repaint."
             extras_image = image if target == "extras" else gr.skip()
             mode_tab = gr.Tabs(selected=target) if target in ("img2img", "inpaint") else gr.skip()
-            return plain, editor, extras_image, gr.Tabs(selected=tab_id), mode_tab
+            return (
+                plain, editor, edited, info if inpaint else gr.skip(), extras_image, gr.Tabs(selected=tab_id),
+                mode_tab,
+            )  # fmt: skip
 
-        send_targets = [i2i_extra["init"], i2i_extra["editor"], ex["image"], tabs, i2i_extra["modes"]]
+        send_targets = [
+            i2i_extra["init"], i2i_extra["editor"], i2i_extra["edited"], i2i_extra["mask_info"], ex["image"],
+            tabs, i2i_extra["modes"],
+        ]  # fmt: skip
         for tab in (t2i, i2i):
             for button, target in (
                 (tab.to_img2img, "img2img"),
