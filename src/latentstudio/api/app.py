@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from latentstudio.api import health, native, sdapi
 from latentstudio.api.errors import install_error_handlers
 from latentstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, parse_credentials
-from latentstudio.api.state import Services, build_services, get_services
+from latentstudio.api.state import Services, app_services, build_services, get_services
 from latentstudio.config import Settings
 
 
@@ -70,7 +70,7 @@ def _mount_ui(app: FastAPI, settings: Settings) -> None:
     backends: dict[int, SdapiBackend] = {}
 
     def backend() -> SdapiBackend:
-        services = get_app_services(app)
+        services = app_services(app)
         found = backends.get(id(services))
         if found is None:
             backends.clear()
@@ -78,13 +78,6 @@ def _mount_ui(app: FastAPI, settings: Settings) -> None:
         return found
 
     mount_ui(app, backend, option_fields(settings), settings.data_dir / "images")
-
-
-def get_app_services(app: FastAPI) -> Services:
-    found = app.state.services
-    if not isinstance(found, Services):
-        raise RuntimeError("app.state.services is not set: was the app started with its lifespan?")
-    return found
 
 
 def _version() -> str:

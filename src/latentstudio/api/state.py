@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
 from latentstudio.config import Settings
 from latentstudio.jobs import JobService
@@ -32,12 +32,17 @@ def build_services(settings: Settings) -> Services:
     return Services(settings=settings, manager=manager, jobs=JobService(settings, manager))
 
 
-def get_services(request: Request) -> Services:
-    """The app's :class:`Services` (a FastAPI dependency)."""
-    found = request.app.state.services
+def app_services(app: FastAPI) -> Services:
+    """``app.state.services``, set by the lifespan hook."""
+    found = app.state.services
     if not isinstance(found, Services):
         raise RuntimeError("app.state.services is not set: was the app started with its lifespan?")
     return found
+
+
+def get_services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency)."""
+    return app_services(request.app)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
