@@ -43,6 +43,7 @@ SETTINGS_KEYS = (
     "pad_cond_uncond",
     "pad_cond_uncond_v0",
     "img2img_background_color",
+    "img2img_color_correction",
 )
 
 
