@@ -17,6 +17,7 @@ from latentstudio.ui.backend import FieldError, OptionField
 from latentstudio.ui.common import (
     CSS,
     GetBackend,
+    error_box,
     error_md,
     error_update,
 )
@@ -47,7 +48,7 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
                 ["Automatic", "None"], value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2
             )
             refresh = gr.Button("🔄", elem_id="refresh_models", elem_classes="ls-tool", scale=0)
-            models_error = gr.Markdown("", elem_id="models_error", elem_classes="ls-error", visible=False)
+            models_error = error_box("models_error")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i, _ = gen_tab(get, "txt2img")

@@ -24,6 +24,11 @@ CSS = """
 """
 
 
+def error_box(elem_id: str) -> gr.Markdown:
+    """The hidden message box beside a control group that names a refused field when it shows."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes="ls-error", visible=False)
+
+
 def error_md(error: FieldError | str) -> str:
     if isinstance(error, FieldError):
         return f"**{error.field}**: {error.message}"

@@ -17,6 +17,7 @@ from latentstudio.ui.common import (
     MASKED_CONTENT,
     RESIZE_MODES,
     GetBackend,
+    error_box,
     error_md,
     error_update,
     progress_html_idle,
@@ -129,7 +130,7 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{p}_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id=f"{p}_skip", size="sm")
-            error = gr.Markdown("", elem_id=f"{p}_error", elem_classes="ls-error", visible=False)
+            error = error_box(f"{p}_error")
     with gr.Row():
         with gr.Column(scale=1):
             if kind == "img2img":

@@ -13,6 +13,7 @@ from latentstudio.ui.backend import FieldError, OptionField
 from latentstudio.ui.common import (
     HISTORY_PAGE,
     GetBackend,
+    error_box,
     error_md,
     error_update,
 )
@@ -52,7 +53,7 @@ def extras_tab() -> dict[str, Any]:
             )
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
-            error = gr.Markdown("", elem_id="extras_error", elem_classes="ls-error", visible=False)
+            error = error_box("extras_error")
             output = gr.Image(
                 type="pil", label="Result", elem_id="extras_result", format="png", interactive=False
             )
@@ -109,7 +110,7 @@ def pnginfo_tab() -> dict[str, Any]:
             with gr.Row():
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
-            error = gr.Markdown("", elem_id="pnginfo_error", elem_classes="ls-error", visible=False)
+            error = error_box("pnginfo_error")
     return {
         "file": file,
         "image": image,
@@ -135,7 +136,7 @@ def history_tab() -> dict[str, Any]:
             label="Generation info", lines=3, interactive=False, elem_id="history_info", scale=4
         )
         delete = gr.Button("🗑 Delete job", variant="stop", elem_id="history_delete", scale=1)
-    error = gr.Markdown("", elem_id="history_error", elem_classes="ls-error", visible=False)
+    error = error_box("history_error")
     return {
         "previous": previous,
         "page": page,
