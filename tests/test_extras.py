@@ -1,7 +1,9 @@
-"""A1111 extras: upscale by / to (crop), two upscalers blended, postprocessing infotext, batch, errors."""
+"""A1111 extras: upscale by / to (crop), two upscalers blended, postprocessing infotext, batch, errors, and
+the size known beforehand."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from latentstudio.postprocess.extras import ExtrasOptions, html_info, run_extras, run_extras_batch
+from latentstudio.postprocess.extras import (
+    ExtrasOptions,
+    html_info,
+    output_size,
+    run_extras,
+    run_extras_batch,
+)
 from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers, discover_face_restorers
 from latentstudio.postprocess.synthetic import random_esrgan_state
 from latentstudio.postprocess.upscalers import UpscalerNotFoundError, UpscalerRegistry
@@ -130,3 +138,67 @@ def test_gfpgan_restores_with_user_weights(root: Path) -> None:
     assert image.size == (64, 48)
     assert info == "GFPGAN visibility: 0.4"
     assert image.tobytes() != source.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("options", "size", "info"),
+    [
+        ({"upscaler_1": "Lanczos"}, (128, 96), "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"),
+        ({"upscaler_1": "Nearest", "upscaling_resize": 1.5}, (96, 72), "Postprocess upscaler: Nearest"),
+        ({"upscaler_1": "Lanczos", "upscaling_resize": 1.1}, (64, 48), "upscale by: 1.1"),  # floor to 8
+        ({"upscaler_1": "4x-Tiny", "upscaling_resize": 1.3}, (80, 56), "Postprocess upscaler: 4x-Tiny"),
+        (
+            {"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 100, "upscaling_resize_h": 100},
+            (100, 100),
+            "Postprocess upscale to: 100x100, Postprocess crop to: 100x100",
+        ),
+        (
+            {"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 100, "upscaling_resize_h": 60},
+            (100, 60),
+            "Postprocess upscale to: 100x60, Postprocess crop to: 100x60",
+        ),
+        (
+            {
+                "upscaler_1": "Lanczos",
+                "resize_mode": 1,
+                "upscaling_resize_w": 100,
+                "upscaling_resize_h": 60,
+                "upscaling_crop": False,
+            },
+            (96, 72),  # cover scale 1.5625: 100×75, floored to multiples of 8
+            "Postprocess upscale to: 100x60, Postprocess upscaler: Lanczos",
+        ),
+        ({"upscaler_1": "None", "upscaling_resize": 4}, (64, 48), ""),
+        (
+            {"upscaler_1": "Lanczos", "upscaler_2": "Nearest", "extras_upscaler_2_visibility": 0.5},
+            (128, 96),
+            "Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest",
+        ),
+    ],
+)
+def test_output_size_is_the_size_run_extras_gives(
+    root: Path, options: dict[str, object], size: tuple[int, int], info: str
+) -> None:
+    source = _image(64, 48)
+    source.info["parameters"] = "a cat\nSteps: 1, Sampler: Euler, Seed: 1"
+    result = run_extras(
+        source, ExtrasOptions(**options), upscalers=UpscalerRegistry(root), faces=FaceRestorers(root)
+    )
+    assert result.image.size == size == output_size(source.size, ExtrasOptions(**options))
+    assert info in result.postprocessing
+    assert result.parameters == source.info["parameters"]
+
+
+def test_face_restorers_are_usable_only_with_weights(root: Path) -> None:
+    faces = FaceRestorers(root)
+    assert faces.usable() == ()
+    (root / "GFPGAN").mkdir()
+    save_file(random_esrgan_state(), root / "GFPGAN" / "GFPGANv1.4.safetensors")
+    (root / "Codeformer").mkdir()
+    save_file(random_esrgan_state(), root / "Codeformer" / "codeformer.safetensors")
+    extra_arches = importlib.util.find_spec("spandrel_extra_arches") is not None
+    names = [info.name for info in faces.usable()]
+    assert names == (["CodeFormer", "GFPGAN"] if extra_arches else ["GFPGAN"])
+    assert faces.check("GFPGAN").model_path == str(root / "GFPGAN" / "GFPGANv1.4.safetensors")
+    with pytest.raises(FaceRestorerError, match="unknown face restorer 'RestoreFormer'"):
+        faces.check("RestoreFormer")

@@ -2,12 +2,13 @@
 
 Contract for the server: build one :class:`ExtrasOptions` from the request (field names are A1111's),
 decode the images, then call :func:`run_extras` (one image) or :func:`run_extras_batch` (a list, same
-options) with the process's :class:`UpscalerRegistry` and :class:`FaceRestorers`. Each result has the
-processed RGB image, the ``postprocessing`` infotext to store in its PNG text chunk, and the input's
-``parameters`` infotext (None if it had none) to keep beside it; :func:`html_info` makes the response's
-``html_info``. Errors: :class:`UpscalerNotFoundError` (unknown upscaler name; A1111 answers 500),
-:class:`FaceRestorerError` (restoration asked for without weights), ``ValueError`` for a bad option;
-all are raised before any image is processed when they come from the options.
+options) with the process's :class:`UpscalerRegistry` and :class:`FaceRestorers` (the job worker's: an
+extras job runs there, like a generation); :func:`output_size` tells the result's size without any work.
+Each result has the processed RGB image, the ``postprocessing`` infotext to store in its PNG text chunk,
+and the input's ``parameters`` infotext (None if it had none) to keep beside it; :func:`html_info` makes
+the response's ``html_info``. Errors: :class:`UpscalerNotFoundError` (unknown upscaler name; A1111
+answers 500), :class:`FaceRestorerError` (restoration asked for without weights), ``ValueError`` for a
+bad option; all are raised before any image is processed when they come from the options.
 
 Order of operations, as A1111's postprocessing scripts: Upscale (order 1000), then GFPGAN (2000), then
 CodeFormer (3000); ``upscale_first`` is accepted and ignored, as in A1111.
@@ -75,6 +76,21 @@ class ExtrasResult:
 def html_info(postprocessing: str) -> str:
     """A1111's ``html_info``: the infotext HTML-escaped inside ``<p>…</p>``."""
     return f"<p>{html.escape(postprocessing)}</p>"
+
+
+def output_size(size: tuple[int, int], options: ExtrasOptions) -> tuple[int, int]:
+    """The size :func:`run_extras` gives an image of ``size`` (face restoration keeps the size). A side is 0
+    when the scale makes the image empty (``run_extras`` then raises ``ValueError``)."""
+    width, height = size
+    if options.upscaler_1 == "None":
+        return size
+    if options.resize_mode == 1:
+        if options.upscaling_crop:
+            return options.upscaling_resize_w, options.upscaling_resize_h
+        scale = max(options.upscaling_resize_w / width, options.upscaling_resize_h / height)
+    else:
+        scale = float(options.upscaling_resize)
+    return int(width * scale // 8 * 8), int(height * scale // 8 * 8)  # as upscalers.upscale(scale=)
 
 
 def _format_info(info: dict[str, object]) -> str:

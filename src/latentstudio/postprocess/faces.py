@@ -12,6 +12,7 @@ restorer runs in *aligned* mode: the whole image is treated as one aligned face,
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ FACE_RESTORERS: dict[str, tuple[str, str]] = {
     "GFPGAN": ("GFPGAN", "GFPGAN"),
 }
 FACE_SIZE = 512
+_NO_EXTRA_ARCHES = (
+    "CodeFormer needs the spandrel_extra_arches package (non-commercial licence; not installed by "
+    "latentstudio): pip install spandrel_extra_arches"
+)
 
 
 class FaceRestorerError(ValueError):
@@ -79,8 +84,9 @@ class FaceRestorers:
         """The restorers and their weights files (rescanned on every call: a cheap directory listing)."""
         return discover_face_restorers(self.models_dir)
 
-    def model(self, name: str) -> Any:
-        """The spandrel model of restorer ``name``; :class:`FaceRestorerError` when it cannot be had."""
+    def check(self, name: str) -> FaceRestorerInfo:
+        """Restorer ``name`` with its weights file, without loading it: :class:`FaceRestorerError` when it
+        is unknown, has no weights, or needs a package that is not installed (CodeFormer)."""
         if name not in FACE_RESTORERS:
             raise FaceRestorerError(f"unknown face restorer {name!r}; allowed: {', '.join(FACE_RESTORERS)}")
         info = next(i for i in self.list() if i.name == name)
@@ -89,6 +95,24 @@ class FaceRestorers:
                 f"{name} needs its weights: put a .safetensors or .pth file in {info.cmd_dir} "
                 "(nothing is downloaded)"
             )
+        if name == "CodeFormer" and importlib.util.find_spec("spandrel_extra_arches") is None:
+            raise FaceRestorerError(_NO_EXTRA_ARCHES)
+        return info
+
+    def usable(self) -> tuple[FaceRestorerInfo, ...]:
+        """The restorers :meth:`check` accepts (weights present, architecture available), in listing order."""
+        usable: tuple[FaceRestorerInfo, ...] = ()
+        for name in FACE_RESTORERS:
+            try:
+                usable += (self.check(name),)
+            except FaceRestorerError:
+                continue
+        return usable
+
+    def model(self, name: str) -> Any:
+        """The spandrel model of restorer ``name``; :class:`FaceRestorerError` when it cannot be had."""
+        info = self.check(name)
+        assert info.model_path is not None
         with self._lock:
             if info.model_path not in self._loaded:
                 self._loaded[info.model_path] = self._load(name, Path(info.model_path))
@@ -130,8 +154,5 @@ def _extra_registry() -> Any:
     try:
         import spandrel_extra_arches
     except ImportError as e:
-        raise FaceRestorerError(
-            "CodeFormer needs the spandrel_extra_arches package (non-commercial licence; not installed "
-            "by latentstudio): pip install spandrel_extra_arches"
-        ) from e
+        raise FaceRestorerError(_NO_EXTRA_ARCHES) from e
     return spandrel_extra_arches.EXTRA_REGISTRY
