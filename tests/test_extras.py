@@ -1,5 +1,5 @@
-"""A1111 extras: upscale by / to (crop), two upscalers blended, postprocessing infotext, batch, errors, and
-the size known beforehand."""
+"""A1111 extras: upscale by / to (crop), two upscalers blended, postprocessing infotext, batch, errors, the
+size known beforehand, and the checks an extras job passes before it is queued."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from latentstudio.jobs import ExtrasSpec, JobSpecError
+from latentstudio.jobs.extras import check_extras
 from latentstudio.postprocess.extras import (
     ExtrasOptions,
     html_info,
@@ -202,3 +204,40 @@ def test_face_restorers_are_usable_only_with_weights(root: Path) -> None:
     assert faces.check("GFPGAN").model_path == str(root / "GFPGAN" / "GFPGANv1.4.safetensors")
     with pytest.raises(FaceRestorerError, match="unknown face restorer 'RestoreFormer'"):
         faces.check("RestoreFormer")
+
+
+def _spec(*images: Image.Image, **options: object) -> ExtrasSpec:
+    return ExtrasSpec(ExtrasOptions(**options), images or (_image(64, 64),))
+
+
+def _refused(root: Path, spec: ExtrasSpec, max_pixels: int = 40_000_000) -> JobSpecError:
+    with pytest.raises(JobSpecError) as e:
+        check_extras(spec, upscalers=UpscalerRegistry(root), faces=FaceRestorers(root), max_pixels=max_pixels)
+    return e.value
+
+
+def test_submission_checks_name_the_field_and_the_allowed_values(root: Path) -> None:
+    error = _refused(root, _spec(upscaler_1="R-ESRGAN 4x+"))
+    assert error.field == "upscaler_1"
+    assert "available: None, Lanczos, Nearest, 4x-Tiny" in str(error)
+    assert _refused(root, _spec(upscaler_2="../../x.pth")).field == "upscaler_2"
+    error = _refused(root, _spec(gfpgan_visibility=0.5))
+    assert (error.field, "GFPGAN needs its weights" in str(error)) == ("gfpgan_visibility", True)
+    assert _refused(root, _spec(codeformer_visibility=0.1)).field == "codeformer_visibility"
+    big = _refused(root, _spec(upscaler_1="Lanczos", upscaling_resize=8), max_pixels=1000)
+    assert (big.field, "512×512, more than 1000 pixels" in str(big)) == ("upscaling_resize", True)
+    wide = _spec(upscaler_1="Lanczos", resize_mode=1, upscaling_resize_w=2000, upscaling_resize_h=8)
+    assert _refused(root, wide, max_pixels=10_000).field == "upscaling_resize_w"
+    empty = _refused(root, _spec(_image(64, 4), upscaler_1="Lanczos", upscaling_resize=1.5))
+    assert "image 1 (64×4) would be upscaled to nothing (96×0)" in str(empty)
+    with pytest.raises(JobSpecError, match="at least one image"):
+        ExtrasSpec(ExtrasOptions(), ())
+    # accepted: no upscaling at any size, a model file added after the first scan, GFPGAN with weights
+    # (a file's architecture is known only when the worker loads it: tests/test_extras_jobs.py)
+    registry, faces = UpscalerRegistry(root), FaceRestorers(root)
+    check_extras(_spec(upscaling_resize=8), upscalers=registry, faces=faces, max_pixels=64 * 64)
+    save_file(random_esrgan_state(scale=2), root / "ESRGAN" / "2x-New.safetensors")
+    (root / "GFPGAN").mkdir()
+    save_file(random_esrgan_state(), root / "GFPGAN" / "GFPGANv1.4.safetensors")
+    accepted = _spec(upscaler_1="2x-New", gfpgan_visibility=0.5)
+    check_extras(accepted, upscalers=registry, faces=faces, max_pixels=10**6)

@@ -1,4 +1,5 @@
-"""The job store and codec without HTTP or models: exact round trips, queue order, recovery, schema guard."""
+"""The job store and codec without HTTP or models: exact round trips (generation and extras jobs), queue
+order, recovery, schema guard."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from latentstudio.jobs import JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
-from latentstudio.jobs.codec import image_fields, input_pngs, params_from_json, params_to_json
+from latentstudio.jobs import ExtrasSpec, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.jobs.codec import (
+    extras_from_json,
+    extras_input_pngs,
+    image_fields,
+    input_pngs,
+    params_from_json,
+    params_to_json,
+)
 from latentstudio.jobs.model import ImageRef
 from latentstudio.jobs.store import JobStore, Outcome, StoredImage, StoreError
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.postprocess.extras import ExtrasOptions
 from latentstudio.samplers.noise import RngSource
 
 
@@ -167,3 +176,47 @@ def test_specs_must_be_resolved_and_consistent() -> None:
         JobSpec(JobKind.TXT2IMG, GenerationParams(prompt="x"))
     with pytest.raises(JobSpecError, match="init_image"):
         JobSpec(JobKind.IMG2IMG, GenerationParams(prompt="x").resolved())
+
+
+def _odd_options() -> ExtrasOptions:
+    """Every ExtrasOptions field away from its default (a newly added field fails the check below)."""
+    options = ExtrasOptions(
+        resize_mode=1, upscaling_resize=0.1 + 0.2, upscaling_resize_w=100, upscaling_resize_h=60,
+        upscaling_crop=False, upscaler_1="4x «Tiny»", upscaler_2="Lanczos",
+        extras_upscaler_2_visibility=1 / 3, gfpgan_visibility=0.125,
+        codeformer_visibility=0.7000000000000001, codeformer_weight=1.0, upscale_first=True,
+    )  # fmt: skip
+    defaults = ExtrasOptions()
+    assert all(getattr(options, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(options))
+    return options
+
+
+def test_extras_jobs_keep_options_images_and_their_infotexts(tmp_path: Path) -> None:
+    options = _odd_options()
+    assert extras_from_json(params_to_json(options)) == options
+    assert extras_from_json('{"upscaling_resize": 2}').upscaling_resize == 2.0  # an int in JSON: a float
+    with pytest.raises(ValueError, match="from_the_future"):
+        extras_from_json('{"from_the_future": 1}')
+    first = Image.new("RGBA", (5, 3), (9, 8, 7, 6))
+    first.info["parameters"] = "a cat «ü»\nSteps: 20, Seed: 1"
+    images = (first, *(Image.new("RGB", (2 + i, 2), (i, i, i)) for i in range(11)))  # index 10 after 9
+    spec = ExtrasSpec(options, images, source="ui")
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    record = JobRecord("e" * 32, JobStatus.QUEUED, spec, 1.0)
+    assert store.insert(record, extras_input_pngs(spec.images))
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # a queued extras job survives a restart
+    got = reopened.get(record.id)
+    assert got is not None
+    assert isinstance(got.spec, ExtrasSpec)
+    assert (got.spec.kind, got.spec.source, got.spec.options) == (JobKind.EXTRAS, "ui", options)
+    assert [(i.mode, i.size, i.tobytes()) for i in got.spec.images] == [
+        (i.mode, i.size, i.tobytes()) for i in images
+    ]
+    assert got.spec.images[0].info["parameters"] == first.info["parameters"]
+    assert "parameters" not in got.spec.images[1].info
+    claimed = reopened.claim_next(2.0)
+    assert claimed is not None
+    assert claimed.id == record.id
+    with pytest.raises(JobSpecError, match="ExtrasSpec"):
+        JobSpec(JobKind.EXTRAS, GenerationParams(prompt="x").resolved())

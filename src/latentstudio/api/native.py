@@ -8,6 +8,7 @@ event loop; only the event stream is ``async``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
+    ExtrasParameters,
     ImageView,
     Img2ImgJob,
     JobCreated,
@@ -28,7 +30,7 @@ from latentstudio.api.schemas import (
     JobView,
 )
 from latentstudio.api.state import ServicesDep
-from latentstudio.jobs import JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.samplers.noise import RngSource
 
@@ -82,7 +84,6 @@ def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = 
 
 def job_view(record: JobRecord, position: int | None = None, now: float | None = None) -> JobView:
     """The API view of a job record."""
-    params = record.spec.params
     eta = None
     if record.status is JobStatus.RUNNING and record.started_at is not None and record.step > 0:
         elapsed = (now or time.time()) - record.started_at
@@ -92,21 +93,29 @@ def job_view(record: JobRecord, position: int | None = None, now: float | None =
         ImageView(id=i.id, url=f"/api/v1/images/{i.id}", seed=i.seed, subseed=i.subseed, infotext=i.infotext)
         for i in record.images
     ]
+    spec = record.spec
     return JobView(
-        id=record.id, kind=record.spec.kind, status=record.status, source=record.spec.source,
+        id=record.id, kind=spec.kind, status=record.status, source=spec.source,
         created_at=record.created_at, started_at=record.started_at, finished_at=record.finished_at,
         queue_position=position, step=record.step, total=record.total, progress=record.fraction,
         eta_seconds=eta, interrupted=record.interrupted, images=images, infotexts=record.infotexts,
         warnings=list(record.warnings), error=record.error,
-        params=JobParameters(
-            prompt=params.prompt, negative_prompt=params.negative_prompt, sampler=params.sampler,
-            scheduler=params.scheduler, steps=params.steps, cfg_scale=params.cfg_scale, seed=params.seed,
-            subseed=params.subseed, subseed_strength=params.subseed_strength, width=params.width,
-            height=params.height, batch_size=params.batch_size, n_iter=params.n_iter,
-            clip_skip=params.clip_skip,
-            denoising_strength=params.denoising_strength if params.is_img2img else None,
-            checkpoint=record.spec.checkpoint, vae=record.spec.vae,
-        ),
+        params=_parameters(spec) if isinstance(spec, JobSpec) else None,
+        extras=ExtrasParameters(
+            images=len(spec.images), **dataclasses.asdict(spec.options)
+        ) if isinstance(spec, ExtrasSpec) else None,
+    )  # fmt: skip
+
+
+def _parameters(spec: JobSpec) -> JobParameters:
+    params = spec.params
+    return JobParameters(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, sampler=params.sampler,
+        scheduler=params.scheduler, steps=params.steps, cfg_scale=params.cfg_scale, seed=params.seed,
+        subseed=params.subseed, subseed_strength=params.subseed_strength, width=params.width,
+        height=params.height, batch_size=params.batch_size, n_iter=params.n_iter, clip_skip=params.clip_skip,
+        denoising_strength=params.denoising_strength if params.is_img2img else None,
+        checkpoint=spec.checkpoint, vae=spec.vae,
     )  # fmt: skip
 
 

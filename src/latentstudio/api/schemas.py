@@ -160,8 +160,30 @@ class JobParameters(BaseModel):
     vae: str
 
 
+class ExtrasParameters(BaseModel):
+    """What an extras job does to each of its images (A1111's ``extra-single-image`` field names)."""
+
+    images: int = Field(description="How many images it processes.")
+    resize_mode: int
+    upscaling_resize: float
+    upscaling_resize_w: int
+    upscaling_resize_h: int
+    upscaling_crop: bool
+    upscaler_1: str
+    upscaler_2: str
+    extras_upscaler_2_visibility: float
+    gfpgan_visibility: float
+    codeformer_visibility: float
+    codeformer_weight: float
+    upscale_first: bool = Field(description="Accepted and ignored, as in A1111.")
+
+
 class JobView(BaseModel):
-    """A job: status, progress, ETA, results (image URLs and infotexts), warnings, error."""
+    """A job: status, progress, ETA, results (image URLs and infotexts), warnings, error.
+
+    ``params`` for txt2img / img2img jobs, ``extras`` for extras jobs (the other is null). An extras job's
+    step counts images; its images have seed -1 and their ``postprocessing`` text as infotext.
+    """
 
     id: str
     kind: JobKind
@@ -180,7 +202,8 @@ class JobView(BaseModel):
     infotexts: list[str]
     warnings: list[str]
     error: str | None
-    params: JobParameters
+    params: JobParameters | None
+    extras: ExtrasParameters | None = None
 
 
 class JobPage(BaseModel):

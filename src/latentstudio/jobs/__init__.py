@@ -5,7 +5,9 @@ Handlers use :class:`JobService` only; nothing here imports FastAPI.
 
 from latentstudio.jobs.events import EventBus, Subscription
 from latentstudio.jobs.model import (
+    AnySpec,
     EventType,
+    ExtrasSpec,
     ImageRef,
     JobError,
     JobEvent,
@@ -23,8 +25,10 @@ from latentstudio.jobs.service import RESTART_ERROR, JobService
 
 __all__ = [
     "RESTART_ERROR",
+    "AnySpec",
     "EventBus",
     "EventType",
+    "ExtrasSpec",
     "ImageRef",
     "JobError",
     "JobEvent",

@@ -1,8 +1,10 @@
-"""GenerationParams ↔ JSON, exactly: every field, enums by value, tuples kept, floats bit-exact.
+"""GenerationParams and ExtrasOptions ↔ JSON, exactly: every field, enums by value, tuples kept, floats
+bit-exact.
 
 Image fields (``init_image``, and any other field annotated with a PIL image) are not part of the JSON:
-the store keeps their PNG bytes beside the row (:func:`input_pngs`). Unknown types fail loud at encode
-time, so a new GenerationParams field of a type this codec does not know cannot be silently dropped
+the store keeps their PNG bytes beside the row (:func:`input_pngs`); an extras job's images likewise, as
+``images.0``, ``images.1``… with their ``parameters`` infotext (:func:`extras_input_pngs`). Unknown types
+fail loud at encode time, so a new field of a type this codec does not know cannot be silently dropped
 (tests round-trip every field).
 """
 
@@ -12,7 +14,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from functools import cache
 from io import BytesIO
@@ -20,14 +22,19 @@ from typing import Any
 
 from PIL import Image
 
+from latentstudio.pipeline.images import png_bytes, read_infotext
 from latentstudio.pipeline.params import GenerationParams
+from latentstudio.postprocess.extras import ExtrasOptions
+
+_EXTRAS_IMAGE = "images."  # input field prefix of an extras job's images (then the index)
 
 
-def params_to_json(params: GenerationParams) -> str:
+def params_to_json(params: GenerationParams | ExtrasOptions) -> str:
     """JSON of every field but the images (Python's float repr round-trips exactly)."""
     images = image_fields()
+    owner = type(params).__name__
     data = {
-        f.name: _encode(getattr(params, f.name), f.name)
+        f.name: _encode(getattr(params, f.name), f"{owner}.{f.name}")
         for f in dataclasses.fields(params)
         if f.name not in images
     }
@@ -37,15 +44,37 @@ def params_to_json(params: GenerationParams) -> str:
 def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None) -> GenerationParams:
     """The inverse of :func:`params_to_json` plus :func:`input_pngs` (decoded); fields missing from older
     rows take their defaults."""
-    data = json.loads(text)
-    hints = _hints()
-    known = {f.name for f in dataclasses.fields(GenerationParams)}
-    unknown = sorted((set(data) | set(images or {})) - known)
-    if unknown:
-        raise ValueError(f"stored parameters have fields this version does not know: {', '.join(unknown)}")
-    values: dict[str, Any] = {name: _decode(value, hints[name]) for name, value in data.items()}
+    values = _values(GenerationParams, text, set(images or {}))
     values.update(images or {})
     return GenerationParams(**values)
+
+
+def extras_from_json(text: str) -> ExtrasOptions:
+    """The inverse of :func:`params_to_json` for an extras job's options."""
+    return ExtrasOptions(**_values(ExtrasOptions, text, set()))
+
+
+def _values(cls: type, text: str, image_names: set[str]) -> dict[str, Any]:
+    data = json.loads(text)
+    hints = _hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted((set(data) | image_names) - known)
+    if unknown:
+        raise ValueError(f"stored parameters have fields this version does not know: {', '.join(unknown)}")
+    return {name: _decode(value, hints[name]) for name, value in data.items()}
+
+
+def extras_input_pngs(images: Sequence[Image.Image]) -> dict[str, bytes]:
+    """An extras job's images as lossless PNGs that keep their ``parameters`` infotext, in order."""
+    return {f"{_EXTRAS_IMAGE}{i}": png_bytes(image, read_infotext(image)) for i, image in enumerate(images)}
+
+
+def extras_images(inputs: Mapping[str, Image.Image]) -> tuple[Image.Image, ...]:
+    """The inverse of :func:`extras_input_pngs` (decoded), in the submitted order."""
+    unknown = sorted(name for name in inputs if not name.startswith(_EXTRAS_IMAGE))
+    if unknown:
+        raise ValueError(f"stored extras inputs this version does not know: {', '.join(unknown)}")
+    return tuple(inputs[name] for name in sorted(inputs, key=lambda n: int(n[len(_EXTRAS_IMAGE) :])))
 
 
 def input_pngs(params: GenerationParams) -> dict[str, bytes]:
@@ -58,7 +87,7 @@ def input_pngs(params: GenerationParams) -> dict[str, bytes]:
 @cache
 def image_fields() -> frozenset[str]:
     """Names of the GenerationParams fields annotated with a PIL image."""
-    return frozenset(name for name, hint in _hints().items() if _mentions_image(hint))
+    return frozenset(name for name, hint in _hints(GenerationParams).items() if _mentions_image(hint))
 
 
 def _mentions_image(hint: Any) -> bool:
@@ -82,8 +111,8 @@ def image_from_png(data: bytes) -> Image.Image:
 
 
 @cache
-def _hints() -> dict[str, Any]:
-    return typing.get_type_hints(GenerationParams)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _encode(value: object, name: str) -> object:
@@ -93,7 +122,7 @@ def _encode(value: object, name: str) -> object:
         return value
     if isinstance(value, tuple | list):
         return [_encode(v, name) for v in value]
-    raise TypeError(f"GenerationParams.{name}: cannot store a {type(value).__name__} in the job store")
+    raise TypeError(f"{name}: cannot store a {type(value).__name__} in the job store")
 
 
 def _decode(value: object, hint: Any) -> object:  # noqa: PLR0911 - one return per kind of type

@@ -12,6 +12,7 @@ from enum import StrEnum
 from PIL import Image
 
 from latentstudio.pipeline.params import GenerationParams
+from latentstudio.postprocess.extras import ExtrasOptions
 
 VAE_AUTOMATIC = "Automatic"
 
@@ -32,10 +33,12 @@ class JobStatus(StrEnum):
 
 
 class JobKind(StrEnum):
-    """What the worker runs: text to image, or image to image (``params.init_image`` is set)."""
+    """What the worker runs: text to image, image to image (``params.init_image`` is set), or extras
+    (upscaling and face restoration of given images: an :class:`ExtrasSpec`)."""
 
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
+    EXTRAS = "extras"
 
 
 class JobError(Exception):
@@ -84,6 +87,8 @@ class JobSpec:
     source: str = "api"  # who submitted it ("api", "sdapi", "ui"): shown in listings only
 
     def __post_init__(self) -> None:
+        if self.kind is JobKind.EXTRAS:
+            raise JobSpecError("kind", "an extras job is an ExtrasSpec")
         if (self.kind is JobKind.IMG2IMG) != self.params.is_img2img:
             raise JobSpecError(
                 "init_image", f"a {self.kind} job {'needs' if self.params.is_img2img else 'has'}"
@@ -94,8 +99,37 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class ExtrasSpec:
+    """An extras job (A1111 ``extra-single-image`` / ``extra-batch-images``): ``options`` applied to each
+    image in order by :func:`~latentstudio.postprocess.extras.run_extras` in the worker.
+
+    An image's ``parameters`` infotext (``info``) is kept: stored with it, and written into its result.
+    No checkpoint is involved. Names and sizes are checked by the service when the job is submitted.
+    """
+
+    options: ExtrasOptions
+    images: tuple[Image.Image, ...]
+    source: str = "api"
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise JobSpecError("images", "an extras job needs at least one image")
+
+    @property
+    def kind(self) -> JobKind:
+        return JobKind.EXTRAS
+
+
+AnySpec = JobSpec | ExtrasSpec  # what a job runs: a generation or extras
+
+
+@dataclass(frozen=True)
 class ImageRef:
-    """One image a job wrote: opaque ``id`` (served by id only), its seeds and infotext."""
+    """One image a job wrote: opaque ``id`` (served by id only), its seeds and infotext.
+
+    Extras images have no seeds (-1 both) and their infotext is the ``postprocessing`` text (the source's
+    ``parameters`` stay in the PNG).
+    """
 
     id: str
     index: int
@@ -108,13 +142,14 @@ class ImageRef:
 class JobRecord:
     """A job as stored: spec, status, timestamps (Unix seconds), progress and results.
 
-    ``step``/``total`` are live for the running job (sampling steps over all batches), final otherwise.
+    ``step``/``total`` are live for the running job (sampling steps over all batches; images done for
+    extras), final otherwise.
     ``interrupted``: the job was stopped early by :meth:`JobService.interrupt` and kept what it had.
     """
 
     id: str
     status: JobStatus
-    spec: JobSpec
+    spec: AnySpec
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

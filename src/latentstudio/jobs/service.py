@@ -21,10 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from latentstudio.config import Settings
-from latentstudio.jobs.codec import input_pngs
+from latentstudio.jobs.codec import extras_input_pngs, input_pngs
 from latentstudio.jobs.events import EventBus, Subscription
+from latentstudio.jobs.extras import check_extras
 from latentstudio.jobs.model import (
+    AnySpec,
     EventType,
+    ExtrasSpec,
     JobEvent,
     JobNotFoundError,
     JobRecord,
@@ -39,6 +42,8 @@ from latentstudio.jobs.store import JobStore
 from latentstudio.jobs.worker import Worker
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
+from latentstudio.postprocess.faces import FaceRestorerInfo
+from latentstudio.postprocess.upscalers import UpscalerInfo
 
 RESTART_ERROR = "interrupted by a server restart"
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -99,16 +104,26 @@ class JobService:
         return self.worker.ready_error if self.worker.alive else "the job worker is not running"
 
     # -- submitting ------------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobRecord:
-        """Queue a job; raises :class:`JobSpecError` (unknown checkpoint/VAE, bad parameters) or
-        :class:`QueueFullError`. The job is durable once this returns."""
-        try:
-            spec.params.validate()
-        except ValueError as e:
-            raise JobSpecError(getattr(e, "field", "params"), str(e).split(": ", 1)[-1]) from None
-        self._check_models(spec)
+    def submit(self, spec: AnySpec) -> JobRecord:
+        """Queue a job; raises :class:`JobSpecError` (unknown checkpoint/VAE/upscaler, bad parameters, a
+        too large extras result) or :class:`QueueFullError`. The job is durable once this returns."""
+        if isinstance(spec, ExtrasSpec):
+            check_extras(
+                spec,
+                upscalers=self.worker.upscalers,
+                faces=self.worker.faces,
+                max_pixels=self.settings.max_image_pixels,
+            )
+            inputs = extras_input_pngs(spec.images)
+        else:
+            try:
+                spec.params.validate()
+            except ValueError as e:
+                raise JobSpecError(getattr(e, "field", "params"), str(e).split(": ", 1)[-1]) from None
+            self._check_models(spec)
+            inputs = input_pngs(spec.params)
         record = JobRecord(uuid.uuid4().hex, JobStatus.QUEUED, spec, self.clock())
-        if not self.store.insert(record, input_pngs(spec.params), max_queued=self.settings.max_queue):
+        if not self.store.insert(record, inputs, max_queued=self.settings.max_queue):
             raise QueueFullError(self.settings.max_queue, self._retry_after())
         self.events.publish(JobEvent(EventType.QUEUED, record.id, record.created_at, status=JobStatus.QUEUED))
         self.worker.wake()
@@ -161,6 +176,15 @@ class JobService:
                 f"{name!r} is {family.label} but the first pass runs {base.name} ({first_family.label}): "
                 "the hires checkpoint must be of the same family",
             )
+
+    def upscalers(self) -> list[UpscalerInfo]:
+        """The built-in upscalers and the model files in the upscaler folders (rescanned: a directory
+        listing, nothing loaded)."""
+        return self.worker.upscalers.refresh()
+
+    def face_restorers(self) -> list[FaceRestorerInfo]:
+        """The face restorers extras jobs can use (weights present; nothing loaded)."""
+        return list(self.worker.faces.usable())
 
     def _retry_after(self) -> int:
         """Seconds until a queue slot is likely free: the mean recent job time, at least 1."""

@@ -1,4 +1,6 @@
-"""The SQLite job store: jobs, their init images and the image index, in one WAL database.
+"""The SQLite job store: jobs, their input images (init image and mask, an extras job's images) and the
+image index, in one WAL database. An extras job's row has its options in ``params``, no checkpoint and an
+empty ``vae``.
 
 One connection shared by the worker and request threads behind a lock (every statement is short).
 Durability: every commit survives a process crash (WAL). Commits a client is told about (a queued job, a
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from latentstudio.jobs.codec import params_from_json, params_to_json
-from latentstudio.jobs.model import ImageRef, JobKind, JobRecord, JobSpec, JobStatus
+from latentstudio.jobs.codec import extras_from_json, extras_images, params_from_json, params_to_json
+from latentstudio.jobs.model import AnySpec, ExtrasSpec, ImageRef, JobKind, JobRecord, JobSpec, JobStatus
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -149,9 +151,12 @@ class JobStore:
     def insert(
         self, record: JobRecord, inputs: Mapping[str, bytes], *, max_queued: int | None = None
     ) -> bool:
-        """Add a queued job with its input images (field → PNG bytes, :func:`codec.input_pngs`); False
-        (nothing written) when ``max_queued`` jobs are already queued."""
+        """Add a queued job with its input images (field → PNG bytes: :func:`codec.input_pngs`, or
+        :func:`codec.extras_input_pngs` for extras); False (nothing written) when ``max_queued`` jobs are
+        already queued."""
         spec = record.spec
+        checkpoint, vae = (spec.checkpoint, spec.vae) if isinstance(spec, JobSpec) else (None, "")
+        params = params_to_json(spec.params if isinstance(spec, JobSpec) else spec.options)
         with self._atomic(durable=True) as db:
             if max_queued is not None:
                 (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
@@ -160,8 +165,8 @@ class JobStore:
             db.execute(
                 f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
                 (
-                    record.id, record.status.value, spec.kind.value, spec.source, spec.checkpoint, spec.vae,
-                    params_to_json(spec.params), record.created_at, None, None, 0, 0, "[]", None, 0,
+                    record.id, record.status.value, spec.kind.value, spec.source, checkpoint, vae, params,
+                    record.created_at, None, None, 0, 0, "[]", None, 0,
                 ),
             )  # fmt: skip
             db.executemany(
@@ -313,13 +318,17 @@ def _record(row: tuple[object, ...], images: tuple[ImageRef, ...], inputs: Mappi
     (job_id, status, kind, source, checkpoint, vae, params, created, started, finished, step, total,
      warnings, error, interrupted) = row  # fmt: skip
     decoded = {name: Image.open(BytesIO(png)) for name, png in inputs.items()}  # pixels decoded on first use
-    spec = JobSpec(
-        kind=JobKind(str(kind)),
-        params=params_from_json(str(params), decoded),
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        vae=str(vae),
-        source=str(source),
-    )
+    spec: AnySpec
+    if JobKind(str(kind)) is JobKind.EXTRAS:
+        spec = ExtrasSpec(extras_from_json(str(params)), extras_images(decoded), source=str(source))
+    else:
+        spec = JobSpec(
+            kind=JobKind(str(kind)),
+            params=params_from_json(str(params), decoded),
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            vae=str(vae),
+            source=str(source),
+        )
     return JobRecord(
         id=str(job_id),
         status=JobStatus(str(status)),

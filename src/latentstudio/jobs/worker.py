@@ -4,6 +4,8 @@ Each job: claim (queued → running) → load the checkpoint through the ModelMa
 a StepControl wired to interrupt/skip/cancel → PNGs written atomically into ``images/<job id>/`` → one
 store transaction marks the job done and indexes its images → events. A crash anywhere before that
 transaction leaves the job ``running`` in the store, which the next start marks failed and cleans up.
+An extras job takes the same path with ``postprocess.extras.run_extras`` over its images (one step per
+image; interrupt/cancel act between images) and the worker's upscaler registry and face restorers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,16 @@ import torch
 from PIL import Image
 
 from latentstudio.jobs.events import EventBus
-from latentstudio.jobs.model import EventType, ImageRef, JobEvent, JobRecord, JobSpec, JobStatus, Progress
+from latentstudio.jobs.model import (
+    EventType,
+    ExtrasSpec,
+    ImageRef,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    Progress,
+)
 from latentstudio.jobs.store import JobStore, Outcome, StoredImage
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
@@ -36,8 +47,10 @@ from latentstudio.pipeline.run import (
     latent_preview,
     run,
 )
+from latentstudio.postprocess.extras import run_extras
+from latentstudio.postprocess.faces import FaceRestorers
 from latentstudio.postprocess.safety import SafetyChecker
-from latentstudio.postprocess.upscalers import UpscalerRegistry
+from latentstudio.postprocess.upscalers import UpscalerRegistry, upscale
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers.wrappers import StepControl
 
@@ -47,6 +60,27 @@ PREVIEW_SIDE = 128
 
 class _Requeue(Exception):  # noqa: N818 - control flow: the server is stopping mid-job
     pass
+
+
+@dataclass(frozen=True)
+class _Output:
+    """One image to write: seeds (-1 for extras), the infotext indexed with it, and its PNG text chunks."""
+
+    image: Image.Image
+    seed: int
+    subseed: int
+    infotext: str
+    parameters: str | None
+    postprocessing: str | None = None
+
+
+@dataclass(frozen=True)
+class _Produced:
+    """What a job made before anything is written."""
+
+    outputs: list[_Output]
+    warnings: Sequence[str] = ()
+    interrupted: bool = False
 
 
 @dataclass
@@ -90,7 +124,10 @@ class Worker:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._cache = ConditioningCache()
-        self._upscalers: UpscalerRegistry | None = None  # built on the first hires job that needs one
+        # pixel upscalers (hires fix, extras) and face restorers (extras): folders scanned on first use,
+        # models loaded on first use; the job service reads their listings to check names at submission
+        self.upscalers = UpscalerRegistry(manager.settings.models_dir, device=manager.device)
+        self.faces = FaceRestorers(manager.settings.models_dir, device=manager.device)
         self._safety: SafetyChecker | None = None  # built on the first job when the setting is on
         self._thread = threading.Thread(target=self._loop, name=f"latentstudio-worker-{manager.device}")
         self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
@@ -209,13 +246,19 @@ class Worker:
             if self._flag("cancel"):
                 outcome = self._ended(JobStatus.CANCELLED, error="cancelled before it started")
             else:
-                result = self._generate(record)
+                produced = self._produce(record)
                 if self._flag("cancel"):
                     outcome = self._ended(JobStatus.CANCELLED, error="cancelled while running")
-                elif self._stopping.is_set() and result.interrupted:
+                elif self._stopping.is_set() and produced.interrupted:
                     raise _Requeue
                 else:
-                    outcome = self._ended(JobStatus.DONE, result=result, images=self._write(record, result))
+                    images = self._write(record, produced.outputs)
+                    outcome = self._ended(
+                        JobStatus.DONE,
+                        images=images,
+                        warnings=produced.warnings,
+                        interrupted=produced.interrupted,
+                    )
         except _Requeue:
             raise
         except Exception as e:  # any job failure (bad file, OOM, NaN) fails that job, never the worker
@@ -232,8 +275,9 @@ class Worker:
         self,
         status: JobStatus,
         *,
-        result: GenerationResult | None = None,
-        images: list[StoredImage] | None = None,
+        images: Sequence[StoredImage] = (),
+        warnings: Sequence[str] = (),
+        interrupted: bool = False,
         error: str | None = None,
     ) -> Outcome:
         with self.lock:
@@ -241,16 +285,49 @@ class Worker:
         return Outcome(
             status=status,
             finished_at=self.clock(),
-            step=total if status is JobStatus.DONE and not (result and result.interrupted) else step,
+            step=total if status is JobStatus.DONE and not interrupted else step,
             total=total,
-            images=images or [],
-            warnings=list(result.warnings) if result else [],
+            images=list(images),
+            warnings=list(warnings),
             error=error,
-            interrupted=bool(result and result.interrupted),
+            interrupted=interrupted,
         )
 
-    def _generate(self, record: JobRecord) -> GenerationResult:
+    def _produce(self, record: JobRecord) -> _Produced:
+        """Run the job's spec: a generation through the pipeline, or extras."""
         spec = record.spec
+        if isinstance(spec, ExtrasSpec):
+            return self._extras(record.id, spec)
+        result = self._generate(record.id, spec)
+        outputs = [
+            _Output(image, result.seeds[i], result.subseeds[i], text, text)
+            for i, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True))
+        ]
+        return _Produced(outputs, result.warnings, result.interrupted)
+
+    def _extras(self, job_id: str, spec: ExtrasSpec) -> _Produced:
+        """Each image through ``run_extras`` in order, one step each; a stop request (interrupt, cancel,
+        shutdown) ends the job after the current image."""
+        total = len(spec.images)
+        with self.lock:
+            if self._live is not None:
+                self._live.total, self._live.started = total, self.clock()
+        outputs: list[_Output] = []
+        for image in spec.images:
+            if self._flag("stop"):
+                break
+            result = run_extras(image, spec.options, upscalers=self.upscalers, faces=self.faces)
+            text = result.postprocessing
+            outputs.append(_Output(result.image, -1, -1, text, result.parameters, text))
+            with self.lock:
+                if self._live is not None:
+                    self._live.step = len(outputs)
+            self.events.publish(
+                JobEvent(EventType.STEP, job_id, self.clock(), step=len(outputs), total=total)
+            )
+        return _Produced(outputs, interrupted=len(outputs) < total)
+
+    def _generate(self, job_id: str, spec: JobSpec) -> GenerationResult:
         components = self.manager.load(spec.checkpoint, vae=spec.vae)
         info = self.manager.find(spec.checkpoint) if spec.checkpoint else self.manager.default_checkpoint()
         entry = self.manager.entry(info)
@@ -270,7 +347,7 @@ class Worker:
             spec.params,
             components,
             identity=identity,
-            on_step=lambda step: self._on_step(record.id, components, step),
+            on_step=lambda step: self._on_step(job_id, components, step),
             control=control,
             embeddings=self.manager.embeddings(components),
             cache=self._cache,
@@ -305,12 +382,7 @@ class Worker:
 
     def _upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
         """The hires fix's pixel upscaler: built-in resamplers or a model from the upscaler folders."""
-        from latentstudio.postprocess import upscalers
-
-        if self._upscalers is None:
-            models = self.manager.settings.models_dir
-            self._upscalers = upscalers.UpscalerRegistry(models, device=self.manager.device)
-        return upscalers.upscale(image, name, size=(width, height), registry=self._upscalers)
+        return upscale(image, name, size=(width, height), registry=self.upscalers)
 
     def _take_skip(self) -> bool:
         with self.lock:
@@ -335,13 +407,16 @@ class Worker:
         )
         self.events.publish(event)
 
-    def _write(self, record: JobRecord, result: GenerationResult) -> list[StoredImage]:
-        """Each PNG with its infotext, written whole or not at all, under ``images/<job id>/``."""
+    def _write(self, record: JobRecord, outputs: Sequence[_Output]) -> list[StoredImage]:
+        """Each PNG with its text chunks, written whole or not at all, under ``images/<job id>/``."""
         stored = []
-        for index, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True)):
-            ref = ImageRef(uuid.uuid4().hex, index, result.seeds[index], result.subseeds[index], text)
-            relative = f"{record.id}/{index:03d}-{ref.seed}.png"
-            write_atomic(self.images_root / relative, png_bytes(image, text))
+        for index, out in enumerate(outputs):
+            ref = ImageRef(uuid.uuid4().hex, index, out.seed, out.subseed, out.infotext)
+            relative = (
+                f"{record.id}/{index:03d}-{out.seed}.png" if out.seed >= 0 else f"{record.id}/{index:03d}.png"
+            )
+            png = png_bytes(out.image, out.parameters, postprocessing=out.postprocessing)
+            write_atomic(self.images_root / relative, png)
             stored.append(StoredImage(ref, relative))
         return stored
 

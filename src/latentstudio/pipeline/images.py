@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from latentstudio.models.families import Family
 
 INFOTEXT_KEY = "parameters"
+POSTPROCESSING_KEY = "postprocessing"  # what an extras job did (A1111's key)
 _NUMBERED = re.compile(r"^(\d+)-")
 
 
@@ -39,11 +40,13 @@ def from_pil(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
-def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
-    """PNG encoding with the infotext in a ``parameters`` text chunk (iTXt when non-Latin-1, as PIL does)."""
+def png_bytes(image: Image.Image, infotext: str | None, *, postprocessing: str | None = None) -> bytes:
+    """PNG encoding with the infotext in a ``parameters`` text chunk (iTXt when non-Latin-1, as PIL does)
+    and, for extras results, A1111's ``postprocessing`` chunk; empty texts are left out."""
     info = PngImagePlugin.PngInfo()
-    if infotext:
-        info.add_text(INFOTEXT_KEY, infotext)
+    for key, text in ((INFOTEXT_KEY, infotext), (POSTPROCESSING_KEY, postprocessing)):
+        if text:
+            info.add_text(key, text)
     buffer = BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

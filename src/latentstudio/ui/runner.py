@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from latentstudio.jobs import JobRecord, JobService, JobStatus
+from latentstudio.jobs import JobRecord, JobService, JobSpec, JobStatus
 
 POLL_SECONDS = 0.1
 
@@ -106,7 +106,7 @@ def watch(jobs: JobService, job_id: str, *, interval: float = POLL_SECONDS) -> I
 def _final(jobs: JobService, record: JobRecord) -> JobView:
     bar = progress_html(record, None, 0.0)
     if record.status is JobStatus.DONE:
-        seed = record.spec.params.seed
+        seed = record.spec.params.seed if isinstance(record.spec, JobSpec) else None
         return JobView(
             record.id, record.status, bar, None, results(jobs, record), "\n".join(record.warnings), seed
         )

@@ -27,7 +27,7 @@ from latentstudio.api.sdapi.models import (
 )
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.api.state import Services, ServicesDep
-from latentstudio.jobs import JobSpecError, JobStatus
+from latentstudio.jobs import JobSpec, JobSpecError, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
 WAIT_SECONDS = 6 * 3600.0
@@ -98,7 +98,7 @@ def _progress_state(svc: Services, skip_image: bool) -> ProgressResponse:
     if progress.job_id is None:
         return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
     record = svc.jobs.get(progress.job_id)
-    n_iter = record.spec.params.n_iter
+    n_iter = record.spec.params.n_iter if isinstance(record.spec, JobSpec) else 1
     per_batch = progress.total // n_iter if progress.total else 0
     job_no = min((progress.step - 1) // per_batch, n_iter - 1) if per_batch and progress.step > 0 else 0
     step = progress.step - job_no * per_batch
