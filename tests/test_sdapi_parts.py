@@ -16,6 +16,8 @@ from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import ExtrasSingleRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.config import Settings
+from latentstudio.jobs import JobKind
+from latentstudio.postprocess.extras import ExtrasOptions
 
 EXAMPLE_3 = (
     "masterpiece, <lora:detail:0.6>, 1girl\nsecond line of prompt\nNegative prompt: lowres, bad hands\n"
@@ -138,61 +140,14 @@ def test_timestamp_format() -> None:
 
 
 # -- extras and png-info ---------------------------------------------------------------------------------
-def _extras(**fields: Any) -> ExtrasSingleRequest:
-    return ExtrasSingleRequest(image="x", **fields)
-
-
-@pytest.mark.parametrize(
-    ("fields", "size", "info"),
-    [
-        ({"upscaler_1": "Lanczos"}, (128, 96), "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"),
-        ({"upscaler_1": "Nearest", "upscaling_resize": 1.5}, (96, 72), "Postprocess upscaler: Nearest"),
-        ({"upscaler_1": "Lanczos", "upscaling_resize": 1.1}, (64, 48), "upscale by: 1.1"),  # floor to 8
-        (
-            {"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 100, "upscaling_resize_h": 100},
-            (100, 100),
-            "Postprocess upscale to: 100x100, Postprocess crop to: 100x100",
-        ),
-        ({"upscaler_1": "None"}, (64, 48), ""),
-        (
-            {"upscaler_1": "Lanczos", "upscaler_2": "Nearest", "extras_upscaler_2_visibility": 0.5},
-            (128, 96),
-            "Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest",
-        ),
-    ],
-)
-def test_upscaling(fields: dict[str, Any], size: tuple[int, int], info: str) -> None:
-    source = Image.new("RGB", (64, 48), "blue")
-    source.info["parameters"] = "a cat\nSteps: 1, Sampler: Euler, Seed: 1"
-    result, text = extras.postprocess(source, _extras(**fields), 40_000_000)
-    assert result.size == size
-    assert info in text
-    assert result.info["parameters"] == source.info["parameters"]
-    assert result.info[extras.POSTPROCESSING_KEY] == text
-    assert extras.html_info('a "b" <c>') == "<p>a &quot;b&quot; &lt;c&gt;</p>"
-
-
-@pytest.mark.parametrize(
-    ("fields", "field"),
-    [
-        ({"upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
-        ({"upscaler_2": "../../x.pth"}, "upscaler_2"),
-        ({"gfpgan_visibility": 0.5}, "gfpgan_visibility"),
-        ({"codeformer_visibility": 0.1}, "codeformer_visibility"),
-    ],
-)
-def test_extras_refusals(fields: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError) as e:
-        extras.check_request(_extras(**fields))
-    assert e.value.field == field
-
-
-def test_upscaling_past_the_pixel_limit_is_refused() -> None:
-    with pytest.raises(InputError) as e:
-        extras.postprocess(
-            Image.new("RGB", (64, 64)), _extras(upscaler_1="Lanczos", upscaling_resize=8), 1000
-        )
-    assert e.value.field == "upscaling_resize"
+def test_extras_request_becomes_a_job_spec() -> None:
+    source = Image.new("RGB", (8, 8))
+    request = ExtrasSingleRequest(image="x", upscaler_1="Lanczos", gfpgan_visibility=0.25, upscale_first=True)
+    spec = extras.spec(request, [source])
+    assert spec.options == ExtrasOptions(upscaler_1="Lanczos", gfpgan_visibility=0.25, upscale_first=True)
+    assert (spec.images, spec.source, spec.kind) == ((source,), "sdapi", JobKind.EXTRAS)
+    assert extras.html_info(["x", 'a "b" <c>']) == "<p>a &quot;b&quot; &lt;c&gt;</p>"  # the last image's
+    assert extras.html_info([]) == "<p></p>"
 
 
 def test_png_info_splits_infotext_and_items() -> None:

@@ -22,8 +22,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from latentstudio.config import Settings
-from latentstudio.jobs import JobStatus
+from latentstudio.jobs import JobKind, JobStatus
 from latentstudio.models.families import Family
+from latentstudio.postprocess.synthetic import random_esrgan_state
 from tests.conftest import MakeTiny
 from tests.serving import Served, models_root, serve, wait_until
 
@@ -50,6 +51,11 @@ def served(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Ite
     (models / "Lora").mkdir()
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}
     save_file(lora, models / "Lora" / "detail-tweaker.safetensors")  # listed as a card
+    for folder in ("ESRGAN", "GFPGAN"):
+        (models / folder).mkdir()
+    save_file(random_esrgan_state(scale=2), models / "ESRGAN" / "2x-Tiny.safetensors")  # a model upscaler
+    # weights in GFPGAN/ show its slider; an ESRGAN file there fails when the job loads it
+    save_file(random_esrgan_state(), models / "GFPGAN" / "GFPGANv1.4.safetensors")
     settings = Settings(models_dir=models, data_dir=root / "data", device="cpu")
     with serve(settings) as running:
         yield running
@@ -367,7 +373,7 @@ def test_lora_card_inserts_its_tag_and_settings_persist(page: Any, served: Serve
         client.post("/sdapi/v1/options", json={"eta_noise_seed_delta": 0})
 
 
-def test_send_a_result_to_extras_and_upscale_it(page: Any, served: Served) -> None:
+def test_send_a_result_to_extras_and_upscale_it_with_a_model(page: Any, served: Served) -> None:
     page.fill("#txt2img_prompt textarea", "to extras")
     for name, value in {**SMALL, "steps": 2}.items():
         _number(page, f"txt2img_{name}", value)
@@ -379,8 +385,8 @@ def test_send_a_result_to_extras_and_upscale_it(page: Any, served: Served) -> No
     page.wait_for_selector("#tab_extras-button[aria-selected=true]")
     page.wait_for_selector("#extras_image img")
     page.locator("#extras_upscaler_1 input").click()  # open the list and pick the option
-    page.locator("#extras_upscaler_1 [role=option]", has_text="Lanczos").click()
-    page.wait_for_function("document.querySelector('#extras_upscaler_1 input').value === 'Lanczos'")
+    page.locator("#extras_upscaler_1 [role=option]", has_text="2x-Tiny").click()
+    page.wait_for_function("document.querySelector('#extras_upscaler_1 input').value === '2x-Tiny'")
     _number(page, "extras_upscaling_resize", 2)
     time.sleep(0.3)
     page.click("#extras_generate")
@@ -394,3 +400,12 @@ def test_send_a_result_to_extras_and_upscale_it(page: Any, served: Served) -> No
     size = page.eval_on_selector("#extras_result img", "img => [img.naturalWidth, img.naturalHeight]")
     assert size == [128, 128]
     _shot(page, "extras_result")
+    job = _latest_job(served)
+    assert (job.spec.kind, job.spec.source, job.spec.options.upscaler_1) == (JobKind.EXTRAS, "ui", "2x-Tiny")
+    # face restoration: offered because GFPGAN/ has weights (CodeFormer/ has none); the job loads the file
+    assert page.locator("#extras_codeformer_visibility").is_hidden()
+    _number(page, "extras_gfpgan_visibility", 0.5)
+    time.sleep(0.3)
+    page.click("#extras_generate")
+    page.wait_for_selector("#extras_error:visible")
+    assert "not GFPGAN" in page.inner_text("#extras_error")

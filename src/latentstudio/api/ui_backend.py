@@ -20,9 +20,10 @@ from latentstudio.api.sdapi import extras, listing, pasting
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.convert import prepare
 from latentstudio.api.sdapi.models import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest
+from latentstudio.api.sdapi.routes import WAIT_SECONDS
 from latentstudio.api.state import Services
 from latentstudio.config import Settings
-from latentstudio.jobs import JobRecord, JobService
+from latentstudio.jobs import JobRecord, JobService, JobStatus
 from latentstudio.jobs.model import JobSpecError, NoCheckpointError, QueueFullError
 from latentstudio.pipeline.params import ParamError
 from latentstudio.prompts.counter import count_tokens
@@ -97,11 +98,12 @@ class SdapiBackend:
             ),
             vaes=["Automatic", "None", *(v["model_name"] for v in listing.sd_vaes(svc.manager))],
             current_vae=str(stored.get("sd_vae") or "Automatic"),
-            upscalers=[u["name"] for u in listing.upscalers()],
+            upscalers=[u.name for u in svc.jobs.upscalers()],
             latent_upscalers=[m["name"] for m in listing.latent_upscale_modes()],
             loras=[lora["name"] for lora in listing.loras(svc.manager)],
             embeddings=sorted(embeddings["loaded"]),
             styles=[s["name"] for s in listing.prompt_styles(svc.settings)],
+            face_restorers=[f.name for f in svc.jobs.face_restorers()],
         )
 
     def refresh(self) -> None:
@@ -143,10 +145,18 @@ class SdapiBackend:
         return extras.png_info(image)[0]
 
     def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
+        svc = self.services
         with field_errors():
             request = ExtrasSingleRequest.model_validate({**fields, "image": "ui"})
-            extras.check_request(request)
-            return extras.postprocess(image, request, self.services.settings.max_image_pixels)
+            if image.width * image.height > svc.settings.max_image_pixels:
+                raise FieldError("image", f"larger than {svc.settings.max_image_pixels} pixels")
+            record = svc.jobs.submit(extras.spec(request, [image], source="ui"))
+        record = svc.jobs.wait(record.id, WAIT_SECONDS)
+        if record.status is not JobStatus.DONE or not record.images:
+            raise FieldError("job", record.error or f"the extras job is {record.status.value}")
+        with Image.open(svc.jobs.image_path(record.images[0].id)) as result:
+            result.load()
+            return result.copy(), record.images[0].infotext
 
     def options(self) -> list[OptionField]:
         return option_fields(self.services.settings)

@@ -53,6 +53,7 @@ class Catalog:
     loras: Sequence[str]
     embeddings: Sequence[str]
     styles: Sequence[str] = field(default_factory=tuple)
+    face_restorers: Sequence[str] = field(default_factory=tuple)  # "GFPGAN" / "CodeFormer" with weights
 
 
 class Backend(Protocol):
@@ -83,7 +84,8 @@ class Backend(Protocol):
         """The infotext an image carries ('' if none)."""
 
     def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
-        """Upscale one image with ``/sdapi/v1/extra-single-image`` fields; the image and its info text."""
+        """Upscale / restore faces of one image with ``/sdapi/v1/extra-single-image`` fields, as an extras
+        job on the queue (waited for); the result and its ``postprocessing`` text."""
 
     def options(self) -> list[OptionField]:
         """The settings that change images, with their current values."""

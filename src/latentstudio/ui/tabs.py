@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,19 @@ def extras_tab() -> dict[str, Any]:
                 label="Upscaler 2 visibility",
                 elem_id="extras_upscaler_2_visibility",
             )
+            # shown by the catalog when the restorer's weights are in the models folder
+            gfpgan = gr.Slider(
+                0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility", visible=False,
+                elem_id="extras_gfpgan_visibility",
+            )  # fmt: skip
+            codeformer = gr.Slider(
+                0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility", visible=False,
+                elem_id="extras_codeformer_visibility",
+            )  # fmt: skip
+            codeformer_weight = gr.Slider(
+                0.0, 1.0, value=0.0, step=0.001, label="CodeFormer weight (0 = maximum effect)",
+                visible=False, elem_id="extras_codeformer_weight",
+            )  # fmt: skip
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             error = error_box("extras_error")
@@ -68,6 +82,9 @@ def extras_tab() -> dict[str, Any]:
         "upscaler_1": upscaler_1,
         "upscaler_2": upscaler_2,
         "visibility": visibility,
+        "gfpgan": gfpgan,
+        "codeformer": codeformer,
+        "codeformer_weight": codeformer_weight,
         "run": run,
         "error": error,
         "output": output,
@@ -79,7 +96,7 @@ def wire_extras(get: GetBackend, ex: dict[str, Any]) -> None:
     def run(image: Image.Image | None, *values: Any) -> tuple[Any, Any, Any]:
         if image is None:
             return gr.skip(), "", error_update("**image**: drop an image to upscale")
-        mode, factor, width, height, crop, up1, up2, visibility = values
+        mode, factor, width, height, crop, up1, up2, visibility, gfpgan, codeformer, weight = values
         fields = {
             "resize_mode": int(mode),
             "upscaling_resize": float(factor),
@@ -89,14 +106,20 @@ def wire_extras(get: GetBackend, ex: dict[str, Any]) -> None:
             "upscaler_1": up1,
             "upscaler_2": up2,
             "extras_upscaler_2_visibility": float(visibility),
+            "gfpgan_visibility": float(gfpgan),
+            "codeformer_visibility": float(codeformer),
+            "codeformer_weight": float(weight),
         }
         try:
             result, text = get().extras(image, fields)
         except FieldError as e:
             return gr.skip(), "", error_update(error_md(e))
-        return result, f"<p>{text}</p>", error_update("")
+        return result, f"<p>{html.escape(text)}</p>", error_update("")
 
-    names = ["mode", "factor", "width", "height", "crop", "upscaler_1", "upscaler_2", "visibility"]
+    names = [
+        "mode", "factor", "width", "height", "crop", "upscaler_1", "upscaler_2", "visibility", "gfpgan",
+        "codeformer", "codeformer_weight",
+    ]  # fmt: skip
     ex["run"].click(run, [ex["image"], *(ex[n] for n in names)], [ex["output"], ex["info"], ex["error"]])
 
 
@@ -162,7 +185,8 @@ def wire_history(get: GetBackend, h: dict[str, Any]) -> None:
         for record in jobs.list(offset=(page_n - 1) * HISTORY_PAGE, limit=HISTORY_PAGE):
             if record.status is JobStatus.DONE:
                 entries += [(record.id, r) for r in results(jobs, record)]
-        gallery = [(r.path, f"{job_id[:8]} · seed {r.seed}") for job_id, r in entries]
+        captions = [f"seed {r.seed}" if r.seed >= 0 else "extras" for _, r in entries]  # extras: no seed
+        gallery = [(r.path, f"{job_id[:8]} · {c}") for (job_id, r), c in zip(entries, captions, strict=True)]
         summary = f"Page {page_n} of {pages} · {total} jobs"
         return page_n, summary, gallery, entries, None, "", error_update("")
 

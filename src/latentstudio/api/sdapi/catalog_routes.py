@@ -1,4 +1,4 @@
-"""The ``/sdapi/v1`` list, refresh, extras and png-info endpoints (A1111 shapes; see :mod:`.listing`)."""
+"""The ``/sdapi/v1`` list, refresh and png-info endpoints (A1111 shapes; see :mod:`.listing`)."""
 
 from __future__ import annotations
 
@@ -11,48 +11,13 @@ from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.sdapi import extras, listing
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.models import (
-    ExtrasBatchRequest,
-    ExtrasBatchResponse,
-    ExtrasSingleRequest,
-    ExtrasSingleResponse,
-    PngInfoRequest,
-    PngInfoResponse,
-)
+from latentstudio.api.sdapi.models import PngInfoRequest, PngInfoResponse
 from latentstudio.api.state import ServicesDep
 
 router = APIRouter(tags=["A1111 compatible"])
 _REFUSED: dict[int | str, dict[str, Any]] = {
     422: {"description": "A field was refused; `detail[].loc` names it."}
 }
-
-
-@router.post(
-    "/extra-single-image", response_model=ExtrasSingleResponse, responses=_REFUSED, summary="Upscale an image"
-)
-def extra_single_image(req: ExtrasSingleRequest, svc: ServicesDep) -> ExtrasSingleResponse:
-    """Built-in upscalers only ("None", "Lanczos", "Nearest"); the PNG keeps its ``parameters`` and gains
-    a ``postprocessing`` entry."""
-    extras.check_request(req)
-    image = decode_image(req.image, "image", max_pixels=svc.settings.max_image_pixels)
-    result, text = extras.postprocess(image, req, svc.settings.max_image_pixels)
-    return ExtrasSingleResponse(html_info=extras.html_info(text), image=extras.encode_png(result))
-
-
-@router.post(
-    "/extra-batch-images", response_model=ExtrasBatchResponse, responses=_REFUSED, summary="Upscale images"
-)
-def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> ExtrasBatchResponse:
-    extras.check_request(req)
-    limit = svc.settings.max_image_pixels
-    decoded = [
-        decode_image(f.data, f"imageList.{i}.data", max_pixels=limit) for i, f in enumerate(req.imageList)
-    ]
-    images, text = [], ""
-    for image in decoded:
-        result, text = extras.postprocess(image, req, limit)
-        images.append(extras.encode_png(result))
-    return ExtrasBatchResponse(html_info=extras.html_info(text), images=images)
 
 
 @router.post(
@@ -82,9 +47,10 @@ def schedulers() -> list[dict[str, Any]]:
     return listing.schedulers()
 
 
-@router.get("/upscalers", summary="Upscalers (built-in only)")
-def upscalers() -> list[dict[str, Any]]:
-    return listing.upscalers()
+@router.get("/upscalers", summary="Upscalers: built-in, then model files")
+def upscalers(svc: ServicesDep) -> list[dict[str, Any]]:
+    """None, Lanczos, Nearest, then the spandrel models in ``models/ESRGAN``, ``models/RealESRGAN``, …"""
+    return listing.upscalers(svc.jobs.upscalers())
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes")
@@ -138,9 +104,10 @@ def prompt_styles(svc: ServicesDep) -> list[dict[str, str]]:
     return listing.prompt_styles(svc.settings)
 
 
-@router.get("/face-restorers", summary="Face restorers (none)")
-def face_restorers() -> list[dict[str, Any]]:
-    return []
+@router.get("/face-restorers", summary="Face restorers with weights on this server")
+def face_restorers(svc: ServicesDep) -> list[dict[str, Any]]:
+    """GFPGAN / CodeFormer, each when its folder has a weights file (nothing is downloaded)."""
+    return [{"name": f.name, "cmd_dir": f.cmd_dir} for f in svc.jobs.face_restorers()]
 
 
 @router.get("/hypernetworks", summary="Hypernetworks (none)")
@@ -148,9 +115,13 @@ def hypernetworks() -> list[dict[str, Any]]:
     return []
 
 
-@router.get("/realesrgan-models", summary="RealESRGAN models (none)")
-def realesrgan_models() -> list[dict[str, Any]]:
-    return []
+@router.get("/realesrgan-models", summary="The model files in models/RealESRGAN")
+def realesrgan_models(svc: ServicesDep) -> list[dict[str, Any]]:
+    return [
+        {"name": u.name, "path": u.model_path, "scale": u.scale}
+        for u in svc.jobs.upscalers()
+        if u.model_name == "RealESRGAN"
+    ]
 
 
 @router.get("/scripts", summary="Scripts (none)")

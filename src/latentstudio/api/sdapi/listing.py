@@ -8,14 +8,13 @@ safetensors header (LoRA metadata, via the LoRA library) or, for ``embeddings``,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psutil
 import torch
 
 from latentstudio.api.sdapi.convert import CheckpointRef, ServerCatalog
-from latentstudio.api.sdapi.extras import UPSCALERS
 from latentstudio.config import Settings
 from latentstudio.models import loader
 from latentstudio.models.discovery import CheckpointInfo
@@ -24,6 +23,7 @@ from latentstudio.models.families import Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.lora.library import metadata_json
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
+from latentstudio.postprocess.upscalers import UpscalerInfo
 from latentstudio.prompts.styles import load_styles
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
 
@@ -66,12 +66,13 @@ def schedulers() -> list[dict[str, Any]]:
     ]
 
 
-def upscalers() -> list[dict[str, Any]]:
-    """The built-in upscalers: ``[{name, model_name, model_path, model_url, scale}]``."""
+def upscalers(infos: Sequence[UpscalerInfo]) -> list[dict[str, Any]]:
+    """``[{name, model_name, model_path, model_url, scale}]`` (``model_name``: the folder's family)."""
     return [
-        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-        for name in UPSCALERS
-    ]
+        {"name": u.name, "model_name": u.model_name, "model_path": u.model_path, "model_url": u.model_url,
+         "scale": u.scale}
+        for u in infos
+    ]  # fmt: skip
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:

@@ -1,8 +1,8 @@
-"""The ``/sdapi/v1`` generation, progress, control and options endpoints.
+"""The ``/sdapi/v1`` generation, extras, progress, control and options endpoints.
 
-Synchronous like A1111's: txt2img / img2img queue a job on the shared job service and wait for it (plain
-``def`` handlers, so the waiting happens in FastAPI's thread pool and progress / interrupt / skip answer
-meanwhile). Unlike A1111, overlapping calls queue instead of racing, and each call gets its own job.
+Synchronous like A1111's: txt2img / img2img / extras queue a job on the shared job service and wait for it
+(plain ``def`` handlers, so the waiting happens in FastAPI's thread pool and progress / interrupt / skip
+answer meanwhile). Unlike A1111, overlapping calls queue instead of racing, and each call gets its own job.
 """
 
 from __future__ import annotations
@@ -11,13 +11,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
+from PIL import Image
 
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
-from latentstudio.api.sdapi import listing, response
+from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.convert import prepare, request_field
 from latentstudio.api.sdapi.models import (
+    ExtrasBase,
+    ExtrasBatchRequest,
+    ExtrasBatchResponse,
+    ExtrasSingleRequest,
+    ExtrasSingleResponse,
     GenerationRequest,
     GenerationResponse,
     Img2ImgRequest,
@@ -27,7 +33,7 @@ from latentstudio.api.sdapi.models import (
 )
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.api.state import Services, ServicesDep
-from latentstudio.jobs import JobSpec, JobSpecError, JobStatus
+from latentstudio.jobs import JobRecord, JobSpec, JobSpecError, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
 WAIT_SECONDS = 6 * 3600.0
@@ -62,7 +68,15 @@ def _generate(
     except JobSpecError as e:  # the models the spec names, checked by the service: A1111's field names
         raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
     store.update(prepared.persist)
-    record = svc.jobs.wait(record.id, WAIT_SECONDS)
+    done = _finished(svc, record.id)
+    if isinstance(done, JSONResponse):
+        return done
+    return response.build(prepared, done, _pngs(svc, done), req)
+
+
+def _finished(svc: Services, job_id: str) -> JobRecord | JSONResponse:
+    """Wait for the job: its record once done, else A1111's error envelope (failed, cancelled, timeout)."""
+    record = svc.jobs.wait(job_id, WAIT_SECONDS)
     if record.status is JobStatus.FAILED:
         return _failure(500, "JobFailed", record.error or "the job failed")
     if record.status is JobStatus.CANCELLED:
@@ -71,8 +85,11 @@ def _generate(
         return _failure(
             504, "Timeout", f"job {record.id} is still {record.status}; see /api/v1/jobs/{record.id}"
         )
-    pngs = [svc.jobs.image_path(image.id).read_bytes() for image in record.images]
-    return response.build(prepared, record, pngs, req)
+    return record
+
+
+def _pngs(svc: Services, record: JobRecord) -> list[bytes]:
+    return [svc.jobs.image_path(image.id).read_bytes() for image in record.images]
 
 
 @router.post("/txt2img", response_model=GenerationResponse, responses=_ERRORS, summary="Text to image")
@@ -90,6 +107,46 @@ def img2img(req: Img2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONR
     if not req.init_images:
         raise HTTPException(404, "Init image not found")
     return _generate(svc, req, decode_init=True)
+
+
+def _extras(svc: Services, req: ExtrasBase, images: list[Image.Image]) -> JobRecord | JSONResponse:
+    """Queue the extras job (names and sizes are checked there: 422 naming the field) and wait for it."""
+    done = _finished(svc, svc.jobs.submit(extras.spec(req, images)).id)
+    if isinstance(done, JobRecord) and not done.images:
+        return _failure(409, "JobInterrupted", f"job {done.id} was interrupted before its first image")
+    return done
+
+
+@router.post(
+    "/extra-single-image", response_model=ExtrasSingleResponse, responses=_ERRORS, summary="Upscale an image"
+)
+def extra_single_image(req: ExtrasSingleRequest, svc: ServicesDep) -> ExtrasSingleResponse | JSONResponse:
+    """An extras job: upscalers (built-in or model files), then GFPGAN / CodeFormer when their visibility
+    is > 0. The PNG keeps its ``parameters`` and gains a ``postprocessing`` entry."""
+    image = decode_image(req.image, "image", max_pixels=svc.settings.max_image_pixels)
+    done = _extras(svc, req, [image])
+    if isinstance(done, JSONResponse):
+        return done
+    image_b64 = extras.encode(_pngs(svc, done)[0])
+    return ExtrasSingleResponse(html_info=extras.html_info(done.infotexts), image=image_b64)
+
+
+@router.post(
+    "/extra-batch-images", response_model=ExtrasBatchResponse, responses=_ERRORS, summary="Upscale images"
+)
+def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> ExtrasBatchResponse | JSONResponse:
+    """One extras job for all the images, processed in order with the same options."""
+    if not req.imageList:
+        raise InputError("imageList", "no images to process")
+    limit = svc.settings.max_image_pixels
+    decoded = [
+        decode_image(f.data, f"imageList.{i}.data", max_pixels=limit) for i, f in enumerate(req.imageList)
+    ]
+    done = _extras(svc, req, decoded)
+    if isinstance(done, JSONResponse):
+        return done
+    images = [extras.encode(png) for png in _pngs(svc, done)]
+    return ExtrasBatchResponse(html_info=extras.html_info(done.infotexts), images=images)
 
 
 def _progress_state(svc: Services, skip_image: bool) -> ProgressResponse:
