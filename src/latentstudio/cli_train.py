@@ -83,6 +83,60 @@ def train_model_command(  # noqa: PLR0917 - one option per setting
     typer.echo(json.dumps({"output": str(result.output_dir / "final"), "seconds": round(result.seconds, 1)}))
 
 
+@train_app.command("lora")
+def train_lora_command(  # noqa: PLR0917 - one option per setting
+    base: Annotated[Path, typer.Option(help="Base checkpoint: SD1/SD2/SDXL file or diffusers folder.")],
+    data: Annotated[Path, typer.Option(help="Images + same-name .txt captions (N_name/: N repeats).")],
+    output_dir: Output = Path("runs/lora"),
+    output_name: Annotated[str, typer.Option(help="File stem, ss_output_name (default: data dir).")] = "",
+    rank: int = 16,
+    alpha: float = 8.0,
+    steps: int = 1000,
+    batch_size: int = 1,
+    lr: float = 1e-4,
+    resolution: int = 512,
+    bucket_step: Annotated[int, typer.Option(help="Bucket sides are multiples of this (kohya: 64).")] = 64,
+    train_text_encoder: Annotated[bool, typer.Option(help="Also put LoRA on the text encoder(s).")] = False,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (GPU).")] = "no",
+    sample_prompt: Annotated[list[str] | None, typer.Option(help="Sample prompt (repeatable).")] = None,
+    sample_every: int = 250,
+    checkpoint_every: int = 250,
+    seed: int = 0,
+    threads: Threads = 1,
+    config: ConfigFile = None,
+) -> None:
+    """Train a LoRA on a kohya-style image folder: final/<name>.safetensors (kohya keys, ss_* metadata)."""
+    from latentstudio.models.files import ModelFileError
+    from latentstudio.train.loop import train
+    from latentstudio.train.lora import LoraConfig, LoraTask
+    from latentstudio.train.lora_data import DataError
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise _fail(f"--mixed-precision: {mixed_precision!r} is not one of no, fp16, bf16")
+    cfg = LoraConfig.load(config) if config else LoraConfig(
+        output_dir=str(output_dir), base=str(base), data=str(data), output_name=output_name, rank=rank,
+        alpha=alpha, steps=steps, batch_size=batch_size, lr=lr, resolution=resolution,
+        bucket_step=bucket_step,
+        train_text_encoder=train_text_encoder, mixed_precision=mixed_precision,  # type: ignore[arg-type]
+        sample_prompts=tuple(sample_prompt or ()), sample_every=sample_every,
+        checkpoint_every=checkpoint_every, seed=seed, threads=threads,
+    )  # fmt: skip
+    if not Path(cfg.base).exists():
+        raise _fail(f"--base: {cfg.base}: no such file")
+    try:
+        task = LoraTask(cfg)
+    except (DataError, ModelFileError, OSError, ValueError) as e:
+        raise _fail(str(e)) from None
+    for warning in task.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    try:
+        result = train(task, cfg)
+    except DataError as e:  # an image that decodes badly only when its latent is cached
+        raise _fail(str(e)) from None
+    file = result.output_dir / "final" / f"{task.name}.safetensors"
+    typer.echo(json.dumps({"output": str(file), "seconds": round(result.seconds, 1)}))
+
+
 @train_app.command("shapes")
 def train_shapes_command(
     output_dir: Output = Path("runs/shapes"),
