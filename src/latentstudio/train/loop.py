@@ -6,20 +6,27 @@ DeepSpeed from ``accelerate launch`` configs, mixed precision, gradient accumula
 warm-up, gradient clipping, EMA, checkpoints with exact resume, periodic samples, a tqdm bar (loss, it/s)
 and logs (``log.jsonl`` always; TensorBoard too when the ``tensorboard`` package is installed).
 
-Exact resume: every random draw of step ``s`` comes from generators seeded by ``(seed, s, micro, rank)``
-and the data of a step is a pure function of its index, so a resumed run repeats the same batches, noise
-and updates as an uninterrupted one.
+Exact resume: the ``grad_accum × processes`` micro-batches of step ``s`` are numbered by a slot
+``micro × processes + rank``; the data and every random draw of a micro-batch are pure functions of
+``(seed, s, slot)``, so a resumed run repeats the same batches, noise and updates as an uninterrupted one,
+and 2 processes × ``grad_accum`` 1 see exactly the samples and draws of 1 process × ``grad_accum`` 2
+(the same global batch; ``tests/test_train_ddp.py``).
+
+On a machine without an accelerator the ``Accelerator`` is built with ``cpu=True``: accelerate only
+takes a ``torchrun`` / ``accelerate launch`` environment there as multi-CPU DDP (gloo) when told so;
+otherwise every launched process trains alone, into the same folder (refused below).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from accelerate import Accelerator
@@ -47,7 +54,8 @@ class Task(Protocol):
     modules: torch.nn.ModuleDict
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
-        """The scalar loss of one micro-batch (``modules`` may be wrapped by DDP)."""
+        """The scalar loss of one micro-batch (``modules``: the task's own, called from the forward of
+        the module accelerate prepared, so DDP synchronises the gradients of its backward)."""
         ...
 
     def samples(self, modules: torch.nn.ModuleDict, path: Path) -> None:
@@ -57,6 +65,26 @@ class Task(Protocol):
     def export(self, modules: torch.nn.ModuleDict, folder: Path) -> None:
         """Write the final artefacts of the run into ``folder``."""
         ...
+
+
+class _Objective(torch.nn.Module):
+    """The task's modules with its loss as ``forward``: what the loop hands to ``accelerator.prepare``.
+    DDP all-reduces gradients only in the backward of a forward it ran itself (a loss computed from the
+    unwrapped modules trains every process on its own shard), mixed precision's autocast wraps the
+    prepared ``forward``, and so do FSDP and DeepSpeed."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.inner = task.modules
+        self._loss = task.loss
+
+    def forward(self, batch: MicroBatch) -> torch.Tensor:
+        return self._loss(self.inner, batch)
+
+
+def _inner(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.ModuleDict:
+    """The task's ModuleDict inside the prepared model."""
+    return cast(_Objective, accelerator.unwrap_model(model)).inner
 
 
 @dataclass(frozen=True)
@@ -69,8 +97,10 @@ class TrainResult:
     output_dir: Path
 
 
-def _generator(config: LoopConfig, step: int, micro: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((config.seed * 1_000_003 + step) * 64 + micro) * 1024 + rank)
+def _generator(config: LoopConfig, step: int, slot: int) -> torch.Generator:
+    """The generator of micro-batch ``slot`` of ``step`` (slot 0 of a step: the seed of single-process,
+    no-accumulation runs before slots, so the built-in model's recipe draws what it drew)."""
+    return torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 65_536 + slot)
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -140,8 +170,12 @@ def train(task: Task, config: LoopConfig, *, stop_at: int | None = None) -> Trai
     tracker = "tensorboard" if is_tensorboard_available() else None
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision,
-        log_with=tracker, project_dir=str(out),
+        log_with=tracker, project_dir=str(out), cpu=not torch.accelerator.is_available(),
     )  # fmt: skip
+    launched = os.environ.get("WORLD_SIZE")  # torchrun / accelerate launch: never two runs in one folder
+    if launched is not None and int(launched) != accelerator.num_processes:
+        raise RuntimeError(f"launched as {launched} processes but accelerate runs "
+                           f"{accelerator.num_processes}: check the accelerate config")  # fmt: skip
     main = accelerator.is_main_process
     if main:
         config.save(out / "config.json")
@@ -151,14 +185,14 @@ def train(task: Task, config: LoopConfig, *, stop_at: int | None = None) -> Trai
     ema = _state(module) if config.ema_decay > 0 else None
     latest = _latest_checkpoint(out)
     start = _load_checkpoint(latest, module, optimizer, ema) if latest is not None else 0
-    model, optimizer = accelerator.prepare(module, optimizer)
+    model, optimizer = accelerator.prepare(_Objective(task), optimizer)
     if tracker:
         accelerator.init_trackers("latentstudio")
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     losses = _run_steps(task, config, accelerator, model, optimizer, ema, start, end)
     accelerator.wait_for_everyone()
     seconds = losses.pop()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = _inner(accelerator, model)
     if main and end == config.steps and stop_at is None:
         task.export(_with_weights(unwrapped, ema), out / "final")
     accelerator.end_training()
@@ -182,10 +216,11 @@ def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
             group["lr"] = lr
         total = 0.0
         for micro in range(config.grad_accum):
-            first = ((step * config.grad_accum + micro) * world + rank) * config.batch_size
-            batch = MicroBatch(step, first, config.batch_size, _generator(config, step, micro, rank))
+            slot = micro * world + rank
+            first = (step * config.grad_accum * world + slot) * config.batch_size
+            batch = MicroBatch(step, first, config.batch_size, _generator(config, step, slot))
             with accelerator.accumulate(model):
-                loss = task.loss(model, batch)
+                loss = model(batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -193,7 +228,7 @@ def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
                 optimizer.zero_grad()
             total += float(accelerator.reduce(loss.detach(), reduction="mean")) / config.grad_accum
         losses.append(total)
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = _inner(accelerator, model)
         if ema is not None:
             _update_ema(ema, unwrapped, config.ema_decay, step)
         done = step + 1
