@@ -183,7 +183,8 @@ def apply_overlay(image: Image.Image, overlay: Overlay) -> Image.Image:
 
 @dataclass(frozen=True)
 class Prepared:
-    """An img2img job's inputs at the processing size: ``image`` (masked content filled) and ``mask``
+    """An img2img job's inputs at the processing size: ``image`` (masked content filled; with resize mode 3
+    ("latent upscale") at its own size, whole multiples of 8, as its latent is resized instead) and ``mask``
     (``L``, white = repaint; None without a mask), the ``overlay`` that restores the kept pixels, and the
     infotext keys and warnings the preparation adds."""
 
@@ -235,15 +236,43 @@ def prepare(params: GenerationParams) -> Prepared:
         )
         image = resize_image(init.crop(region), width, height, ResizeMode.RESIZE_AND_FILL)
         info.update({"Inpaint area": "Only masked", "Masked area padding": params.inpaint_full_res_padding})
+    elif params.resize_mode is ResizeMode.LATENT_UPSCALE:
+        image, fill_mask, processing_mask, shown = _latent_upscale_inputs(init, mask, width, height)
+        overlay = Overlay(overlay_for(shown, _doubled(processing_mask)), None)
     else:
         processing_mask = resize_image(mask, width, height, params.resize_mode).convert("L")
-        doubled = np.clip(np.asarray(processing_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
         image = resize_image(init, width, height, params.resize_mode)
-        overlay = Overlay(overlay_for(image, Image.fromarray(doubled, mode="L")), None)
+        fill_mask = processing_mask
+        overlay = Overlay(overlay_for(image, _doubled(processing_mask)), None)
     if params.inpainting_fill != MaskedContent.ORIGINAL:
-        image = fill(image, processing_mask) if params.inpainting_fill == MaskedContent.FILL else image
+        image = fill(image, fill_mask) if params.inpainting_fill == MaskedContent.FILL else image
         info["Masked content"] = MASKED_CONTENT_LABELS[params.inpainting_fill]
     return Prepared(image, processing_mask, overlay, info, warnings)
+
+
+def _doubled(mask: Image.Image) -> Image.Image:
+    """A1111's whole-picture overlay mask ``clip(mask·2)``: blurred edges reach full opacity halfway."""
+    return Image.fromarray(np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8), mode="L")
+
+
+def _latent_upscale_inputs(
+    init: Image.Image, mask: Image.Image, width: int, height: int
+) -> tuple[Image.Image, Image.Image, Image.Image, Image.Image]:
+    """Whole-picture inpainting with resize mode 3: ``(image, its mask, processing mask, shown)``.
+
+    A1111 encodes the init image at its own size and stretches its latent to ``width × height``
+    (bilinear). The mask follows the same geometry: brought to the init's size, cropped with it to whole
+    multiples of 8 (``image``, what is encoded, and ``fill``'s mask), then stretched to the processing
+    size (Lanczos, as A1111 resizes masks). ``shown`` is the cropped init stretched the same way: the
+    overlay takes the kept pixels from it, so they are the resized original. A1111 itself resizes the
+    mask with its "resize and fill" branch, and its overlay and fill need the init to be ``width ×
+    height`` already (other sizes raise "images do not match" there); for that size both are the same.
+    """
+    image = resize_image(init, width, height, ResizeMode.LATENT_UPSCALE)
+    native = mask if mask.size == init.size else mask.resize(init.size, resample=Image.Resampling.LANCZOS)
+    native = native.crop((0, 0, image.width, image.height))
+    processing_mask = resize_image(native, width, height, ResizeMode.JUST_RESIZE).convert("L")
+    return image, native, processing_mask, resize_image(image, width, height, ResizeMode.JUST_RESIZE)
 
 
 def masked_image_conditioning(

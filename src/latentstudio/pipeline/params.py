@@ -163,10 +163,6 @@ class GenerationParams:
         _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
         _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
         _check_float("inpainting_mask_weight", self.inpainting_mask_weight, 0.0, 1.0)
-        if self.resize_mode is ResizeMode.LATENT_UPSCALE:
-            raise ParamError(
-                "resize_mode", "latent upscale (3) cannot be combined with a mask; use 0, 1 or 2"
-            )
 
     def _validate_hires(self) -> None:
         """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""

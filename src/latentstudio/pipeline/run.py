@@ -92,6 +92,8 @@ def _image_conditioning(
     masked image (a grey image and an all-ones mask without one, as A1111); ``size`` is ``(width, height)``.
     """
     image = prepared.image if prepared is not None and prepared.mask is not None else None
+    if image is not None and image.size != size:  # resize mode 3: stretched like the init latent
+        image = image.resize(size, resample=Image.Resampling.LANCZOS)
     mask = prepared.mask if prepared is not None else None
     cond_mask, pixels = inpaint.masked_image_conditioning(image, mask, weight, size)
     latent = _vae_encode(components, pixels)
