@@ -141,13 +141,29 @@ def train_lora_command(  # noqa: PLR0917 - one option per setting
 def train_shapes_command(
     output_dir: Output = Path("runs/shapes"),
     threads: Threads = 1,
-    ship: Annotated[bool, typer.Option(help="Copy the result over the packaged built-in model.")] = False,
+    ship: Annotated[
+        bool, typer.Option(help="Copy the result over the packaged built-in model and write its model card.")
+    ] = False,
+    eval_subset: Annotated[
+        int, typer.Option(min=1, help="Prompts of the eval set for the card (--ship).")
+    ] = 400,
 ) -> None:
     """Reproduce the built-in model: `train vae` then `train model` with the shipped recipe (resumable)."""
-    from latentstudio.train.recipe import builtin_model_path, run_recipe, shapes_recipe
+    import torch
+
+    from latentstudio.models.loader import load_checkpoint
+    from latentstudio.train.eval_shapes import evaluate
+    from latentstudio.train.recipe import CARD_NAME, builtin_model_path, model_card, run_recipe, shapes_recipe
 
     recipe = shapes_recipe(output_dir, threads=threads)
     path = run_recipe(recipe, builtin_model_path() if ship else None)
+    if ship:
+        components = load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
+        accuracy = evaluate(components, eval_subset)
+        card = model_card(
+            recipe, path, {**accuracy.as_dict(), "steps": 20, "sampler": "DPM++ 2M", "cfg_scale": 7.0}
+        )
+        (path.parent / CARD_NAME).write_text(card, encoding="utf-8")
     typer.echo(str(path))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 from latentstudio.models.builtin import builtin_checkpoint as builtin_model_path
 from latentstudio.train.config import ModelConfig, VaeConfig
 
-__all__ = ["ShapesRecipe", "builtin_model_path", "run_recipe", "shapes_recipe"]
+__all__ = ["ShapesRecipe", "builtin_model_path", "loss_curve", "model_card", "run_recipe", "shapes_recipe"]
+CARD_NAME = "MODEL_CARD.md"
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,24 @@ class ShapesRecipe:
 def shapes_recipe(output_dir: Path, *, threads: int = 1, scale: float = 1.0) -> ShapesRecipe:
     """The exact configs of the shipped model; ``scale`` < 1 shortens both stages (smoke runs)."""
     vae = VaeConfig(
-        output_dir=str(output_dir / "vae"), steps=1300, batch_size=8, warmup=20, lr=1e-3,
-        lr_steps=((1000, 3e-4),), norm_groups=1, threads=threads,
-        checkpoint_every=50, sample_every=150, log_every=10,
+        output_dir=str(output_dir / "vae"), steps=6500, batch_size=8, warmup=20, lr=5e-4,
+        lr_steps=((5500, 1.5e-4),), norm_groups=1, threads=threads,
+        checkpoint_every=250, sample_every=0, log_every=50,
     )  # fmt: skip
     model = ModelConfig(
         output_dir=str(output_dir / "model"), vae=str(output_dir / "vae" / "final"),
-        steps=1200, batch_size=32, warmup=50, lr=5e-4, lr_steps=((900, 2e-4),), threads=threads,
-        ema_decay=0.995, checkpoint_every=100, sample_every=300, log_every=10,
+        steps=5000, batch_size=32, warmup=50, lr=5e-4, lr_steps=((4000, 1.5e-4),), threads=threads,
+        ema_decay=0.995, checkpoint_every=500, sample_every=0, log_every=50,
     )  # fmt: skip
-    if scale != 1.0:
-        vae = dataclasses.replace(vae, steps=max(2, round(vae.steps * scale)))
-        model = dataclasses.replace(model, steps=max(2, round(model.steps * scale)))
+    if scale != 1.0:  # shorter stages, their learning-rate steps at the same fractions
+
+        def shorten(steps: int) -> int:
+            return max(2, round(steps * scale))
+
+        vae = dataclasses.replace(vae, steps=shorten(vae.steps),
+                                  lr_steps=tuple((shorten(s), lr) for s, lr in vae.lr_steps))  # fmt: skip
+        model = dataclasses.replace(model, steps=shorten(model.steps),
+                                    lr_steps=tuple((shorten(s), lr) for s, lr in model.lr_steps))  # fmt: skip
     return ShapesRecipe(vae, model)
 
 
@@ -58,3 +66,111 @@ def run_recipe(recipe: ShapesRecipe, destination: Path | None = None) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(recipe.checkpoint, destination)
     return destination
+
+
+def loss_curve(run_dir: Path, every: int = 500) -> list[tuple[int, float]]:
+    """``(step, mean loss of the last logged window)`` from a run's ``log.jsonl`` at every ``every`` steps
+    and the last step (a resumed run's repeated steps: the newest record wins)."""
+    records: dict[int, float] = {}
+    for line in (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[int(record["step"])] = float(record["loss"])
+    if not records:
+        return []
+    last = max(records)
+    return [(step, records[step]) for step in sorted(records) if step % every == 0 or step == last]
+
+
+def model_card(recipe: ShapesRecipe, checkpoint: Path, accuracy: dict[str, float], *, notes: str = "") -> str:
+    """The built-in model's card (Markdown): architecture, file, the exact configs, loss curves and the
+    ``eval shapes`` accuracy ``accuracy`` (an :meth:`Accuracy.as_dict` plus ``steps``/``sampler``/``cfg``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), "pt") as f:
+        keys = list(f.keys())
+        counts = {"model.diffusion_model.": 0, "first_stage_model.": 0, "cond_stage_model.": 0}
+        for key in keys:
+            for prefix in counts:
+                if key.startswith(prefix):
+                    counts[prefix] += _numel(f.get_slice(key).get_shape())
+    unet, vae, text = counts.values()
+    size_mb = checkpoint.stat().st_size / 1e6
+    vae_cfg = json.dumps(dataclasses.asdict(recipe.vae), indent=2)
+    model_cfg = json.dumps(dataclasses.asdict(recipe.model), indent=2)
+
+    def curve(run: str) -> str:
+        rows = loss_curve(Path(run))
+        return "\n".join(f"| {step} | {loss:.4f} |" for step, loss in rows)
+
+    n = int(accuracy["count"])
+    return f"""# latentstudio-shapes — the built-in model
+
+A tiny text-to-image latent diffusion model of flat shapes, trained from scratch on the procedural
+shapes set (`latentstudio.train.shapes`: circle, square, triangle, star; 8 colours; 3 sizes; 9 positions;
+a background of another colour). It ships so that `latentstudio serve` and `latentstudio generate` make real
+pictures on a fresh install with no download. It is the default only when the models folder has no
+checkpoint (`Settings.builtin_model`, on by default).
+
+## File
+
+- `{checkpoint.name}`: {size_mb:.2f} MB, fp16, SD1 single-file (LDM) layout, {len(keys)} tensors; the
+  architecture (diffusers / transformers configs, JSON only) in the safetensors metadata
+  `latentstudio.architecture`, so the ordinary checkpoint loader builds it from the file alone.
+- UNet {unet / 1e6:.2f} M parameters (cross-attention, SD1 blocks), VAE {vae / 1e6:.2f} M (AutoencoderKL,
+  8× downscale, 4 latent channels), CLIP text encoder {text / 1e6:.2f} M (real CLIP vocabulary and
+  tokenizer, 49 408 × 64 token embeddings — most of it).
+- Native size 64 × 64 (8 × 8 latents); ε-prediction on SD's scaled-linear schedule (1000 steps).
+
+## How it was trained
+
+`latentstudio train shapes --output-dir runs/shapes --ship` runs the two stages below (each resumable) and
+copies the checkpoint here. Data: pure functions of (seed, index), nothing downloaded; VAE data seed
+{recipe.vae.seed}, model data seed {recipe.model.data_seed}.
+{notes}
+### Stage 1: VAE (`train vae`)
+
+```json
+{vae_cfg}
+```
+
+| step | loss (L1 + L2 + KL) |
+|---|---|
+{curve(recipe.vae.output_dir)}
+
+### Stage 2: UNet + text encoder (`train model`)
+
+```json
+{model_cfg}
+```
+
+| step | loss (min-SNR-weighted ε MSE) |
+|---|---|
+{curve(recipe.model.output_dir)}
+
+## Evaluation (`latentstudio eval shapes --subset {n}`)
+
+{n} fixed prompts naming every attribute (prompt *i* uses seed *i*), {accuracy.get("steps", 20)} steps
+{accuracy.get("sampler", "DPM++ 2M")}, CFG {accuracy.get("cfg_scale", 7.0)}, read by the deterministic
+pixel classifier of `latentstudio.train.eval_shapes` (exact on the generator's own renders):
+
+| foreground colour | background colour | shape | position |
+|---|---|---|---|
+| {accuracy["fg"]:.1%} | {accuracy["bg"]:.1%} | {accuracy["shape"]:.1%} | {accuracy["position"]:.1%} |
+
+Goal (issue 8): foreground ≥ 95 %, background ≥ 95 %, shape ≥ 85 %. CI checks a smaller subset
+(tests/test_builtin_model.py).
+
+## Limits
+
+It draws one flat shape on a flat background at 64 × 64 and knows only the words of its captions; anything
+else gives a plausible-looking shape picture. Not a general model; meant for trying the product, for tests
+and as a training example.
+"""
+
+
+def _numel(shape: list[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
