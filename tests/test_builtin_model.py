@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from latentstudio.models.builtin import BUILTIN_NAME, builtin_checkpoint
 from latentstudio.models.families import Family, Prediction
 from latentstudio.models.loader import Components, load_checkpoint
 from latentstudio.train.eval_shapes import classify, evaluate
-from latentstudio.train.recipe import CARD_NAME
+from latentstudio.train.recipe import CARD_NAME, loss_curve, model_card, shapes_recipe
 from tests.serving import serve
 
 PROMPT = "a large yellow square in the center on a blue background"
@@ -83,3 +84,24 @@ def test_generate_cli_works_out_of_the_box_at_the_native_size(tmp_path: Path) ->
         assert image.size == (64, 64)
         reading = classify(np.asarray(image.convert("RGB")))
     assert (reading.fg, reading.bg) == ("yellow", "blue")
+
+
+def test_the_model_card_reads_the_run_logs(tmp_path: Path) -> None:
+    """A resumed run's repeated steps: the newest record wins; rows every 500 steps and the last one."""
+    recipe = shapes_recipe(tmp_path / "runs", scale=0.1)
+    for stage, records in (
+        ("vae", [(500, 0.5), (600, 0.9), (600, 0.4), (650, 0.3)]),
+        ("model", [(250, 0.2), (500, 0.1)]),
+    ):
+        folder = tmp_path / "runs" / stage
+        folder.mkdir(parents=True)
+        lines = [json.dumps({"step": step, "loss": loss, "it_s": 1.0}) for step, loss in records]
+        (folder / "log.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert loss_curve(tmp_path / "runs" / "vae") == [(500, 0.5), (650, 0.3)]
+    accuracy = {"count": 10, "fg": 1.0, "bg": 0.9, "shape": 0.5, "position": 0.25}
+    card = model_card(recipe, builtin_checkpoint(), accuracy, notes="NOTE")
+    assert "| 100.0% | 90.0% | 50.0% | 25.0% |" in card
+    assert "| 650 | 0.3000 |" in card
+    assert "| 500 | 0.1000 |" in card
+    assert "NOTE" in card
+    assert '"steps": 650' in card  # the recipe's own configs, shortened by scale

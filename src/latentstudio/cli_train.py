@@ -160,9 +160,7 @@ def train_shapes_command(
     if ship:
         components = load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
         accuracy = evaluate(components, eval_subset)
-        card = model_card(
-            recipe, path, {**accuracy.as_dict(), "steps": 20, "sampler": "DPM++ 2M", "cfg_scale": 7.0}
-        )
+        card = model_card(recipe, path, accuracy.as_dict())
         (path.parent / CARD_NAME).write_text(card, encoding="utf-8")
     typer.echo(str(path))
 

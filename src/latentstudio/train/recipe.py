@@ -82,9 +82,18 @@ def loss_curve(run_dir: Path, every: int = 500) -> list[tuple[int, float]]:
     return [(step, records[step]) for step in sorted(records) if step % every == 0 or step == last]
 
 
-def model_card(recipe: ShapesRecipe, checkpoint: Path, accuracy: dict[str, float], *, notes: str = "") -> str:
+def model_card(
+    recipe: ShapesRecipe,
+    checkpoint: Path,
+    accuracy: dict[str, float],
+    *,
+    steps: int = 20,
+    sampler: str = "DPM++ 2M",
+    cfg_scale: float = 7.0,
+    notes: str = "",
+) -> str:
     """The built-in model's card (Markdown): architecture, file, the exact configs, loss curves and the
-    ``eval shapes`` accuracy ``accuracy`` (an :meth:`Accuracy.as_dict` plus ``steps``/``sampler``/``cfg``)."""
+    ``eval shapes`` accuracy ``accuracy`` (:meth:`Accuracy.as_dict`) (sampling settings below)."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), "pt") as f:
@@ -150,8 +159,8 @@ copies the checkpoint here. Data: pure functions of (seed, index), nothing downl
 
 ## Evaluation (`latentstudio eval shapes --subset {n}`)
 
-{n} fixed prompts naming every attribute (prompt *i* uses seed *i*), {accuracy.get("steps", 20)} steps
-{accuracy.get("sampler", "DPM++ 2M")}, CFG {accuracy.get("cfg_scale", 7.0)}, read by the deterministic
+{n} fixed prompts naming every attribute (prompt *i* uses seed *i*), {steps} steps
+{sampler}, CFG {cfg_scale}, read by the deterministic
 pixel classifier of `latentstudio.train.eval_shapes` (exact on the generator's own renders):
 
 | foreground colour | background colour | shape | position |
