@@ -78,7 +78,7 @@ def test_generate_cli_works_out_of_the_box_at_the_native_size(tmp_path: Path) ->
         "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "outputs"), "--device", "cpu",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    written = [Path(line) for line in result.output.split() if line.endswith(".png")]
+    written = [Path(line) for line in result.stdout.splitlines()]  # stderr: the progress bar
     assert len(written) == 1
     with Image.open(written[0]) as image:
         assert image.size == (64, 64)
