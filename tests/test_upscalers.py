@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +19,9 @@ from latentstudio.postprocess.upscalers import (
     UpscalerLoadError,
     UpscalerNotFoundError,
     UpscalerRegistry,
+    apply_model,
     discover_upscalers,
+    tiling_for_scale,
     upscale,
 )
 
@@ -73,6 +76,13 @@ def test_unknown_name_lists_the_names(upscaler_root: Path) -> None:
         upscale(_image(8, 8), "ESRGAN_4x", scale=2, registry=registry)
 
 
+def _seam_distance(length: int, tiling: Tiling) -> torch.Tensor:
+    """Distance (input pixels) from each ×4 output column to the nearest interior tile edge."""
+    edges = {e for s in tile_starts(length, tiling) for e in (s, s + tiling.size) if 0 < e < length}
+    centres = (torch.arange(length * 4) + 0.5) / 4
+    return torch.stack([(centres - e).abs() for e in edges]).amin(0)
+
+
 def test_tiled_equals_untiled_away_from_seams(upscaler_root: Path) -> None:
     model = UpscalerRegistry(upscaler_root).model("Tiny")
     assert (model.architecture.id, model.scale) == ("ESRGAN", 4)
@@ -85,17 +95,43 @@ def test_tiled_equals_untiled_away_from_seams(upscaler_root: Path) -> None:
     inside = (whole > 0.0) & (whole < 1.0)
     assert inside.float().mean() > 0.99  # the random model is not saturated: the comparison means something
 
-    def seam_distance(length: int) -> torch.Tensor:
-        """Distance (input pixels) from each output column to the nearest interior tile edge."""
-        edges = {e for s in tile_starts(length, tiling) for e in (s, s + tiling.size) if 0 < e < length}
-        centres = (torch.arange(length * 4) + 0.5) / 4
-        return torch.stack([(centres - e).abs() for e in edges]).amin(0)
-
-    far = torch.minimum(seam_distance(96)[:, None], seam_distance(120)[None, :]) >= RECEPTIVE_RADIUS
+    far = torch.minimum(_seam_distance(96, tiling)[:, None], _seam_distance(120, tiling)[None, :])
+    far = far >= RECEPTIVE_RADIUS
     diff = (whole - tiled).abs()[0].amax(0)
     assert far.float().mean() > 0.05
     assert diff[far].max() <= 1e-5  # float reordering only (measured 5e-7)
     assert diff.max() <= 0.05  # near seams: blended, no hard edge (measured 0.021)
+
+
+def test_tiled_uint8_image_equals_untiled_away_from_seams(upscaler_root: Path) -> None:
+    """The upscaler's tiled path blends float rows into a uint8 canvas band by band."""
+    model = UpscalerRegistry(upscaler_root).model("Tiny")
+    image, tiling = _image(120, 96, seed=4), Tiling(size=48, overlap=8)
+    whole = np.asarray(apply_model(model, image, None)).astype(int)
+    tiled = np.asarray(apply_model(model, image, tiling)).astype(int)
+    assert tiled.shape == whole.shape == (384, 480, 3)
+    rows, cols = (_seam_distance(n, tiling) >= RECEPTIVE_RADIUS for n in (96, 120))
+    far = rows[:, None].numpy() & cols[None, :].numpy()
+    diff = np.abs(whole - tiled).max(axis=2)
+    assert far.mean() > 0.05
+    assert diff[far].max() <= 1  # float reordering can move a value across a rounding boundary
+    assert (diff[far] == 0).mean() > 0.99
+    assert diff.max() <= 16  # near seams: blended
+
+
+def test_tiles_shrink_to_bound_the_output_side(upscaler_root: Path) -> None:
+    assert tiling_for_scale(Tiling(192, 8), 4, 384) == Tiling(96, 8)
+    assert tiling_for_scale(Tiling(192, 8), 2, 384) == Tiling(192, 8)  # A1111's tile where it fits
+    assert tiling_for_scale(Tiling(192, 8), 1, 384) == Tiling(192, 8)
+    assert tiling_for_scale(Tiling(192, 16), 8, 64) == Tiling(8, 7)
+    image = _image(40, 32, seed=5)
+    capped = UpscalerRegistry(upscaler_root, tiling=Tiling(24, 4), max_tile_output=64)
+    plain = UpscalerRegistry(upscaler_root, tiling=Tiling(24, 4), max_tile_output=None)
+    expected = apply_model(capped.model("Tiny"), image, Tiling(16, 4))
+    assert np.array_equal(np.asarray(capped.run_model("Tiny", image)), np.asarray(expected))
+    assert not np.array_equal(np.asarray(plain.run_model("Tiny", image)), np.asarray(expected))
+    with pytest.raises(ValueError, match="max_tile_output must be at least 8"):
+        UpscalerRegistry(upscaler_root, max_tile_output=4)
 
 
 def test_output_sizes_are_exact(upscaler_root: Path) -> None:

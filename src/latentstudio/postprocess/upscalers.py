@@ -36,6 +36,9 @@ UPSCALER_FOLDERS: dict[str, str] = {
 }
 UPSCALER_SUFFIXES = frozenset({".pt", ".pth", ".safetensors"})
 DEFAULT_TILING = Tiling(size=192, overlap=8)  # A1111's ESRGAN_tile / ESRGAN_tile_overlap defaults
+# A tile's output side at most (A1111's 192-px tile of a ×2 model): a ×4 model gets 96-px tiles, whose
+# full-resolution activations are a quarter of a 192-px tile's (bench/upscale.py: 2048² in ≤ 25% of untiled)
+MAX_TILE_OUTPUT = 384
 _LANCZOS = Image.Resampling.LANCZOS
 
 
@@ -122,7 +125,9 @@ class UpscalerRegistry:
     """The upscalers of one models root: listing, lookup by name and an LRU of loaded models.
 
     ``cache_size`` models stay loaded (least recently used evicted). ``tiling=None`` runs models on the
-    whole image (unbounded memory). Thread-safe; build one per process (app lifespan / CLI command).
+    whole image (unbounded memory). ``max_tile_output``: a model's tiles shrink (:func:`tiling_for_scale`)
+    so that one tile's output side is at most this many pixels; None: ``tiling.size`` at every scale.
+    Thread-safe; build one per process (app lifespan / CLI command).
     """
 
     def __init__(
@@ -133,9 +138,13 @@ class UpscalerRegistry:
         dtype: torch.dtype = torch.float32,
         tiling: Tiling | None = DEFAULT_TILING,
         cache_size: int = 2,
+        max_tile_output: int | None = MAX_TILE_OUTPUT,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        if max_tile_output is not None and max_tile_output < 8:
+            raise ValueError(f"max_tile_output must be at least 8 pixels, got {max_tile_output}")
+        self.max_tile_output = max_tile_output
         self.models_dir = models_dir
         self.device = device or torch.device("cpu")
         self.dtype = dtype
@@ -190,7 +199,24 @@ class UpscalerRegistry:
 
     def run_model(self, name: str, image: Image.Image) -> Image.Image:
         """One pass of the model upscaler ``name`` over an RGB image (×the model's own scale), tiled."""
-        return apply_model(self.model(name), image, self.tiling)
+        model = self.model(name)
+        tiling = self.tiling
+        if tiling is not None and self.max_tile_output is not None:
+            tiling = tiling_for_scale(tiling, int(model.scale), self.max_tile_output)
+        return apply_model(model, image, tiling)
+
+
+def tiling_for_scale(tiling: Tiling, scale: int, max_output: int) -> Tiling:
+    """``tiling`` with its tiles cut to ``max_output // scale`` input pixels (at least 8) when a tile's
+    output would be wider than ``max_output``; the overlap is kept (below the new size).
+
+    A model's memory peaks in its full-resolution layers, which grow with the square of the tile's output
+    side: a fixed input tile (A1111's 192 px for every model) costs a ×4 model four times a ×2 model.
+    """
+    if tiling.size * scale <= max_output:
+        return tiling
+    size = max(max_output // max(scale, 1), 8)
+    return Tiling(size, min(tiling.overlap, size - 1))
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -199,24 +225,33 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 
-def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
-    """``[1, 3, H, W]`` in [0, 1] → RGB PIL image (rounded to the nearest 8-bit value).
+def _to_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    """``[..., H, W]`` in [0, 1] → uint8, rounded to the nearest value; one float temporary (in place)."""
+    return tensor.clamp(0, 1).mul_(255.0).round_().to(torch.uint8)
 
-    One float temporary (in-place scaling): at 2048² every full-size float copy is 48 MiB.
+
+def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
+    """``[1, 3, H, W]`` in [0, 1] (or already uint8) → RGB PIL image (rounded to the nearest 8-bit value).
+
+    One float temporary: at 2048² every full-size float copy is 48 MiB.
     """
-    scaled = tensor[0].clamp(0, 1).mul_(255.0).round_()
-    array = scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array, "RGB")
+    pixels = tensor[0] if tensor.dtype == torch.uint8 else _to_uint8(tensor[0].float())
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def apply_model(model: Any, image: Image.Image, tiling: Tiling | None) -> Image.Image:
-    """Run a spandrel image model once over ``image`` → ``(W·scale, H·scale)``; tiled when ``tiling``."""
+    """Run a spandrel image model once over ``image`` → ``(W·scale, H·scale)``; tiled when ``tiling``.
+
+    Tiled, finished rows go straight to a uint8 canvas: the only float memory is one tile's activations
+    and one band of output rows.
+    """
     x = pil_to_tensor(image).to(model.device, model.dtype)
     with torch.inference_mode():
         if tiling is None:
-            y = model(x).float()
+            y = model(x)
         else:
-            y = run_tiled(model, x, tiling, scale=model.scale, out_channels=model.output_channels)
+            y = run_tiled(model, x, tiling, scale=model.scale, out_channels=model.output_channels,
+                          out_dtype=torch.uint8, finish=_to_uint8)  # fmt: skip
     return tensor_to_pil(y)
 
 
