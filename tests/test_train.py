@@ -136,3 +136,14 @@ def test_learning_rate_schedule_and_config_round_trip(tmp_path: Path) -> None:
     assert ModelConfig.load(tmp_path / "config.json") == config
     with pytest.raises(ValueError, match="a ModelConfig config"):
         VaeConfig.load(tmp_path / "config.json")
+
+
+def test_train_model_needs_a_vae_or_a_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from latentstudio.cli import app
+
+    result = CliRunner().invoke(app, ["train", "model", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "--vae: required without --config" in result.stderr
+    assert not (tmp_path / "run").exists()

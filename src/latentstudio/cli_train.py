@@ -52,7 +52,9 @@ def train_vae_command(  # noqa: PLR0917 - one option per setting
 
 @train_app.command("model")
 def train_model_command(  # noqa: PLR0917 - one option per setting
-    vae: Annotated[Path, typer.Option(help="The final/ folder of a `train vae` run.")],
+    vae: Annotated[
+        Path | None, typer.Option(help="The final/ folder of a `train vae` run (required without --config).")
+    ] = None,
     output_dir: Output = Path("runs/model"),
     steps: int = 1500,
     batch_size: int = 32,
@@ -72,6 +74,8 @@ def train_model_command(  # noqa: PLR0917 - one option per setting
 
     if objective not in ("epsilon", "v_prediction"):
         raise _fail(f"--objective: {objective!r} is not one of epsilon, v_prediction")
+    if config is None and vae is None:
+        raise _fail("--vae: required without --config (the final/ folder of `train vae`)")
     cfg = ModelConfig.load(config) if config else ModelConfig(
         output_dir=str(output_dir), vae=str(vae), steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         objective=objective, min_snr_gamma=min_snr_gamma, noise_offset=noise_offset,  # type: ignore[arg-type]
