@@ -43,9 +43,8 @@ def _grid(images: list[np.ndarray], columns: int) -> Image.Image:
 
 
 def _inner(modules: torch.nn.Module) -> torch.nn.ModuleDict:
-    """The task's ModuleDict, unwrapped from DDP if needed."""
-    inner = modules.module if isinstance(modules, torch.nn.parallel.DistributedDataParallel) else modules
-    return cast(torch.nn.ModuleDict, inner)
+    """The task's ModuleDict (the loop hands tasks their own modules, never the DDP wrapper)."""
+    return cast(torch.nn.ModuleDict, modules)
 
 
 def _vae(modules: torch.nn.Module) -> AutoencoderKL:
