@@ -90,6 +90,22 @@ def test_resume_is_exact(tiny_vae: Path, tmp_path: Path) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_data_workers_change_nothing_but_speed(tiny_vae: Path, tmp_path: Path) -> None:
+    """The next micro-batches' pictures and token ids are made ahead in worker processes (for a GPU);
+    the data is a pure function of the sample indices, so 2 workers train bit for bit what none do,
+    grad_accum's micro-batches in the same order."""
+
+    def run(folder: str, workers: int) -> dict[str, torch.Tensor]:
+        config = ModelConfig(output_dir=str(tmp_path / folder), vae=str(tiny_vae), steps=3, grad_accum=2,
+                             ema_decay=0.9, data_workers=workers, **TINY_MODEL)  # type: ignore[arg-type]  # fmt: skip
+        train(ModelTask(config), config)
+        return load_file(str(tmp_path / folder / "checkpoint-3" / "ema.safetensors"))
+
+    inline, ahead = run("inline", 0), run("ahead", 2)
+    assert inline.keys() == ahead.keys()
+    assert all(torch.equal(inline[k], ahead[k]) for k in inline)
+
+
 @pytest.mark.parametrize("prediction", [Prediction.EPSILON, Prediction.V])
 def test_targets_invert_the_sampler_denoiser(prediction: Prediction) -> None:
     """D(x_σ) = c_skip·x_σ + c_out·target must give back the clean latent: the loss trains exactly the

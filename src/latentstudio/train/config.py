@@ -36,6 +36,10 @@ class LoopConfig:
     log_every: int = 10
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # processes making the next micro-batches' data ahead of the step (tasks with a data function); the
+    # data is a pure function of the sample indices, so this changes speed only (for a GPU: a CPU core
+    # renders fewer pictures a second than the GPU trains on)
+    data_workers: int = 0
 
     def lr_at(self, step: int) -> float:
         """Learning rate of ``step``: linear warm-up to ``lr``, then piecewise constant by ``lr_steps``."""

@@ -3,8 +3,10 @@
 A mode is a :class:`Task`: the trainable modules (one ``ModuleDict``), a loss for one micro-batch, sample
 images and a final export. The loop owns the rest: the accelerate ``Accelerator`` (devices, DDP/FSDP/
 DeepSpeed from ``accelerate launch`` configs, mixed precision, gradient accumulation), AdamW with linear
-warm-up, gradient clipping, EMA, checkpoints with exact resume, periodic samples, a tqdm bar (loss, it/s)
-and logs (``log.jsonl`` always; TensorBoard too when the ``tensorboard`` package is installed).
+warm-up, gradient clipping, EMA (kept on the weights' device), checkpoints with exact resume, periodic
+samples, a tqdm bar (loss, it/s) and logs (``log.jsonl`` always; TensorBoard too when the ``tensorboard``
+package is installed). A task's CPU-side data (pictures, token ids) can be made ahead in ``data_workers``
+processes by a torch ``DataLoader``, so a GPU does not wait on one CPU core.
 
 Exact resume: the ``grad_accum × processes`` micro-batches of step ``s`` are numbered by a slot
 ``micro × processes + rank``; the data and every random draw of a micro-batch are pure functions of
@@ -24,14 +26,16 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from latentstudio.train.config import LoopConfig
@@ -40,18 +44,29 @@ from latentstudio.train.config import LoopConfig
 @dataclass(frozen=True)
 class MicroBatch:
     """Where a micro-batch sits: its samples are ``first … first + size − 1`` of the dataset, and its
-    random draws come from ``generator`` (CPU)."""
+    random draws come from ``generator`` (CPU). ``data``: ``task.data(first, size)`` when the task has a
+    data function (made ahead by the loader's workers), else None."""
 
     step: int
     first: int
     size: int
     generator: torch.Generator
+    data: Any = None
+
+
+DataFn = Callable[[int, int], Any]
 
 
 class Task(Protocol):
-    """One training mode (see :mod:`latentstudio.train.tasks`)."""
+    """One training mode (see :mod:`latentstudio.train.tasks`).
+
+    ``data``: None, or the CPU half of the loss as a pure, picklable function of ``(first, size)`` (pictures,
+    token ids): the loop runs it ahead of the step in ``config.data_workers`` processes, so a GPU is not
+    left waiting on the CPU. A pure function of the indices, the results do not depend on the workers.
+    """
 
     modules: torch.nn.ModuleDict
+    data: DataFn | None
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
         """The scalar loss of one micro-batch (``modules``: the task's own, called from the forward of
@@ -108,12 +123,15 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _update_ema(ema: dict[str, torch.Tensor], module: torch.nn.Module, decay: float, updates: int) -> None:
-    """EMA with warm-up: d = min(decay, (1 + n)/(10 + n)) after n updates (in place, on ``ema``)."""
+    """EMA with warm-up: d = min(decay, (1 + n)/(10 + n)) after n updates (in place, on ``ema``, which
+    lives on the module's device; two fused multi-tensor ops, not two kernels per tensor)."""
     d = min(decay, (1 + updates) / (10 + updates))
+    state = module.state_dict()
+    keys = [key for key in ema if key in state]
     with torch.no_grad():
-        for key, value in module.state_dict().items():
-            if key in ema:
-                ema[key].mul_(d).add_(value.detach().float().to(ema[key].device), alpha=1 - d)
+        averages = [ema[key] for key in keys]
+        torch._foreach_mul_(averages, d)
+        torch._foreach_add_(averages, [state[key].detach().float() for key in keys], alpha=1 - d)
 
 
 def _with_weights(module: torch.nn.ModuleDict, ema: dict[str, torch.Tensor] | None) -> torch.nn.ModuleDict:
@@ -138,9 +156,10 @@ def _save_checkpoint(
     tmp = folder / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / "modules.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+              str(tmp / "modules.safetensors"))  # fmt: skip
     if ema is not None:
-        save_file(ema, str(tmp / "ema.safetensors"))
+        save_file({k: v.cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
     tmp.rename(folder / f"checkpoint-{step}")
@@ -153,7 +172,8 @@ def _load_checkpoint(
     module.load_state_dict(load_file(str(path / "modules.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if ema is not None:
-        ema.update(load_file(str(path / "ema.safetensors")))
+        device = next(iter(ema.values())).device
+        ema.update({k: v.to(device) for k, v in load_file(str(path / "ema.safetensors")).items()})
     step: int = json.loads((path / "state.json").read_text(encoding="utf-8"))["step"]
     return step
 
@@ -186,6 +206,8 @@ def train(task: Task, config: LoopConfig, *, stop_at: int | None = None) -> Trai
     latest = _latest_checkpoint(out)
     start = _load_checkpoint(latest, module, optimizer, ema) if latest is not None else 0
     model, optimizer = accelerator.prepare(_Objective(task), optimizer)
+    if ema is not None:  # beside the weights (the module is on the accelerator's device now)
+        ema = {k: v.to(accelerator.device) for k, v in ema.items()}
     if tracker:
         accelerator.init_trackers("latentstudio")
     end = config.steps if stop_at is None else min(stop_at, config.steps)
@@ -199,6 +221,36 @@ def train(task: Task, config: LoopConfig, *, stop_at: int | None = None) -> Trai
     return TrainResult(start, losses, seconds, out)
 
 
+class _Prefetch(Dataset[Any]):
+    """Micro-batch ``i`` of a run: ``data(first_i, size)`` (a map-style dataset for the DataLoader)."""
+
+    def __init__(self, data: DataFn, firsts: list[int], size: int) -> None:
+        self.data, self.firsts, self.size = data, firsts, size
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.data(self.firsts[index], self.size)
+
+
+def _first(config: LoopConfig, step: int, slot: int, world: int) -> int:
+    """Index of the first sample of micro-batch ``slot`` of ``step``."""
+    return (step * config.grad_accum * world + slot) * config.batch_size
+
+
+def _data(task: Task, config: LoopConfig, firsts: list[int]) -> Iterator[Any]:
+    """The task's data of the micro-batches starting at ``firsts``, in order (None without a data
+    function), made ``data_workers`` processes ahead of the loop (in the loop without workers)."""
+    if task.data is None:
+        return iter([None] * len(firsts))
+    if config.data_workers <= 0:
+        return (task.data(first, config.batch_size) for first in firsts)
+    dataset = _Prefetch(task.data, firsts, config.batch_size)
+    loader = DataLoader(dataset, batch_size=None, num_workers=config.data_workers, prefetch_factor=4)
+    return iter(loader)
+
+
 def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
     task: Task, config: LoopConfig, accelerator: Accelerator, model: torch.nn.Module,
     optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None, start: int, end: int,
@@ -209,16 +261,19 @@ def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
     log = (out / "log.jsonl").open("a", encoding="utf-8") if main else None
     bar = tqdm(range(start, end), initial=start, total=config.steps, disable=not main, unit="step")
     losses: list[float] = []
+    slots = [micro * world + rank for micro in range(config.grad_accum)]
+    data = _data(
+        task, config, [_first(config, step, slot, world) for step in range(start, end) for slot in slots]
+    )
     began = time.perf_counter()
     for step in bar:
         lr = config.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        for micro in range(config.grad_accum):
-            slot = micro * world + rank
-            first = (step * config.grad_accum * world + slot) * config.batch_size
-            batch = MicroBatch(step, first, config.batch_size, _generator(config, step, slot))
+        for slot in slots:
+            first = _first(config, step, slot, world)
+            batch = MicroBatch(step, first, config.batch_size, _generator(config, step, slot), next(data))
             with accelerator.accumulate(model):
                 loss = model(batch)
                 accelerator.backward(loss)

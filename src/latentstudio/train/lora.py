@@ -33,7 +33,7 @@ from latentstudio.prompts.conditioning import encode_tokens, sdxl_time_ids
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
 from latentstudio.train import lora_data
 from latentstudio.train.config import LoopConfig
-from latentstudio.train.loop import MicroBatch
+from latentstudio.train.loop import DataFn, MicroBatch
 from latentstudio.train.lora_data import BatchOrder, Size
 from latentstudio.train.lora_network import LoraNetwork, kohya_tensors, lora_targets, write_kohya_file
 from latentstudio.train.objectives import noise_batch, weighted_mse
@@ -109,6 +109,7 @@ class LoraTask:
     def __init__(self, config: LoraConfig) -> None:
         config.check()
         self.config = config
+        self.data: DataFn | None = None  # cached latents, nothing to make ahead
         self.started_at = time.time()
         self.dataset = lora_data.scan_folder(Path(config.data), config.caption_extension)
         self.dtype = _DTYPES.get(config.mixed_precision, torch.float32)  # of the frozen base model

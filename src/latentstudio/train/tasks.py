@@ -3,6 +3,7 @@ encoder in the latent space of a trained VAE). Each is a :class:`latentstudio.tr
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import cast
@@ -16,11 +17,11 @@ from transformers import CLIPTextModel
 
 from latentstudio.models.families import Family, FamilyInfo, Prediction
 from latentstudio.models.loader import Components
-from latentstudio.models.tokenizer import clip_tokenizer
+from latentstudio.models.tokenizer import OpenAICLIPTokenizer, clip_tokenizer
 from latentstudio.samplers.schedules import model_sigmas_from_alphas, scaled_linear_alphas_cumprod
 from latentstudio.train import architecture, shapes
 from latentstudio.train.config import ModelConfig, VaeConfig
-from latentstudio.train.loop import MicroBatch
+from latentstudio.train.loop import DataFn, MicroBatch
 from latentstudio.train.objectives import noise_batch, weighted_mse
 
 SAMPLE_PROMPTS = (
@@ -59,6 +60,29 @@ def _text(modules: torch.nn.Module) -> CLIPTextModel:
     return cast(CLIPTextModel, _inner(modules)["text_encoder"])
 
 
+def vae_data(seed: int, resolution: int, first: int, size: int) -> torch.Tensor:
+    """Pictures ``first … first + size − 1`` of the shapes set: ``[size, 3, R, R]`` in [-1, 1]."""
+    return shapes.batch(seed, first, size, resolution)[0]
+
+
+@functools.cache
+def _tokenizer() -> OpenAICLIPTokenizer:
+    return clip_tokenizer("endoftext")
+
+
+def token_ids(captions: list[str]) -> torch.Tensor:
+    """Token ids ``[B, 77]`` (BOS, text, EOS, padded with EOS as SD1)."""
+    out = _tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    ids: torch.Tensor = out.input_ids
+    return ids
+
+
+def model_data(seed: int, resolution: int, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pictures ``[size, 3, R, R]`` in [-1, 1] and their captions' token ids ``[size, 77]``."""
+    images, captions, _ = shapes.batch(seed, first, size, resolution)
+    return images, token_ids(captions)
+
+
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """``[B, 3, H, W]`` in [-1, 1] → uint8 ``[H, W, 3]`` arrays."""
     array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
@@ -76,9 +100,12 @@ class VaeTask:
         self.modules = torch.nn.ModuleDict(
             {"vae": AutoencoderKL.from_config(architecture.vae_architecture(config))}
         )
+        self.data: DataFn | None = functools.partial(vae_data, config.seed, config.resolution)
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
-        images, _, _ = shapes.batch(self.config.seed, batch.first, batch.size, self.config.resolution)
+        images = batch.data if batch.data is not None else vae_data(
+            self.config.seed, self.config.resolution, batch.first, batch.size
+        )  # fmt: skip
         vae = _vae(modules)
         images = images.to(next(vae.parameters()).device)
         posterior = vae.encode(images).latent_dist
@@ -135,24 +162,20 @@ class ModelTask:
         text = architecture.build_text_encoder(architecture.text_architecture(config))
         text.requires_grad_(config.train_text_encoder)
         self.modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
-
-    def _ids(self, captions: list[str]) -> torch.Tensor:
-        """Token ids ``[B, 77]`` (BOS, text, EOS, padded with EOS as SD1)."""
-        out = self.tokenizer(
-            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        )
-        ids: torch.Tensor = out.input_ids
-        return ids
+        self.data: DataFn | None = functools.partial(model_data, config.data_seed, config.resolution)
+        self.empty_ids = token_ids([""])  # [1, 77]: a dropped caption
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
         c = self.config
-        images, captions, _ = shapes.batch(c.data_seed, batch.first, batch.size, c.resolution)
-        drop = torch.rand(len(captions), generator=batch.generator) < c.caption_dropout
-        captions = ["" if d else text for d, text in zip(drop.tolist(), captions, strict=True)]
+        images, ids = batch.data if batch.data is not None else model_data(
+            c.data_seed, c.resolution, batch.first, batch.size
+        )  # fmt: skip
+        drop = torch.rand(len(ids), generator=batch.generator) < c.caption_dropout
+        ids = torch.where(drop[:, None], self.empty_ids, ids)
         device = next(modules.parameters()).device
         with torch.no_grad():
             latents = self.vae.to(device).encode(images.to(device)).latent_dist.mean * self.scale
-        context = _text(modules)(self._ids(captions).to(device)).last_hidden_state
+        context = _text(modules)(ids.to(device)).last_hidden_state
         noised = noise_batch(latents, self.sigmas, self.prediction, batch.generator,
                              min_snr_gamma=c.min_snr_gamma, noise_offset=c.noise_offset)  # fmt: skip
         prediction = _unet(modules)(noised.x_in, noised.t, encoder_hidden_states=context).sample
