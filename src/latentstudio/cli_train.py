@@ -151,15 +151,24 @@ def train_shapes_command(
     eval_subset: Annotated[
         int, typer.Option(min=1, help="Prompts of the eval set for the card (--ship).")
     ] = 400,
+    data_workers: Annotated[
+        int | None,
+        typer.Option(help="Processes rendering the next batches (default: 4 with a GPU, none without)."),
+    ] = None,
 ) -> None:
-    """Reproduce the built-in model: `train vae` then `train model` with the shipped recipe (resumable)."""
+    """Reproduce the built-in model: `train vae` then `train model` with the shipped recipe (resumable).
+    Minutes on a GPU; the model stage's batch of 512 takes hours on a small CPU."""
+    import os
+
     import torch
 
     from latentstudio.models.loader import load_checkpoint
     from latentstudio.train.eval_shapes import evaluate
     from latentstudio.train.recipe import CARD_NAME, builtin_model_path, model_card, run_recipe, shapes_recipe
 
-    recipe = shapes_recipe(output_dir, threads=threads)
+    if data_workers is None:
+        data_workers = min(4, (os.cpu_count() or 1) - 1) if torch.accelerator.is_available() else 0
+    recipe = shapes_recipe(output_dir, threads=threads, data_workers=data_workers)
     path = run_recipe(recipe, builtin_model_path() if ship else None)
     if ship:
         components = load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
