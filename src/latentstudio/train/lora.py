@@ -33,7 +33,7 @@ from latentstudio.prompts.conditioning import encode_tokens, sdxl_time_ids
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
 from latentstudio.train import lora_data
 from latentstudio.train.config import LoopConfig
-from latentstudio.train.loop import DataFn, MicroBatch
+from latentstudio.train.loop import DataFn, MicroBatch, effective_precision
 from latentstudio.train.lora_data import BatchOrder, Size
 from latentstudio.train.lora_network import LoraNetwork, kohya_tensors, lora_targets, write_kohya_file
 from latentstudio.train.objectives import noise_batch, weighted_mse
@@ -112,7 +112,8 @@ class LoraTask:
         self.data: DataFn | None = None  # cached latents, nothing to make ahead
         self.started_at = time.time()
         self.dataset = lora_data.scan_folder(Path(config.data), config.caption_extension)
-        self.dtype = _DTYPES.get(config.mixed_precision, torch.float32)  # of the frozen base model
+        # of the frozen base model: fp32 without a GPU, whatever the config asks (effective_precision)
+        self.dtype = _DTYPES.get(effective_precision(config.mixed_precision), torch.float32)
         self.components = load_checkpoint(Path(config.base), device=torch.device("cpu"), dtype=self.dtype)
         targets = lora_targets(self.components, text=config.train_text_encoder)
         self.network = LoraNetwork(targets, config.rank, config.alpha, config.seed)
