@@ -45,9 +45,9 @@ def vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _config(folder: Path, vae: Path, grad_accum: int) -> ModelConfig:
+def _config(folder: Path, vae: Path, grad_accum: int, data_workers: int = 0) -> ModelConfig:
     return ModelConfig(output_dir=str(folder), vae=str(vae), batch_size=PER_PROCESS, grad_accum=grad_accum,
-                       **TINY)  # type: ignore[arg-type]  # fmt: skip
+                       data_workers=data_workers, **TINY)  # type: ignore[arg-type]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -59,9 +59,10 @@ def _free_port() -> int:
 
 def _launch(folder: Path, vae: Path, launcher: str) -> subprocess.Popen[bytes]:
     """2 CPU processes by ``accelerate`` (``accelerate launch --multi_gpu``) or ``torchrun``, in a session
-    of their own so that the whole job can be killed."""
+    of their own so that the whole job can be killed; each renders its micro-batches in a data worker
+    process (the single-process reference renders inline)."""
     config = folder.parent / f"{folder.name}.json"
-    _config(folder, vae, grad_accum=1).save(config)
+    _config(folder, vae, grad_accum=1, data_workers=1).save(config)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port())]  # fmt: skip
