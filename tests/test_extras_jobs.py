@@ -6,6 +6,7 @@ file, survive a restart while queued, and reach the web UI's backend."""
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,37 @@ def test_refused_before_queueing_with_the_field_named(
     assert server.jobs.count() == jobs  # nothing was queued
     empty = client.post("/sdapi/v1/extra-batch-images", json={**EXTRAS_BASE, "imageList": []})
     assert refused_field(empty) == "imageList"
+
+
+def test_the_native_job_api_queues_extras_with_a_job_id(client: httpx.Client, server: Served) -> None:
+    """``POST /api/v1/jobs`` with kind ``extras``: 202 and a job id at once, the job's images are what
+    ``run_extras`` makes; refusals name the field (``images.N`` for a bad picture) and queue nothing."""
+    sources = [_source(24, 16, seed=6), _source(16, 24, seed=7, parameters=None)]
+    options = {"upscaler_1": "2x-Tiny", "upscaling_resize": 2}
+    body = {"kind": "extras", "images": [_b64(s) for s in sources], **options}
+    created = client.post("/api/v1/jobs", json=body)
+    assert created.status_code == 202, created.text
+    job = client.get(created.json()["url"], params={"wait": 60}).json()
+    assert (job["kind"], job["status"], job["source"], job["params"]) == ("extras", "done", "api", None)
+    assert (job["extras"]["images"], job["extras"]["upscaler_1"], job["total"]) == (2, "2x-Tiny", 2)
+    got = [Image.open(io.BytesIO(client.get(i["url"]).content)) for i in job["images"]]
+    expected = _direct(server, sources, **options)
+    assert [g.size for g in got] == [(48, 32), (32, 48)]
+    assert [g.convert("RGB").tobytes() for g in got] == [e.tobytes() for e in expected]
+    assert got[0].info["parameters"] == PARAMETERS
+
+    jobs = server.jobs.count()
+    bad = [
+        ({**body, "upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
+        ({**body, "images": [body["images"][0], "bm90IGFuIGltYWdl"]}, "images.1"),
+        ({**body, "images": []}, "extras.images"),  # pydantic's errors name the kind too
+        ({**body, "upscaling_crop": "sideways"}, "extras.upscaling_crop"),
+    ]
+    for payload, field in bad:
+        assert refused_field(client.post("/api/v1/jobs", json=payload)) == field
+    unknown = client.post("/api/v1/jobs", json={**body, "kind": "inpaint"})
+    assert "kind must be txt2img, img2img or extras" in unknown.text
+    assert server.jobs.count() == jobs
 
 
 def test_face_restoration_runs_in_the_worker(client: httpx.Client) -> None:

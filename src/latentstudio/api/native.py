@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
+    ExtrasJob,
     ExtrasParameters,
     ImageView,
     Img2ImgJob,
@@ -28,7 +29,9 @@ from latentstudio.api.schemas import (
     JobParameters,
     JobRequest,
     JobView,
+    Txt2ImgJob,
 )
+from latentstudio.api.sdapi import extras
 from latentstudio.api.state import ServicesDep
 from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
@@ -39,7 +42,9 @@ KEEPALIVE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
 
 
-def job_spec(payload: JobRequest, max_side: int, max_pixels: int, source: str = "api") -> JobSpec:
+def job_spec(
+    payload: Txt2ImgJob | Img2ImgJob, max_side: int, max_pixels: int, source: str = "api"
+) -> JobSpec:
     """A validated request → a frozen spec with every default and both seeds resolved."""
     for field in ("width", "height"):
         if getattr(payload, field) > max_side:
@@ -119,11 +124,20 @@ def _parameters(spec: JobSpec) -> JobParameters:
     )  # fmt: skip
 
 
-@router.post("/jobs", status_code=202, response_model=JobCreated, summary="Queue a txt2img or img2img job")
+@router.post(
+    "/jobs", status_code=202, response_model=JobCreated, summary="Queue a txt2img, img2img or extras job"
+)
 def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobCreated:
-    """Validate, resolve the seeds and queue; 429 with Retry-After when the queue is full."""
+    """Validate, resolve the seeds and queue; 429 with Retry-After when the queue is full. An extras job
+    (upscalers, face restorers) takes the fields of A1111's ``extra-single-image`` and a list of images."""
     settings = svc.settings
-    spec = job_spec(payload, settings.max_side, settings.max_image_pixels)
+    spec: JobSpec | ExtrasSpec
+    if isinstance(payload, ExtrasJob):
+        limit = settings.max_image_pixels
+        images = [decode_image(b64, f"images.{i}", max_pixels=limit) for i, b64 in enumerate(payload.images)]
+        spec = extras.spec(payload, images, source="api")
+    else:
+        spec = job_spec(payload, settings.max_side, settings.max_image_pixels)
     try:
         record = svc.jobs.submit(spec)
     except JobSpecError as e:  # name the request's field

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from latentstudio.api.sdapi.models import Base64Image, ExtrasBase
 from latentstudio.jobs import JobKind, JobStatus
 
 MAX_PROMPT = 20_000
@@ -108,6 +109,14 @@ class Img2ImgJob(GenerationFields):
     )
 
 
+class ExtrasJob(ExtrasBase):
+    """An extras job: each of ``images`` (base64, no URLs) through the upscalers and face restorers, with
+    A1111's ``extra-single-image`` fields."""
+
+    kind: Literal["extras"]
+    images: Annotated[list[Base64Image], Field(min_length=1, max_length=MAX_IMAGES)]
+
+
 def _kind(value: object) -> str:
     """The ``kind`` of a job payload; txt2img when absent."""
     kind = value.get("kind", "txt2img") if isinstance(value, dict) else getattr(value, "kind", "txt2img")
@@ -115,9 +124,11 @@ def _kind(value: object) -> str:
 
 
 JobRequest = Annotated[
-    Annotated[Txt2ImgJob, Tag("txt2img")] | Annotated[Img2ImgJob, Tag("img2img")],
-    Discriminator(_kind, custom_error_type="kind", custom_error_message="kind must be txt2img or img2img"),
-]
+    Annotated[Txt2ImgJob, Tag("txt2img")] | Annotated[Img2ImgJob, Tag("img2img")]
+    | Annotated[ExtrasJob, Tag("extras")],
+    Discriminator(_kind, custom_error_type="kind",
+                  custom_error_message="kind must be txt2img, img2img or extras"),
+]  # fmt: skip
 
 
 class JobCreated(BaseModel):
