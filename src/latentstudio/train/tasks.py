@@ -100,12 +100,11 @@ class VaeTask:
         self.modules = torch.nn.ModuleDict(
             {"vae": AutoencoderKL.from_config(architecture.vae_architecture(config))}
         )
-        self.data: DataFn | None = functools.partial(vae_data, config.seed, config.resolution)
+        self._data = functools.partial(vae_data, config.seed, config.resolution)
+        self.data: DataFn | None = self._data
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
-        images = batch.data if batch.data is not None else vae_data(
-            self.config.seed, self.config.resolution, batch.first, batch.size
-        )  # fmt: skip
+        images = batch.data if batch.data is not None else self._data(batch.first, batch.size)
         vae = _vae(modules)
         images = images.to(next(vae.parameters()).device)
         posterior = vae.encode(images).latent_dist
@@ -155,21 +154,20 @@ class ModelTask:
         self.prediction = Prediction.V if config.objective == "v_prediction" else Prediction.EPSILON
         self.alphas = scaled_linear_alphas_cumprod()
         self.sigmas = model_sigmas_from_alphas(self.alphas)
-        self.tokenizer = clip_tokenizer("endoftext")
+        self.tokenizer = _tokenizer()  # the one token_ids uses
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         latent = (int(self.vae.config.latent_channels), config.resolution // factor)
         unet = UNet2DConditionModel.from_config(architecture.unet_architecture(config, *latent))
         text = architecture.build_text_encoder(architecture.text_architecture(config))
         text.requires_grad_(config.train_text_encoder)
         self.modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
-        self.data: DataFn | None = functools.partial(model_data, config.data_seed, config.resolution)
+        self._data = functools.partial(model_data, config.data_seed, config.resolution)
+        self.data: DataFn | None = self._data
         self.empty_ids = token_ids([""])  # [1, 77]: a dropped caption
 
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
         c = self.config
-        images, ids = batch.data if batch.data is not None else model_data(
-            c.data_seed, c.resolution, batch.first, batch.size
-        )  # fmt: skip
+        images, ids = batch.data if batch.data is not None else self._data(batch.first, batch.size)
         drop = torch.rand(len(ids), generator=batch.generator) < c.caption_dropout
         ids = torch.where(drop[:, None], self.empty_ids, ids)
         device = next(modules.parameters()).device
