@@ -36,21 +36,29 @@ from latentstudio.jobs.model import (
 )
 from latentstudio.jobs.store import JobStore, Outcome, StoredImage
 from latentstudio.models.families import Family
+from latentstudio.models.files import ModelFileError
 from latentstudio.models.loader import Components
-from latentstudio.models.manager import ModelManager
+from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.pipeline.images import png_bytes, write_atomic
+from latentstudio.pipeline.params import ParamError
 from latentstudio.pipeline.run import (
     GenerationResult,
     HiresModel,
     ModelIdentity,
+    NaNLatentError,
     StepInfo,
     latent_preview,
     run,
 )
 from latentstudio.postprocess.extras import run_extras
-from latentstudio.postprocess.faces import FaceRestorers
-from latentstudio.postprocess.safety import SafetyChecker
-from latentstudio.postprocess.upscalers import UpscalerRegistry, upscale
+from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers
+from latentstudio.postprocess.safety import SafetyChecker, SafetyCheckerError
+from latentstudio.postprocess.upscalers import (
+    UpscalerLoadError,
+    UpscalerNotFoundError,
+    UpscalerRegistry,
+    upscale,
+)
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers.wrappers import StepControl
 
@@ -263,7 +271,7 @@ class Worker:
             raise
         except Exception as e:  # any job failure (bad file, OOM, NaN) fails that job, never the worker
             log.exception("job %s failed", record.id)
-            outcome = self._ended(JobStatus.FAILED, error=_describe(e))
+            outcome = self._ended(JobStatus.FAILED, error=_describe(e, record.id))
         self.store.finish(record.id, outcome)
         return outcome
 
@@ -425,7 +433,18 @@ class Worker:
         shutil.rmtree(self.images_root / job_id, ignore_errors=True)
 
 
-def _describe(error: Exception) -> str:
-    """A one-line message for the job record (the traceback goes to the log)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+# Failures whose message is written for the user (a file named with its reason, a missing model, NaN
+# latents, a resource limit); anything else is a bug, and its Python message never reaches a client.
+_EXPLAINED: tuple[type[BaseException], ...] = (
+    ModelFileError, ModelNotFoundError, NaNLatentError, ParamError, UpscalerNotFoundError, UpscalerLoadError,
+    FaceRestorerError, SafetyCheckerError, torch.OutOfMemoryError,
+)  # fmt: skip
+INTERNAL_ERROR = "internal error: the job failed unexpectedly; the server log has the details"
+
+
+def _describe(error: Exception, job_id: str) -> str:
+    """A one-line message for the job record: an explained failure's own message, else a stable text
+    (the traceback goes to the server log, under the job's id)."""
+    if isinstance(error, _EXPLAINED) and str(error).strip():
+        return str(error).strip().splitlines()[0]
+    return f"{INTERNAL_ERROR} (job {job_id})"

@@ -235,6 +235,7 @@ def prepare(params: GenerationParams) -> Prepared:
             "L"
         )
         image = resize_image(init.crop(region), width, height, ResizeMode.RESIZE_AND_FILL)
+        fill_mask = processing_mask  # A1111 fills the crop under the crop's own mask
         info.update({"Inpaint area": "Only masked", "Masked area padding": params.inpaint_full_res_padding})
     elif params.resize_mode is ResizeMode.LATENT_UPSCALE:
         image, fill_mask, processing_mask, shown = _latent_upscale_inputs(init, mask, width, height)
