@@ -64,6 +64,16 @@ def test_serve_with_an_empty_models_folder_generates_with_the_builtin_model(tmp_
         assert [m["model_name"] for m in models] == ["latentstudio-shapes"]
         body = {"prompt": PROMPT, "steps": 20, "seed": 3, "width": 64, "height": 64}
         response = httpx.post(f"{served.base}/sdapi/v1/txt2img", json=body, timeout=120)
+        # the native API's size defaults to the checkpoint's (here 64); /sdapi/v1 keeps A1111's 512
+        created = httpx.post(f"{served.base}/api/v1/jobs", json={"prompt": PROMPT, "steps": 2}, timeout=30)
+        assert created.status_code == 202, created.text
+        job = httpx.get(f"{served.base}{created.json()['url']}", params={"wait": 60}, timeout=90).json()
+        openapi = httpx.get(f"{served.base}/openapi.json", timeout=30).json()
+    assert job["status"] == "done", job
+    assert (job["params"]["width"], job["params"]["height"]) == (64, 64)
+    assert "Size: 64x64" in job["infotexts"][0]
+    txt2img = openapi["components"]["schemas"]["Txt2ImgRequest"]["properties"]
+    assert (txt2img["width"]["default"], txt2img["height"]["default"]) == (512, 512)
     assert response.status_code == 200, response.text
     data = response.json()
     image = Image.open(io.BytesIO(base64.b64decode(data["images"][0]))).convert("RGB")

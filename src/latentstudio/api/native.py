@@ -32,7 +32,7 @@ from latentstudio.api.schemas import (
     Txt2ImgJob,
 )
 from latentstudio.api.sdapi import extras
-from latentstudio.api.state import ServicesDep
+from latentstudio.api.state import Services, ServicesDep
 from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.samplers.noise import RngSource
@@ -43,11 +43,13 @@ CANCEL_WAIT_SECONDS = 10.0
 
 
 def job_spec(
-    payload: Txt2ImgJob | Img2ImgJob, max_side: int, max_pixels: int, source: str = "api"
+    payload: Txt2ImgJob | Img2ImgJob, max_side: int, max_pixels: int, native_size: int, source: str = "api"
 ) -> JobSpec:
-    """A validated request → a frozen spec with every default and both seeds resolved."""
-    for field in ("width", "height"):
-        if getattr(payload, field) > max_side:
+    """A validated request → a frozen spec with every default and both seeds resolved; a size left out is
+    ``native_size`` (the checkpoint's)."""
+    width, height = payload.width or native_size, payload.height or native_size
+    for field, value in (("width", width), ("height", height)):
+        if value > max_side:
             raise InputError(field, f"must be at most {max_side} on this server")
     init = None
     extra: dict[str, object] = {}
@@ -78,7 +80,7 @@ def job_spec(
         scheduler=payload.scheduler, steps=payload.steps, cfg_scale=payload.cfg_scale, seed=payload.seed,
         subseed=payload.subseed, subseed_strength=payload.subseed_strength,
         seed_resize_from_w=payload.seed_resize_from_w, seed_resize_from_h=payload.seed_resize_from_h,
-        width=payload.width, height=payload.height, batch_size=payload.batch_size, n_iter=payload.n_iter,
+        width=width, height=height, batch_size=payload.batch_size, n_iter=payload.n_iter,
         clip_skip=payload.clip_skip, eta=payload.eta, s_noise=payload.s_noise, rng=RngSource(payload.rng),
         eta_noise_seed_delta=payload.eta_noise_seed_delta, emphasis=payload.emphasis, init_image=init,
         **extra,  # type: ignore[arg-type]
@@ -137,13 +139,29 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
         images = [decode_image(b64, f"images.{i}", max_pixels=limit) for i, b64 in enumerate(payload.images)]
         spec = extras.spec(payload, images, source="api")
     else:
-        spec = job_spec(payload, settings.max_side, settings.max_image_pixels)
+        spec = job_spec(payload, settings.max_side, settings.max_image_pixels, _native_size(svc, payload))
     try:
         record = svc.jobs.submit(spec)
     except JobSpecError as e:  # name the request's field
-        field = {"hr_checkpoint": "hires.checkpoint"}.get(e.field, e.field)
-        raise InputError(field, str(e).split(": ", 1)[-1]) from None
+        raise _input_error(e) from None
     return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
+
+
+def _native_size(svc: Services, payload: Txt2ImgJob | Img2ImgJob) -> int:
+    """The requested checkpoint's native side, when the request leaves a side out (read from the file's
+    header; nothing is loaded)."""
+    if payload.width is not None and payload.height is not None:
+        return 0
+    try:
+        return svc.jobs.native_size(payload.checkpoint)
+    except JobSpecError as e:
+        raise _input_error(e) from None
+
+
+def _input_error(error: JobSpecError) -> InputError:
+    """The service's refusal, named by the request's field."""
+    field = {"hr_checkpoint": "hires.checkpoint"}.get(error.field, error.field)
+    return InputError(field, str(error).split(": ", 1)[-1])
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")

@@ -13,6 +13,8 @@ from latentstudio.jobs import JobKind, JobStatus
 MAX_PROMPT = 20_000
 MAX_IMAGES = 64
 Side = Annotated[int, Field(ge=8, le=2048, multiple_of=8, description="Pixels, a multiple of 8.")]
+# A size left out (or null) is the checkpoint's native one: 64 for the built-in model, 512 for SD1, 768 for
+# SD2-v, 1024 for SDXL (A1111's /sdapi/v1 keeps its fixed 512 default; clients depend on it).
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (the job records the one used).")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Name = Annotated[str, Field(max_length=200)]
@@ -34,8 +36,8 @@ class GenerationFields(BaseModel):
     subseed_strength: Finite = Field(default=0.0, ge=0.0, le=1.0)
     seed_resize_from_w: int = Field(default=0, ge=0, le=2048)
     seed_resize_from_h: int = Field(default=0, ge=0, le=2048)
-    width: Side = 512
-    height: Side = 512
+    width: Side | None = Field(default=None, description="null: the checkpoint's native size.")
+    height: Side | None = Field(default=None, description="null: the checkpoint's native size.")
     batch_size: int = Field(default=1, ge=1, le=MAX_IMAGES)
     n_iter: int = Field(default=1, ge=1, le=MAX_IMAGES)
     clip_skip: int = Field(default=1, ge=1, le=12)

@@ -40,6 +40,7 @@ from latentstudio.jobs.model import (
 )
 from latentstudio.jobs.store import JobStore
 from latentstudio.jobs.worker import Worker
+from latentstudio.models.discovery import CheckpointInfo
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
 from latentstudio.postprocess.faces import FaceRestorerInfo
@@ -129,22 +130,34 @@ class JobService:
         self.worker.wake()
         return record
 
-    def _check_models(self, spec: JobSpec) -> None:
-        """Only discovered checkpoints and VAEs by name: never a path a client made up."""
-        if spec.checkpoint is None:
+    def _checkpoint(self, name: str | None) -> CheckpointInfo:
+        """A discovered checkpoint by name (None: the default): never a path a client made up."""
+        if name is None:
             try:
-                self.manager.default_checkpoint()
+                return self.manager.default_checkpoint()
             except ModelNotFoundError as e:
                 raise NoCheckpointError(str(e)) from None
-        if spec.checkpoint is not None:
-            try:
-                info = self.manager.find(spec.checkpoint)
-            except ModelNotFoundError as e:
-                raise JobSpecError("checkpoint", str(e)) from None
-            if info.path not in {c.path for c in self.manager.checkpoints()}:
-                raise JobSpecError(
-                    "checkpoint", f"{spec.checkpoint!r} is not a checkpoint in the models folder"
-                )
+        try:
+            info = self.manager.find(name)
+        except ModelNotFoundError as e:
+            raise JobSpecError("checkpoint", str(e)) from None
+        if info.path not in {c.path for c in self.manager.checkpoints()}:
+            raise JobSpecError("checkpoint", f"{name!r} is not a checkpoint in the models folder")
+        return info
+
+    def native_size(self, checkpoint: str | None) -> int:
+        """The native side of ``checkpoint`` (None: the default one) from its header, nothing loaded:
+        what a request that leaves the size out gets. Raises :class:`JobSpecError` naming ``checkpoint``
+        or :class:`NoCheckpointError`."""
+        info = self._checkpoint(checkpoint)
+        try:
+            return self.manager.family(info).native_size
+        except (ModelFileError, OSError, ValueError) as e:
+            raise JobSpecError("checkpoint", f"{info.name!r} cannot be read: {e}") from None
+
+    def _check_models(self, spec: JobSpec) -> None:
+        """Only discovered checkpoints and VAEs by name: never a path a client made up."""
+        self._checkpoint(spec.checkpoint)
         if spec.vae not in (VAE_AUTOMATIC, VAE_NONE):
             names = [v.name for v in self.manager.vaes()]
             if spec.vae not in names:
