@@ -160,12 +160,22 @@ def _parse_param_line(line: str) -> dict[str, InfotextValue]:
 
 
 def _restore_old_hires_fix(res: dict[str, InfotextValue]) -> None:
-    """Legacy ``First pass size`` → Size (first pass) and Hires resize (final size), as ints."""
+    """Legacy ``First pass size`` → Size (first pass) and Hires resize (final size), as ints.
+
+    Sizes A1111 would crash on (a zero final size, numbers past Python's 4300-digit ``int`` limit) are
+    left as they were, with the warning A1111 logs for values it cannot parse."""
     first_w, first_h = res.get("First pass size-1"), res.get("First pass size-2")
     if first_w is None or first_h is None:
         return
-    fw, fh = int(first_w), int(first_h)
-    width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    try:
+        fw, fh = int(first_w), int(first_h)
+        width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    except ValueError:
+        _log.warning('Error parsing "First pass size: %.40sx%.40s"', first_w, first_h)
+        return
+    if (fw == 0 or fh == 0) and width * height == 0:
+        _log.warning("Error parsing First pass size: the image size is 0")
+        return
     if fw == 0 or fh == 0:  # processing.old_hires_fix_first_pass_dimensions
         scale = math.sqrt(512 * 512 / (width * height))
         fw, fh = math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64

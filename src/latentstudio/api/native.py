@@ -160,7 +160,8 @@ def _native_size(svc: Services, payload: Txt2ImgJob | Img2ImgJob) -> int:
 
 def _input_error(error: JobSpecError) -> InputError:
     """The service's refusal, named by the request's field."""
-    field = {"hr_checkpoint": "hires.checkpoint"}.get(error.field, error.field)
+    fields = {"hr_checkpoint": "hires.checkpoint", "hr_upscaler": "hires.upscaler"}
+    field = fields.get(error.field, error.field)
     return InputError(field, str(error).split(": ", 1)[-1])
 
 

@@ -21,7 +21,7 @@ def check_extras(
     for field in ("upscaler_1", "upscaler_2"):
         name = getattr(options, field)
         try:
-            _find(upscalers, name)
+            find_upscaler(upscalers, name)
         except UpscalerNotFoundError as e:
             raise JobSpecError(field, str(e)) from None
     for field, restorer in _FACE_FIELDS:
@@ -42,7 +42,8 @@ def check_extras(
             )
 
 
-def _find(upscalers: UpscalerRegistry, name: str) -> None:
+def find_upscaler(upscalers: UpscalerRegistry, name: str) -> None:
+    """Raise :class:`UpscalerNotFoundError` unless ``name`` is an upscaler, after one rescan on a miss."""
     try:
         upscalers.find(name)
     except UpscalerNotFoundError:

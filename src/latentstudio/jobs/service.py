@@ -23,7 +23,7 @@ from pathlib import Path
 from latentstudio.config import Settings
 from latentstudio.jobs.codec import extras_input_pngs, input_pngs
 from latentstudio.jobs.events import EventBus, Subscription
-from latentstudio.jobs.extras import check_extras
+from latentstudio.jobs.extras import check_extras, find_upscaler
 from latentstudio.jobs.model import (
     AnySpec,
     EventType,
@@ -43,8 +43,9 @@ from latentstudio.jobs.worker import Worker
 from latentstudio.models.discovery import CheckpointInfo
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
+from latentstudio.pipeline.hires import LATENT_UPSCALE_MODES
 from latentstudio.postprocess.faces import FaceRestorerInfo
-from latentstudio.postprocess.upscalers import UpscalerInfo
+from latentstudio.postprocess.upscalers import UpscalerInfo, UpscalerNotFoundError
 
 RESTART_ERROR = "interrupted by a server restart"
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -163,8 +164,20 @@ class JobService:
             if spec.vae not in names:
                 allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
                 raise JobSpecError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
+        if spec.params.enable_hr:
+            self._check_hires_upscaler(spec.params.hr_upscaler)
         if spec.params.enable_hr and spec.params.hr_checkpoint is not None:
             self._check_hires_checkpoint(spec.params.hr_checkpoint, spec.checkpoint)
+
+    def _check_hires_upscaler(self, name: str) -> None:
+        """A latent mode or an upscaler from the folders (rescanned once on a miss), before queueing."""
+        if name in LATENT_UPSCALE_MODES:
+            return
+        try:
+            find_upscaler(self.worker.upscalers, name)
+        except UpscalerNotFoundError as e:
+            latent = ", ".join(LATENT_UPSCALE_MODES)
+            raise JobSpecError("hr_upscaler", f"{e}; or a latent mode: {latent}") from None
 
     def _check_hires_checkpoint(self, name: str, first: str | None) -> None:
         """The hires fix's own checkpoint: discovered, and of the first pass's family (latents carry over)."""

@@ -194,7 +194,7 @@ def cmd_flags(settings: Settings) -> dict[str, Any]:
     models = settings.models_dir.resolve()
     return {
         "api": True,
-        "nowebui": True,
+        "nowebui": not settings.ui,  # the web UI is served at / unless --no-ui
         "data_dir": str(settings.data_dir.resolve()),
         "models_dir": str(models),
         "ckpt_dir": str(models / "Stable-diffusion"),

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_PROMPT = 20_000
+MAX_NESTING = 32  # free-form JSON (script args, settings, comments): deeper is refused, never serialised
 MAX_IMAGES = 64
 MAX_SIDE = 2048
 MAX_STEPS = 150
@@ -29,7 +30,27 @@ Base64Image = Annotated[
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (info.seed tells the one used).")]
 Side = Annotated[int, Field(ge=8, le=MAX_SIDE, description="Pixels, a multiple of 8.")]
 Count = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
-Options = dict[Annotated[str, Field(max_length=200)], Any]
+
+
+def _shallow(value: Any) -> Any:
+    """Free-form JSON nested at most :data:`MAX_NESTING` deep (A1111's script arguments and settings are
+    flat; a deeper document would only exhaust the serialiser)."""
+    level, current = 0, [value]
+    while current:
+        level += 1
+        if level > MAX_NESTING:
+            raise ValueError(f"nested more than {MAX_NESTING} levels deep")
+        current = [
+            inner
+            for item in current
+            if isinstance(item, dict | list)
+            for inner in (item.values() if isinstance(item, dict) else item)
+        ]
+    return value
+
+
+Json = Annotated[Any, AfterValidator(_shallow)]
+Options = dict[Annotated[str, Field(max_length=200)], Json]
 
 
 class _Strict(BaseModel):
@@ -90,7 +111,7 @@ class GenerationRequest(_Strict):
     force_task_id: Name | None = None
     sampler_index: Name = "Euler"
     script_name: Name | None = None
-    script_args: Annotated[list[Any], Field(max_length=1000)] = Field(default_factory=list)
+    script_args: Annotated[list[Json], Field(max_length=1000)] = Field(default_factory=list)
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: Options = Field(default_factory=dict)

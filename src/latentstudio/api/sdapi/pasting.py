@@ -9,6 +9,7 @@ paste fields are swapped; reproduced so the same request gives the same picture)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -23,12 +24,16 @@ R = TypeVar("R", bound=GenerationRequest)
 Cast = Callable[[object], object]
 
 
-def _int(value: object) -> int:
-    return int(float(str(value)))
-
-
 def _float(value: object) -> float:
-    return float(str(value))
+    """A finite number (``inf``, ``nan`` and ``1e999`` are ValueErrors, as every unusable value)."""
+    number = float(str(value))
+    if not math.isfinite(number):
+        raise ValueError(f"{str(value)[:40]!r} is not a finite number")
+    return number
+
+
+def _int(value: object) -> int:
+    return int(_float(value))
 
 
 def _bool(value: object) -> bool:
