@@ -1,11 +1,15 @@
-"""The UI mount without a browser: served at / by default, absent with ``ui=False``, API routes first."""
+"""The UI mount without a browser: served at / by default, absent with ``ui=False``, API routes first;
+the UI backend's answers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
+from safetensors.torch import load_file, save_file
 
+from latentstudio.api.ui_backend import SdapiBackend
 from latentstudio.config import Settings
 from latentstudio.models.families import Family
 from tests.conftest import MakeTiny
@@ -26,3 +30,25 @@ def test_ui_is_served_at_root_and_can_be_turned_off(make_tiny: MakeTiny, tmp_pat
             assert client.get("/sdapi/v1/samplers").status_code == 200
             assert client.get("/api/v1/jobs").status_code == 200
             assert client.get("/healthz").status_code == 200
+
+
+def test_the_ui_backend_gives_native_sizes_from_the_file_header(make_tiny: MakeTiny, tmp_path: Path) -> None:
+    models = models_root(make_tiny(Family.SD1).path, tmp_path)
+    folder = models / "Stable-diffusion"
+    wide = {"latentstudio.architecture": json.dumps({"unet": {"sample_size": 96}})}  # 96 latents: 768 px
+    save_file(load_file(folder / "tiny.safetensors"), folder / "wide.safetensors", metadata=wide)
+    (folder / "zz-broken.safetensors").write_bytes(b"not a model")
+    settings = Settings(models_dir=models, data_dir=tmp_path / "data", device="cpu")
+    with serve(settings) as served:
+        manager = served.app.state.services.manager
+        backend = SdapiBackend(served.app.state.services)
+        assert backend.catalog().native_size == 512  # the current checkpoint: tiny SD1
+        assert backend.native_size("wide.safetensors") == 768
+        assert [p.name for p in manager.loaded()] == ["tiny.safetensors"]  # wide: its header read, not loaded
+        # an unknown or unreadable checkpoint has no size: the page keeps its own
+        assert backend.native_size("zz-broken.safetensors") is None
+        assert backend.native_size("missing.safetensors") is None
+        backend.set_options({"sd_model_checkpoint": "zz-broken.safetensors"})
+        assert backend.catalog().native_size is None
+        backend.set_options({"sd_model_checkpoint": "wide"})
+        assert backend.catalog().native_size == 768

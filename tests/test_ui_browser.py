@@ -7,9 +7,11 @@ with a tiny checkpoint. Screenshots of every tab and the measured click → firs
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from latentstudio.config import Settings
 from latentstudio.jobs import JobKind, JobStatus
@@ -36,6 +38,38 @@ ARGS = [
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]  # fmt: skip
 SMALL = {"width": 64, "height": 64}
+WIDE = Path("Stable-diffusion") / "wide.safetensors"
+SIZES = [f"{tab}_{side}" for tab in ("txt2img", "img2img") for side in ("width", "height")]
+# The tool buttons, by tab: elem_id → accessible name. Their icons must draw without an emoji font.
+TOOL_BUTTONS = {
+    "txt2img": {"refresh_models": "Refresh", "txt2img_random_seed": "Random seed",
+                "txt2img_reuse_seed": "Reuse seed"},
+    "img2img": {"img2img_random_seed": "Random seed", "img2img_reuse_seed": "Reuse seed"},
+    "history": {"history_refresh": "Refresh", "history_delete": "Delete job"},
+}  # fmt: skip
+COMPACT = {"refresh_models", "txt2img_random_seed", "txt2img_reuse_seed", "img2img_random_seed",
+           "img2img_reuse_seed"}  # fmt: skip
+# What the icon check hides to see what the icon itself draws: an <img>, an <svg> or a ::before / ::after.
+HIDE_ICONS = """
+.ls-icons-hidden img, .ls-icons-hidden svg, .ls-icons-hidden::before, .ls-icons-hidden::after,
+.ls-icons-hidden *::before, .ls-icons-hidden *::after {visibility: hidden !important;}
+"""
+ICON_BOXES = """button => {
+  const boxes = [];
+  for (const icon of button.querySelectorAll('img, svg')) {
+    const r = icon.getBoundingClientRect();
+    boxes.push({kind: icon.tagName.toLowerCase(), width: r.width, height: r.height,
+                loaded: icon.tagName === 'IMG' ? icon.complete && icon.naturalWidth > 0 : true});
+  }
+  for (const pseudo of ['::before', '::after']) {
+    const style = getComputedStyle(button, pseudo);
+    if (style.content === 'none' || style.display === 'none') continue;
+    boxes.push({kind: pseudo, width: parseFloat(style.width) || 0, height: parseFloat(style.height) || 0,
+                loaded: [style.maskImage, style.webkitMaskImage, style.backgroundImage]
+                  .some(v => v && v !== 'none' && v.startsWith('url("data:'))});
+  }
+  return boxes;
+}"""
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/test installs it)"),
@@ -48,6 +82,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 def served(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("ui")
     models = models_root(make_tiny(Family.SD1).path, root)
+    # the same tiny model declared at 96 latents: a 768 px checkpoint (sorted after "tiny", the default)
+    wide = {"latentstudio.architecture": json.dumps({"unet": {"sample_size": 96}})}
+    save_file(load_file(models / "Stable-diffusion" / "tiny.safetensors"), models / WIDE, metadata=wide)
     (models / "Lora").mkdir()
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}
     save_file(lora, models / "Lora" / "detail-tweaker.safetensors")  # listed as a card
@@ -71,26 +108,68 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, served: Served) -> Iterator[Any]:
+    with _page(browser, served.base) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def _page(browser: Any, base: str, checkpoint: str = "tiny") -> Iterator[Any]:
+    """A new browser page with the UI open (its catalog loaded); it must not reach outside ``base``."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     outside: list[str] = []  # the UI must not reach the network (fonts, analytics, CDNs)
     page.on(
         "request",
-        lambda r: None if r.url.startswith((served.base, "data:", "blob:")) else outside.append(r.url),
+        lambda r: None if r.url.startswith((base, "data:", "blob:")) else outside.append(r.url),
     )
-    _open(page, served.base)
+    _open(page, base, checkpoint)
     yield page
     context.close()
     assert outside == []
 
 
-def _open(page: Any, base: str) -> None:
+def _open(page: Any, base: str, checkpoint: str = "tiny") -> None:
     page.goto(base + "/")
     page.wait_for_selector("#txt2img_prompt textarea")
-    page.wait_for_function(  # the catalog loaded: the checkpoint dropdown shows the tiny model
-        "document.querySelector('#setting_sd_model_checkpoint input').value.includes('tiny')"
+    _wait_checkpoint(page, checkpoint)  # the catalog loaded
+
+
+def _wait_checkpoint(page: Any, name: str) -> None:
+    page.wait_for_function(
+        f"document.querySelector('#setting_sd_model_checkpoint input').value.includes('{name}')"
     )
+
+
+def _pick_checkpoint(page: Any, name: str) -> None:
+    """Choose a checkpoint in the dropdown on top, as a person does (open the list, click the entry)."""
+    page.locator("#setting_sd_model_checkpoint input").click()
+    page.locator("#setting_sd_model_checkpoint [role=option]", has_text=name).click()
+    _wait_checkpoint(page, name)
+
+
+def _wait_sizes(page: Any, **sizes: int) -> None:
+    """Wait until the Width / Height sliders (``txt2img_width=512``…) show these values; each tab is
+    opened to look (Gradio renders a tab's controls once it is shown), then txt2img again."""
+    for tab in dict.fromkeys(elem.split("_")[0] for elem in sizes):
+        page.click(f"#tab_{tab}-button")
+        expected = {elem: str(value) for elem, value in sizes.items() if elem.startswith(tab)}
+        read = f"""() => Object.fromEntries({list(expected)}.map(
+            e => [e, document.querySelector('#' + e + ' input[type=number]')?.value]))"""
+        want = json.dumps(expected, separators=(",", ":"))
+        try:
+            page.wait_for_function(f"JSON.stringify(({read})()) === '{want}'", timeout=30_000)
+        except sync_api.TimeoutError:
+            raise AssertionError(f"sizes {page.evaluate(read)}, expected {expected}") from None
+    page.click("#tab_txt2img-button")
+
+
+@pytest.fixture
+def restore_checkpoint(served: Served) -> Iterator[None]:
+    """Put the tiny checkpoint back as the current one after a test that switches it."""
+    yield
+    with httpx.Client(base_url=served.base, timeout=30) as client:
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny"}).raise_for_status()
 
 
 def _number(page: Any, elem: str, value: float) -> None:
@@ -205,6 +284,7 @@ def test_interrupt_a_long_job_and_queue_positions_per_tab(browser: Any, served: 
         tab.context.close()
 
 
+@pytest.mark.usefixtures("restore_checkpoint")
 def test_png_info_send_to_txt2img_restores_the_parameters(page: Any, served: Served, tmp_path: Path) -> None:
     payload = {"prompt": "pasted prompt", "negative_prompt": "blurry", "seed": 98765, "sampler": "Euler a",
                "scheduler": "Karras", "steps": 3, "cfg_scale": 5.5, **SMALL}  # fmt: skip
@@ -228,6 +308,8 @@ def test_png_info_send_to_txt2img_restores_the_parameters(page: Any, served: Ser
     assert page.input_value("#txt2img_steps input[type=number]") == "3"
     assert page.input_value("#txt2img_cfg_scale input[type=number]") == "5.5"
     assert page.input_value("#txt2img_width input[type=number]") == "64"
+    _pick_checkpoint(page, "wide")  # a pasted size is the user's: kept; img2img's follows the checkpoint
+    _wait_sizes(page, txt2img_width=64, txt2img_height=64, img2img_width=768, img2img_height=768)
 
 
 def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
@@ -341,6 +423,7 @@ def test_with_api_auth_the_ui_asks_for_credentials_and_refuses_wrong_ones(
         page = right.new_page()
         page.set_default_timeout(60_000)
         _open(page, running.base)
+        assert page.locator("#refresh_models").evaluate(ICON_BOXES)[0]["loaded"]  # icons need no request
         page.fill("#txt2img_prompt textarea", "a cat")
         page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '2/75'")
         right.close()
@@ -409,3 +492,92 @@ def test_send_a_result_to_extras_and_upscale_it_with_a_model(page: Any, served: 
     page.click("#extras_generate")
     page.wait_for_selector("#extras_error:visible")
     assert "not GFPGAN" in page.inner_text("#extras_error")
+
+
+def _needs_emoji_font(text: str) -> list[str]:
+    """The characters of ``text`` that only an emoji / symbol font draws (pictographs, dingbats, arrows,
+    variation selectors): on a machine without one they render as empty boxes."""
+    return [
+        c for c in text
+        if unicodedata.category(c) == "So" or 0xFE00 <= ord(c) <= 0xFE0F or ord(c) >= 0x1F000
+    ]  # fmt: skip
+
+
+def _icon_pixels(page: Any, elem: str) -> int:
+    """How many pixels of the button's screenshot change when its icon is hidden (what the icon draws)."""
+    button = page.locator(f"#{elem}")
+    page.mouse.move(0, 0)  # no hover state in either shot
+    shown = np.asarray(Image.open(io.BytesIO(button.screenshot())).convert("RGB")).astype(int)
+    button.evaluate("b => b.classList.add('ls-icons-hidden')")
+    try:
+        hidden = np.asarray(Image.open(io.BytesIO(button.screenshot())).convert("RGB")).astype(int)
+    finally:
+        button.evaluate("b => b.classList.remove('ls-icons-hidden')")
+    assert shown.shape == hidden.shape, elem
+    return int((np.abs(shown - hidden).max(axis=-1) > 32).sum())
+
+
+def test_tool_buttons_draw_their_icons_without_an_emoji_font(page: Any) -> None:
+    page.add_style_tag(content=HIDE_ICONS)
+    for tab, buttons in TOOL_BUTTONS.items():
+        page.click(f"#tab_{tab}-button")
+        for elem, name in buttons.items():
+            button = page.locator(f"#{elem}")
+            button.wait_for()
+            text = button.inner_text()
+            assert _needs_emoji_font(text) == [], f"{elem}: {text!r} needs an emoji font"
+            sync_api.expect(button).to_have_accessible_name(name)
+            icons = button.evaluate(ICON_BOXES)
+            assert icons, f"{elem}: no icon (img, svg or a data-URI ::before)"
+            for icon in icons:
+                assert min(icon["width"], icon["height"]) >= 12, (elem, icon)
+                assert icon["loaded"], (elem, icon)  # an <img> loaded, a CSS icon is an inline data URI
+            assert _icon_pixels(page, elem) >= 30, f"{elem}: the icon draws nothing"
+            box = button.bounding_box()
+            assert box["height"] <= 48, (elem, box)
+            if elem in COMPACT:  # a square tool button beside its control, as A1111's
+                assert box["width"] <= 48, (elem, box)
+    _shot(page, "tool_buttons")
+
+
+@pytest.mark.usefixtures("restore_checkpoint")
+def test_width_and_height_follow_the_checkpoint_unless_the_user_set_them(page: Any, served: Served) -> None:
+    _wait_sizes(page, **dict.fromkeys(SIZES, 512))  # the tiny SD1 checkpoint
+    with httpx.Client(base_url=served.base, timeout=30) as client:  # chosen elsewhere (the API) …
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "wide"}).raise_for_status()
+    page.click("#refresh_models")  # … and seen after a refresh
+    _wait_checkpoint(page, "wide")
+    _wait_sizes(page, **dict.fromkeys(SIZES, 768))
+    _pick_checkpoint(page, "tiny")
+    _wait_sizes(page, **dict.fromkeys(SIZES, 512))
+    _number(page, "txt2img_width", 320)  # typed by the user: txt2img keeps its size from now on
+    time.sleep(0.3)
+    _pick_checkpoint(page, "wide")
+    _wait_sizes(page, txt2img_width=320, txt2img_height=512, img2img_width=768, img2img_height=768)
+    page.click("#tab_img2img-button")
+    page.focus("#img2img_height input[type=range]")
+    page.keyboard.press("ArrowLeft")  # dragged by the user (one step of 8)
+    _wait_sizes(page, img2img_height=760)
+    time.sleep(0.3)
+    _pick_checkpoint(page, "tiny")
+    stored = served.jobs.settings.data_dir / "sdapi-options.json"
+    wait_until(lambda: json.loads(stored.read_text())["sd_model_checkpoint"] == "tiny.safetensors", 30)
+    time.sleep(0.5)  # the answer to the switch has arrived: nothing of the user's changed
+    _wait_sizes(page, txt2img_width=320, txt2img_height=512, img2img_width=768, img2img_height=760)
+    _shot(page, "sizes_kept")
+
+
+def test_with_no_models_the_built_in_model_sets_the_size_and_generates(browser: Any, tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data", device="cpu")
+    with serve(settings) as running, _page(browser, running.base, "latentstudio-shapes") as page:
+        _wait_sizes(page, **dict.fromkeys(SIZES, 64))  # the shapes model's 64×64, in both tabs
+        page.fill("#txt2img_prompt textarea", "a red circle")
+        _number(page, "txt2img_steps", 2)
+        time.sleep(0.3)
+        page.click("#txt2img_generate")
+        _wait_status(page, "txt2img", "done")
+        assert "Size: 64x64" in page.input_value("#txt2img_info textarea")
+        record = _latest_job(running)
+        assert record.status is JobStatus.DONE
+        assert Image.open(running.jobs.image_path(record.images[0].id)).size == (64, 64)

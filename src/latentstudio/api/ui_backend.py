@@ -25,6 +25,9 @@ from latentstudio.api.state import Services
 from latentstudio.config import Settings
 from latentstudio.jobs import JobRecord, JobService, JobStatus
 from latentstudio.jobs.model import JobSpecError, NoCheckpointError, QueueFullError
+from latentstudio.models.discovery import CheckpointInfo
+from latentstudio.models.files import ModelFileError
+from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.pipeline.params import ParamError
 from latentstudio.prompts.counter import count_tokens
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
@@ -104,6 +107,7 @@ class SdapiBackend:
             embeddings=sorted(embeddings["loaded"]),
             styles=[s["name"] for s in listing.prompt_styles(svc.settings)],
             face_restorers=[f.name for f in svc.jobs.face_restorers()],
+            native_size=_native_size(svc.manager, current),
         )
 
     def refresh(self) -> None:
@@ -169,6 +173,13 @@ class SdapiBackend:
             checked = self._catalog().check_models(checked, "")
             self.store.update(checked)
 
+    def native_size(self, checkpoint: str) -> int | None:
+        try:
+            info = self.services.manager.find(checkpoint)
+        except ModelNotFoundError:
+            return None
+        return _native_size(self.services.manager, info)
+
     def token_count(self, prompt: str, steps: int) -> tuple[int, int]:
         return count_tokens(prompt, steps)
 
@@ -185,6 +196,17 @@ def option_fields(settings: Settings) -> list[OptionField]:
         spec = opts.CATALOG[key]
         fields.append(OptionField(key, stored[key], spec.default, spec.low, spec.high, spec.choices))
     return fields
+
+
+def _native_size(manager: ModelManager, info: CheckpointInfo | None) -> int | None:
+    """The checkpoint's native size from its header and metadata (cached by the manager; no weights are
+    read); None when there is no checkpoint or the file cannot be identified (the UI keeps its sizes)."""
+    if info is None:
+        return None
+    try:
+        return manager.family(info).native_size
+    except (ModelFileError, LookupError, ValueError, OSError):
+        return None
 
 
 def _str(value: object) -> str | None:

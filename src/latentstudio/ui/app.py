@@ -21,7 +21,8 @@ from latentstudio.ui.common import (
     error_md,
     error_update,
 )
-from latentstudio.ui.generate import gen_tab, wire_generate, wire_networks
+from latentstudio.ui.generate import gen_tab, native_sizes, wire_generate, wire_networks
+from latentstudio.ui.icons import tool_button
 from latentstudio.ui.runner import ResultImage, image_file
 from latentstudio.ui.tabs import (
     extras_tab,
@@ -47,7 +48,7 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
             vae = gr.Dropdown(
                 ["Automatic", "None"], value="Automatic", label="SD VAE", elem_id="setting_sd_vae", scale=2
             )
-            refresh = gr.Button("🔄", elem_id="refresh_models", elem_classes="ls-tool", scale=0)
+            refresh = tool_button("Refresh", "refresh", "refresh_models")
             models_error = error_box("models_error")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
@@ -103,9 +104,12 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
             i2i.loras,
             i2i.embeddings,
             *setting_controls.values(),
+            *t2i.size,
+            *i2i.size,
         ]
+        size_set = [t2i.size_set, i2i.size_set]
 
-        def load_catalog(rescan: bool = False) -> tuple[Any, ...]:
+        def load_catalog(rescan: bool, *user_set: bool) -> tuple[Any, ...]:
             backend = get()
             if rescan:
                 backend.refresh()
@@ -133,22 +137,31 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
                 loras,
                 embeddings,
                 *(values.get(key) for key in setting_controls),
+                *native_sizes(c.native_size, *user_set),
             )
 
-        demo.load(load_catalog, None, catalog_outputs, queue=False)
-        refresh.click(lambda: load_catalog(True), None, catalog_outputs, queue=False)
+        demo.load(lambda *u: load_catalog(False, *u), size_set, catalog_outputs, queue=False)
+        refresh.click(lambda *u: load_catalog(True, *u), size_set, catalog_outputs, queue=False)
 
-        def set_model(key: str, value: str | None) -> Any:
+        def set_model(key: str, value: str | None) -> str:
+            """Store the choice; the refusal's message, or '' when stored."""
             if not value:
-                return error_update("")
+                return ""
             try:
                 get().set_options({key: value})
             except FieldError as e:
-                return error_update(error_md(e))
-            return error_update("")
+                return error_md(e)
+            return ""
 
-        checkpoint.input(lambda v: set_model("sd_model_checkpoint", v), checkpoint, models_error, queue=False)
-        vae.input(lambda v: set_model("sd_vae", v), vae, models_error, queue=False)
+        def set_checkpoint(value: str | None, *user_set: bool) -> tuple[Any, ...]:
+            message = set_model("sd_model_checkpoint", value)
+            native = get().native_size(value) if value and not message else None
+            return (error_update(message), *native_sizes(native, *user_set))
+
+        checkpoint.input(
+            set_checkpoint, [checkpoint, *size_set], [models_error, *t2i.size, *i2i.size], queue=False
+        )
+        vae.input(lambda v: error_update(set_model("sd_vae", v)), vae, models_error, queue=False)
 
         def apply_settings(*values: Any) -> str:
             changes = dict(zip(setting_controls, values, strict=True))
@@ -176,7 +189,9 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
 
         png["file"].change(read_png, png["file"], [png["image"], png["text"], png["error"]], queue=False)
 
-        paste_targets = [t2i.prompt, t2i.negative, *t2i.fields.values(), t2i.clip_skip, tabs, png["error"]]
+        paste_targets = [
+            t2i.prompt, t2i.negative, *t2i.fields.values(), t2i.clip_skip, t2i.size_set, tabs, png["error"],
+        ]  # fmt: skip
 
         def paste(text: str) -> tuple[Any, ...]:
             skip = gr.skip()
@@ -195,7 +210,8 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
                     value = value or "Automatic"
                 values.append(skip if value is None else value)
             clip = (request.get("override_settings") or {}).get("CLIP_stop_at_last_layers", 1)
-            return (*values, clip, gr.Tabs(selected="txt2img"), error_update(""))
+            # the pasted Width and Height count as the user's: a checkpoint change keeps them
+            return (*values, clip, True, gr.Tabs(selected="txt2img"), error_update(""))
 
         png["to_txt2img"].click(paste, png["text"], paste_targets, queue=False)
 

@@ -54,6 +54,7 @@ class Catalog:
     embeddings: Sequence[str]
     styles: Sequence[str] = field(default_factory=tuple)
     face_restorers: Sequence[str] = field(default_factory=tuple)  # "GFPGAN" / "CodeFormer" with weights
+    native_size: int | None = None  # the current checkpoint's training size in pixels (None: unknown)
 
 
 class Backend(Protocol):
@@ -92,6 +93,10 @@ class Backend(Protocol):
 
     def set_options(self, changes: Mapping[str, Any]) -> None:
         """Check and persist settings (the same store as ``/sdapi/v1/options``)."""
+
+    def native_size(self, checkpoint: str) -> int | None:
+        """The training size in pixels (64, 512, 768, 1024) of a checkpoint by its title, read without
+        loading it; None when the checkpoint is unknown or cannot be identified."""
 
     def token_count(self, prompt: str, steps: int) -> tuple[int, int]:
         """A1111's token counter: (tokens of the longest scheduled prompt, its 75-token bound)."""

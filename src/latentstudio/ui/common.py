@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from latentstudio.ui.backend import Backend, FieldError
+from latentstudio.ui.icons import icon_css
 
 GetBackend = Callable[[], Backend]
 RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
@@ -20,8 +21,7 @@ CSS = """
 .ls-progress-text {position: relative; padding: 0 0.5em; line-height: 1.6em;}
 .ls-error {color: var(--error-text-color, #b91c1c);}
 .ls-tokens {text-align: right; font-size: 0.85em; opacity: 0.8;}
-.ls-tool {max-width: 3em; min-width: 3em !important;}
-"""
+""" + icon_css()
 
 
 def error_box(elem_id: str) -> gr.Markdown:

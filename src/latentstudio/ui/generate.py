@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gradio as gr
 from PIL import Image
@@ -22,6 +22,7 @@ from latentstudio.ui.common import (
     error_update,
     progress_html_idle,
 )
+from latentstudio.ui.icons import tool_button
 from latentstudio.ui.runner import ResultImage, watch
 
 
@@ -50,6 +51,22 @@ class GenTab:
     to_extras: gr.Button
     loras: gr.Dataset
     embeddings: gr.Dataset
+    size_set: gr.State  # True once the user set Width or Height here: they no longer follow the checkpoint
+
+    @property
+    def size(self) -> list[gr.Slider]:
+        """The Width and Height sliders."""
+        return [cast(gr.Slider, self.fields[name]) for name in ("width", "height")]
+
+
+def native_sizes(native: int | None, *size_set: bool) -> tuple[Any, ...]:
+    """Width and Height of each tab (``size_set`` in tab order): the checkpoint's ``native`` size where the
+    user has not set them, else (and when the size is unknown) left as they are."""
+    sizes: list[Any] = []
+    for user_set in size_set:
+        value = gr.skip() if native is None or user_set else native
+        sizes += [value, value]
+    return tuple(sizes)
 
 
 def _token_counter(elem: str) -> gr.HTML:
@@ -97,8 +114,8 @@ def _sampling_controls(p: str) -> dict[str, gr.components.Component]:
 def _seed_controls(p: str, fields: dict[str, gr.components.Component]) -> tuple[gr.Button, gr.Number]:
     with gr.Row():
         seed = gr.Number(-1, label="Seed", precision=0, elem_id=f"{p}_seed", scale=4)
-        random_seed = gr.Button("🎲", elem_id=f"{p}_random_seed", elem_classes="ls-tool", scale=0)
-        reuse_seed = gr.Button("♻", elem_id=f"{p}_reuse_seed", elem_classes="ls-tool", scale=0)
+        random_seed = tool_button("Random seed", "dice", f"{p}_random_seed")
+        reuse_seed = tool_button("Reuse seed", "reuse", f"{p}_reuse_seed")
     random_seed.click(lambda: -1, None, seed, queue=False, show_progress="hidden")
     fields["seed"] = seed
     return reuse_seed, seed
@@ -178,7 +195,10 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
         to_extras,
         loras,
         embeddings,
+        gr.State(False),
     )
+    for slider in tab.size:  # .input fires for the user's changes only, never for the catalog's updates
+        slider.input(lambda: True, None, tab.size_set, queue=False, show_progress="hidden")
 
     def reuse(images: list[ResultImage], index: int) -> Any:
         return images[index].seed if images and 0 <= index < len(images) else gr.skip()

@@ -18,6 +18,7 @@ from latentstudio.ui.common import (
     error_md,
     error_update,
 )
+from latentstudio.ui.icons import icon_classes
 from latentstudio.ui.runner import ResultImage, results
 
 
@@ -151,14 +152,22 @@ def history_tab() -> dict[str, Any]:
             1, precision=0, minimum=1, label="Page", elem_id="history_page", scale=0, min_width=100
         )
         following = gr.Button("Older ▶", size="sm", elem_id="history_older")
-        refresh = gr.Button("🔄 Refresh", size="sm", elem_id="history_refresh")
+        refresh = gr.Button(
+            "Refresh", size="sm", elem_id="history_refresh", elem_classes=icon_classes("refresh")
+        )
     summary = gr.Markdown("", elem_id="history_summary")
     gallery = gr.Gallery(label="History", columns=6, height=420, elem_id="history_gallery", format="png")
     with gr.Row():
         info = gr.Textbox(
             label="Generation info", lines=3, interactive=False, elem_id="history_info", scale=4
         )
-        delete = gr.Button("🗑 Delete job", variant="stop", elem_id="history_delete", scale=1)
+        delete = gr.Button(
+            "Delete job",
+            variant="stop",
+            elem_id="history_delete",
+            elem_classes=icon_classes("delete"),
+            scale=1,
+        )
     error = error_box("history_error")
     return {
         "previous": previous,
