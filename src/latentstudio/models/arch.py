@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from latentstudio.models.arch_schema import check_architecture
 from latentstudio.models.families import (
     REFINER_CLIP_G_PREFIX,
     SD1_TEXT_PREFIX,
@@ -69,10 +70,13 @@ def architecture_overrides(path: Path, metadata: Mapping[str, str]) -> dict[str,
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(path, f"metadata {ARCH_METADATA_KEY} is not valid JSON") from e
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ModelFileError(path, f"metadata {ARCH_METADATA_KEY} must map component names to objects")
+    problem = check_architecture(value)
+    if problem is not None:
+        raise ModelFileError(path, f"metadata {ARCH_METADATA_KEY}: {problem}")
     return value
 
 

@@ -116,6 +116,8 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, object]], d
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(path, "not a safetensors file: header is not valid JSON") from e
+    except RecursionError as e:
+        raise ModelFileError(path, "not a safetensors file: the header's JSON is nested too deeply") from e
     if not isinstance(header, dict):
         raise ModelFileError(path, "not a safetensors file: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -130,16 +132,25 @@ def _check_entries(path: Path, header: dict[str, object], data_size: int) -> Non
     end_max = 0
     for name, entry in header.items():
         if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
-            raise ModelFileError(path, f"invalid safetensors entry for tensor {name!r}")
-        offsets = entry.get("data_offsets")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-            raise ModelFileError(path, f"invalid data offsets for tensor {name!r}")
+            raise ModelFileError(path, f"invalid safetensors entry for tensor {name[:200]!r}")
+        offsets, shape = entry.get("data_offsets"), entry.get("shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):
+            raise ModelFileError(path, f"invalid data offsets for tensor {name[:200]!r}")
+        if not offsets[0] <= offsets[1]:
+            raise ModelFileError(path, f"invalid data offsets for tensor {name[:200]!r}")
+        if not (isinstance(shape, list) and len(shape) <= 16 and all(_is_index(d) for d in shape)):
+            raise ModelFileError(path, f"invalid shape for tensor {name[:200]!r}")
         end_max = max(end_max, offsets[1])
     if end_max > data_size:
         raise ModelFileError(
             path,
             f"truncated: tensors need {end_max} data bytes but the file has {data_size} (incomplete download?)",  # noqa: E501
         )
+
+
+def _is_index(value: object) -> bool:
+    """A JSON integer that can be a size or an offset (bool is an int to Python, not to safetensors)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def read_tensor_file(path: Path) -> TensorFile:
