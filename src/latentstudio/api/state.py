@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 from latentstudio.config import Settings
 from latentstudio.jobs import JobService
 from latentstudio.models.manager import ModelManager
+from latentstudio.storage import private_dir
 
 
 @dataclass
@@ -27,7 +28,9 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    """Model manager + job service for ``settings`` (the worker is started by the lifespan hook)."""
+    """Model manager + job service for ``settings`` (the worker is started by the lifespan hook); the data
+    dir is owner-only."""
+    private_dir(settings.data_dir)
     manager = ModelManager(settings)
     return Services(settings=settings, manager=manager, jobs=JobService(settings, manager))
 

@@ -46,6 +46,7 @@ from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, M
 from latentstudio.pipeline.hires import LATENT_UPSCALE_MODES
 from latentstudio.postprocess.faces import FaceRestorerInfo
 from latentstudio.postprocess.upscalers import UpscalerInfo, UpscalerNotFoundError
+from latentstudio.storage import private_dir
 
 RESTART_ERROR = "interrupted by a server restart"
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -61,7 +62,7 @@ class JobService:
         self.settings = settings
         self.manager = manager
         self.clock = clock
-        self.images_root = settings.data_dir / "images"
+        self.images_root = private_dir(settings.data_dir / "images")
         self.store = JobStore(settings.data_dir / "jobs.sqlite3")
         self.events = EventBus()
         self.worker = Worker(

@@ -26,6 +26,7 @@ from PIL import Image
 
 from latentstudio.jobs.codec import extras_from_json, extras_images, params_from_json, params_to_json
 from latentstudio.jobs.model import AnySpec, ExtrasSpec, ImageRef, JobKind, JobRecord, JobSpec, JobStatus
+from latentstudio.storage import private_file
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -101,7 +102,7 @@ class JobStore:
     """Persistent jobs in submission order (``seq``) with their images."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # SQLite's -wal and -shm files take this mode: prompts and inputs stay private
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)

@@ -61,6 +61,7 @@ from latentstudio.postprocess.upscalers import (
 )
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers.wrappers import StepControl
+from latentstudio.storage import private_dir
 
 log = logging.getLogger(__name__)
 PREVIEW_SIDE = 128
@@ -424,7 +425,8 @@ class Worker:
                 f"{record.id}/{index:03d}-{out.seed}.png" if out.seed >= 0 else f"{record.id}/{index:03d}.png"
             )
             png = png_bytes(out.image, out.parameters, postprocessing=out.postprocessing)
-            write_atomic(self.images_root / relative, png)
+            private_dir((self.images_root / relative).parent)
+            write_atomic(self.images_root / relative, png)  # 0600
             stored.append(StoredImage(ref, relative))
         return stored
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from latentstudio.api.errors import InputError
+from latentstudio.storage import private_dir, private_file
 
 OPTIONS_FILE = "sdapi-options.json"
 Kind = Literal["applied", "cosmetic", "fixed"]
@@ -250,7 +251,7 @@ class OptionsStore:
         """Merge already-checked ``changes`` into the file (read-modify-write under the lock)."""
         if not changes:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         with self._locked():
             stored = self._read()
             stored.update(changes)
@@ -282,7 +283,7 @@ class OptionsStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock_path = private_file(self.path.with_name(self.path.name + ".lock"))
         with lock_path.open("a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
