@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from safetensors.torch import load_file, save_file
 
 from latentstudio.config import Settings
@@ -312,29 +312,27 @@ def test_png_info_send_to_txt2img_restores_the_parameters(page: Any, served: Ser
     _wait_sizes(page, txt2img_width=64, txt2img_height=64, img2img_width=768, img2img_height=768)
 
 
-def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
-    page: Any, served: Served, tmp_path: Path
-) -> None:
-    rng = np.random.default_rng(0)
-    init_path = tmp_path / "init.png"
-    Image.fromarray((rng.random((128, 128, 3)) * 255).astype(np.uint8)).save(init_path)
+def _upload_to_editor(page: Any, path: Path) -> Any:
+    """Open img2img's Inpaint tab and upload ``path`` into the editor; its canvas."""
     page.click("#tab_img2img-button")
     page.click("#img2img_inpaint_tab-button")
     editor = page.locator("#img2img_inpaint_editor")
     for _attempt in range(3):  # the editor may not have mounted its upload handler yet: choose again
         with page.expect_file_chooser() as chooser:
             editor.get_by_text("Upload an image").click()
-        chooser.value.set_files(str(init_path))
+        chooser.value.set_files(str(path))
         with contextlib.suppress(sync_api.TimeoutError):
             editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=5000)
             break
     assert not editor.get_by_text("Upload an image").is_visible()
     canvas = editor.locator("canvas").first
     canvas.wait_for()
-    page.fill("#img2img_prompt textarea", "a blue square")
-    fields = {"width": 128, "height": 128, "steps": 3, "mask_blur": 0, "denoising_strength": 1}
-    for name, value in fields.items():
-        _number(page, f"img2img_{name}", value)
+    return canvas
+
+
+def _draw_and_generate(page: Any, canvas: Any) -> None:
+    """Paint a horizontal stroke across the middle of the editor's canvas and press Generate; the job
+    started (its progress shows)."""
     # In headless Chromium the editor now and then drops a stroke drawn while it is still laying the image
     # out (the page then says what is missing); draw again then, as a person would.
     for _attempt in range(4):
@@ -350,22 +348,44 @@ def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
         page.click("#img2img_generate")
         time.sleep(1.0)  # a refusal answers at once; a job shows its progress
         if _status(page, "img2img") != "idle":
-            break
+            return
         assert "drop an image" in page.inner_text("#img2img_error") or "draw over" in page.inner_text(
             "#img2img_error"
         )
+    raise AssertionError("the drawn mask never reached the server")
+
+
+def _kept_outside_the_mask(served: Served, record: Any, init_path: Path) -> tuple[Any, Any]:
+    """(mask, changed) of a finished inpainting job: every pixel outside its mask is the init pixel."""
+    mask = np.asarray(record.spec.params.mask.convert("L")) > 0
+    assert 0 < mask.sum() < mask.size  # the stroke, not the whole picture
+    init = np.asarray(Image.open(init_path).convert("RGB")).astype(int)
+    out = np.asarray(Image.open(served.jobs.image_path(record.images[0].id)).convert("RGB")).astype(int)
+    changed = np.abs(out - init).max(axis=-1) > 0
+    assert not changed[~mask].any()  # every pixel outside the drawn mask is the init pixel
+    return mask, changed
+
+
+def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
+    page: Any, served: Served, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    init_path = tmp_path / "init.png"
+    Image.fromarray((rng.random((128, 128, 3)) * 255).astype(np.uint8)).save(init_path)
+    canvas = _upload_to_editor(page, init_path)
+    page.fill("#img2img_prompt textarea", "a blue square")
+    fields = {"width": 128, "height": 128, "steps": 3, "mask_blur": 0, "denoising_strength": 1}
+    for name, value in fields.items():
+        _number(page, f"img2img_{name}", value)
+    _draw_and_generate(page, canvas)
     _wait_status(page, "img2img", "done")
     _shot(page, "img2img_inpaint")
     assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
     record = _latest_job(served)
     assert record.spec.kind == "img2img"
     assert record.spec.source == "ui"
-    mask = np.asarray(record.spec.params.mask.convert("L")) > 0
-    assert 0 < mask.sum() < mask.size // 2  # the stroke, not the whole picture
-    init = np.asarray(Image.open(init_path).convert("RGB")).astype(int)
-    out = np.asarray(Image.open(served.jobs.image_path(record.images[0].id)).convert("RGB")).astype(int)
-    changed = np.abs(out - init).max(axis=-1) > 0
-    assert not changed[~mask].any()  # every pixel outside the drawn mask is the init pixel
+    mask, changed = _kept_outside_the_mask(served, record, init_path)
+    assert mask.sum() < mask.size // 2
     assert changed[mask].mean() > 0.5
     _seed(page, "img2img", 7)  # Generate again with the same drawing: the editor's image and mask are kept
     time.sleep(0.3)
@@ -378,6 +398,81 @@ def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
     again = _latest_job(served)
     assert again.id != record.id
     assert np.array_equal(np.asarray(again.spec.params.mask.convert("L")) > 0, mask)
+
+
+def test_inpaint_only_masked_with_fill_and_latent_noise(page: Any, served: Served, tmp_path: Path) -> None:
+    """Inpaint area "Only masked" with masked content "fill" (an UnboundLocalError once), then "latent
+    noise", from a drawn mask: the job is done, the pixels away from the mask are the init image's."""
+    rng = np.random.default_rng(1)
+    init_path = tmp_path / "init64.png"
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(init_path)
+    canvas = _upload_to_editor(page, init_path)
+    page.fill("#img2img_prompt textarea", "a green square")
+    for name, value in {**SMALL, "steps": 2, "mask_blur": 0, "inpaint_full_res_padding": 4}.items():
+        _number(page, f"img2img_{name}", value)
+    page.locator("#img2img_inpaint_full_res").get_by_label("Only masked", exact=True).check()
+    page.locator("#img2img_inpainting_fill").get_by_label("fill", exact=True).check()
+    _draw_and_generate(page, canvas)
+    _wait_status(page, "img2img", "done", "failed")
+    _shot(page, "img2img_inpaint_only_masked")
+    assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
+    record = _latest_job(served)
+    assert record.status is JobStatus.DONE, record.error
+    assert (record.spec.params.inpaint_full_res, record.spec.params.inpainting_fill) == (True, 0)
+    mask, _ = _kept_outside_the_mask(served, record, init_path)
+    infotext = record.images[0].infotext
+    assert "Inpaint area: Only masked" in infotext
+    assert "Masked content: fill," in f"{infotext},"
+    assert "Masked content: fill" in page.input_value("#img2img_info textarea")
+
+    page.locator("#img2img_inpainting_fill").get_by_label("latent noise", exact=True).check()
+    time.sleep(0.3)
+    page.click("#img2img_generate")  # the same drawing: the editor's image and mask are kept
+    page.wait_for_function(
+        "document.querySelector('#img2img_info textarea').value.includes('Masked content: latent noise')"
+        " || document.querySelector('#img2img_error')?.offsetParent != null"
+    )
+    assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
+    again = _latest_job(served)
+    assert again.id != record.id
+    assert again.status is JobStatus.DONE, again.error
+    assert "Inpaint area: Only masked" in again.images[0].infotext
+    again_mask, _ = _kept_outside_the_mask(served, again, init_path)
+    assert np.array_equal(again_mask, mask)
+
+
+def test_png_info_send_to_img2img_generates_from_the_uploaded_png(
+    page: Any, served: Served, tmp_path: Path
+) -> None:
+    """An uploaded PNG goes PNG Info → img2img (through the server and back, as the upload check allows)
+    and is the job's init image, pixel for pixel."""
+    rng = np.random.default_rng(2)
+    pixels = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    png = tmp_path / "dropped.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text(
+        "parameters", "dropped prompt\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 31, Size: 64x64"
+    )
+    Image.fromarray(pixels).save(png, pnginfo=info)
+    page.click("#tab_pnginfo-button")
+    page.locator("#pnginfo_file input[type=file]").set_input_files(str(png))
+    page.wait_for_function(
+        "document.querySelector('#pnginfo_parameters textarea').value.includes('Seed: 31')"
+    )
+    page.click("#pnginfo_send_to_img2img")
+    page.wait_for_selector("#tab_img2img-button[aria-selected=true]")
+    page.wait_for_selector("#img2img_image img")
+    page.fill("#img2img_prompt textarea", "from png info")
+    for name, value in {**SMALL, "steps": 2}.items():
+        _number(page, f"img2img_{name}", value)
+    time.sleep(0.3)
+    page.click("#img2img_generate")
+    _wait_status(page, "img2img", "done", "failed")
+    assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
+    record = _latest_job(served)
+    assert record.status is JobStatus.DONE, record.error
+    assert record.spec.params.mask is None
+    assert np.array_equal(np.asarray(record.spec.params.init_image.convert("RGB")), pixels)
 
 
 def test_every_tab_renders_and_history_lists_jobs(page: Any, served: Served) -> None:

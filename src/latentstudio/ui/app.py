@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from latentstudio.jobs import JobNotFoundError
 from latentstudio.ui.backend import FieldError, OptionField
 from latentstudio.ui.common import (
     CSS,
@@ -32,6 +33,7 @@ from latentstudio.ui.tabs import (
     wire_extras,
     wire_history,
 )
+from latentstudio.ui.uploads import GuardedBlocks, UploadError, uploaded_image
 
 __all__ = ["CSS", "GetBackend", "build_ui"]
 
@@ -39,7 +41,7 @@ __all__ = ["CSS", "GetBackend", "build_ui"]
 def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # noqa: PLR0915
     """The whole UI. ``get`` returns the backend (built when the server starts); ``options`` lays out the
     Settings tab (their current values load with the page)."""
-    demo = gr.Blocks(title="latentstudio", analytics_enabled=False)
+    demo = GuardedBlocks(title="latentstudio", analytics_enabled=False)
     with demo:
         with gr.Row(equal_height=True):
             checkpoint = gr.Dropdown(
@@ -181,7 +183,9 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
             if not path:
                 return None, "", error_update("")
             try:
-                image = image_file(path)
+                image = uploaded_image(path)
+            except UploadError as e:
+                return None, "", error_update(f"**image**: {e.message}")
             except OSError as e:
                 return None, "", error_update(f"**image**: not an image ({e})")
             text = get().read_infotext(image)
@@ -216,9 +220,10 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
         png["to_txt2img"].click(paste, png["text"], paste_targets, queue=False)
 
         def send(images: list[ResultImage], index: int, target: str) -> tuple[Any, ...]:
-            if not images:
+            try:  # by id from the image store (deleted meanwhile: nothing to send)
+                image = image_file(get().jobs.image_path(images[min(index, len(images) - 1)].image_id))
+            except (IndexError, JobNotFoundError):
                 return tuple(gr.skip() for _ in range(7))
-            image = image_file(images[min(index, len(images) - 1)].path)
             tab_id = "extras" if target == "extras" else "img2img"
             plain = image if target == "img2img" else gr.skip()
             inpaint = target == "inpaint"
@@ -262,7 +267,11 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
         def png_to_img2img(path: str | None) -> tuple[Any, ...]:
             if not path:
                 return gr.skip(), gr.skip()
-            return image_file(path), gr.Tabs(selected="img2img")
+            try:
+                image = uploaded_image(path)
+            except OSError:  # not an image: PNG Info's own event said so already
+                return gr.skip(), gr.skip()
+            return image, gr.Tabs(selected="img2img")
 
         png["to_img2img"].click(png_to_img2img, png["file"], [i2i_extra["init"], tabs], queue=False)
     return demo

@@ -246,13 +246,17 @@ def _img2img_inputs() -> dict[str, Any]:
     mode = gr.State("img2img")
     with gr.Tabs(elem_id="img2img_mode_tabs") as modes:
         with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as t_img:
-            init = gr.Image(type="pil", label="Image for img2img", elem_id="img2img_image", height=360)
+            # PNG, not Gradio's default lossy WebP: an image sent here by the server comes back exact
+            init = gr.Image(
+                type="pil", label="Image for img2img", elem_id="img2img_image", height=360, format="png"
+            )
         with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as t_inpaint:
             editor = gr.ImageEditor(
                 type="pil",
                 label="Image for inpainting with mask",
                 elem_id="img2img_inpaint_editor",
                 image_mode="RGBA",
+                format="png",
                 layers=False,
                 transforms=(),
                 height=420,

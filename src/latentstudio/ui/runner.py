@@ -21,12 +21,13 @@ POLL_SECONDS = 0.1
 
 @dataclass(frozen=True)
 class ResultImage:
-    """One finished image: its PNG (with the infotext), seeds and infotext."""
+    """One finished image: its PNG (with the infotext), seeds, infotext and its id in the image store."""
 
     path: str
     seed: int
     subseed: int
     infotext: str
+    image_id: str
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def progress_html(record: JobRecord, position: int | None, elapsed: float) -> st
 def results(jobs: JobService, record: JobRecord) -> tuple[ResultImage, ...]:
     """The images of a finished job, as PNG paths inside the images folder."""
     return tuple(
-        ResultImage(str(jobs.image_path(image.id)), image.seed, image.subseed, image.infotext)
+        ResultImage(str(jobs.image_path(image.id)), image.seed, image.subseed, image.infotext, image.id)
         for image in record.images
     )
 
@@ -114,8 +115,8 @@ def _final(jobs: JobService, record: JobRecord) -> JobView:
     return JobView(record.id, record.status, bar, message=message)
 
 
-def image_file(path: str) -> Image.Image:
-    """A result PNG, loaded (for "send to" buttons); its infotext stays in ``info``."""
-    with Image.open(Path(path)) as image:
+def image_file(path: Path) -> Image.Image:
+    """A result PNG from the image store (``JobService.image_path``), loaded for the "send to" buttons."""
+    with Image.open(path) as image:
         image.load()
         return image.copy()

@@ -25,7 +25,7 @@ from latentstudio.ui.runner import ResultImage, results
 def extras_tab() -> dict[str, Any]:
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="pil", label="Source", elem_id="extras_image")
+            image = gr.Image(type="pil", label="Source", elem_id="extras_image", format="png")
             with gr.Tabs():
                 with gr.Tab("Scale by", id="by") as by:
                     factor = gr.Slider(
