@@ -131,7 +131,8 @@ def _check_entries(path: Path, header: dict[str, object], data_size: int) -> Non
     """Every tensor entry must be well formed and its bytes must lie inside the file."""
     end_max = 0
     for name, entry in header.items():
-        if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES:
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
             raise ModelFileError(path, f"invalid safetensors entry for tensor {name[:200]!r}")
         offsets, shape = entry.get("data_offsets"), entry.get("shape")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):

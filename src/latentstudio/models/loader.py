@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ import torch
 import yaml
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.initialization import no_init_weights
 
@@ -82,7 +83,10 @@ def _materialize(
 ) -> ModuleT:
     """Give a meta-device ``module`` its weights from ``state`` (consumed), strictly."""
     placed = {key: placement.place(state.pop(key)) for key in list(state)}
-    missing, unexpected = module.load_state_dict(placed, strict=False, assign=True)
+    try:
+        missing, unexpected = module.load_state_dict(placed, strict=False, assign=True)
+    except RuntimeError as e:  # "size mismatch for …": the shapes contradict the architecture
+        raise ModelFileError(path, f"{what} weights do not match the architecture: {_first_line(e)}") from e
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelFileError(path, f"{what} weights do not match the architecture: {detail}")
@@ -91,13 +95,35 @@ def _materialize(
     return module
 
 
+# what the library constructors raise on a config they cannot build (transformers validates its configs
+# with huggingface_hub's strict dataclasses)
+_BUILD_ERRORS = (
+    ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, AttributeError, RuntimeError,
+    StrictDataclassError,
+)  # fmt: skip
+
+
+def _construct(path: Path, what: str, build: Callable[[], ModuleT]) -> ModuleT:
+    """``build()`` on the meta device; a config the library cannot build (inconsistent widths, head counts
+    or block lists read from an untrusted file) is a :class:`ModelFileError` naming the file."""
+    try:
+        with init_empty_weights(include_buffers=False):
+            return build()
+    except _BUILD_ERRORS as e:
+        raise ModelFileError(path, f"{what}: the architecture cannot be built ({_first_line(e)})") from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
 def _build_unet(
     path: Path, tf: TensorFile, info: FamilyInfo, overrides: dict[str, Any], placement: Placement
 ) -> Any:
     config = arch.unet_config(path, _shapes(tf), info, overrides.get("unet", {}))
     state = convert.unet_to_diffusers(path, tf.tensors, config)
-    with init_empty_weights(include_buffers=False):
-        unet = UNet2DConditionModel.from_config(config)
+    unet = _construct(path, "UNet", lambda: UNet2DConditionModel.from_config(config))
     return _materialize(path, "UNet", unet, state, placement)
 
 
@@ -118,8 +144,7 @@ def build_vae(
         state = dict(tensors)
     else:
         raise ModelFileError(path, "no VAE weights (encoder.down.* or encoder.down_blocks.*)")
-    with init_empty_weights(include_buffers=False):
-        vae: AutoencoderKL = AutoencoderKL.from_config(config)
+    vae: AutoencoderKL = _construct(path, "VAE", lambda: AutoencoderKL.from_config(config))
     return _materialize(path, "VAE", vae, state, placement)
 
 
@@ -134,9 +159,13 @@ def _build_text_encoders(
         else:
             state = convert.clip_to_transformers(path, tf.tensors, spec.prefix)
         cls = CLIPTextModelWithProjection if spec.with_projection else CLIPTextModel
-        text_config = CLIPTextConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
-        with init_empty_weights(include_buffers=False), no_init_weights():  # no random init of meta weights
-            model = cls(text_config)
+        fields = {k: v for k, v in config.items() if not k.startswith("_")}
+
+        def build(cls: type[TextEncoder] = cls, fields: dict[str, Any] = fields) -> TextEncoder:
+            with no_init_weights():  # no random init of meta weights
+                return cls(CLIPTextConfig(**fields))
+
+        model = _construct(path, spec.name, build)
         state = convert.clip_keys_for(model, state)
         encoders[spec.name] = _materialize(path, spec.name, model, state, placement)
     return encoders
@@ -228,7 +257,7 @@ def load_single_file(
     else:
         vae = build_vae(path, strip_vae_prefix(tf.tensors), info, overrides.get("vae", {}), placement)
     alphas = tf.tensors.get("alphas_cumprod")
-    alphas = default_alphas_cumprod(info.family) if alphas is None else alphas.to(torch.float64).clone()
+    alphas = default_alphas_cumprod(info.family) if alphas is None else _checked_alphas(path, alphas)
     return Components(
         path=path,
         info=info,
@@ -241,6 +270,16 @@ def load_single_file(
         dtype=dtype,
         vae_path=vae_path,
     )
+
+
+def _checked_alphas(path: Path, alphas: torch.Tensor) -> torch.Tensor:
+    """The file's ``alphas_cumprod`` as float64: 1-D, at least 2 steps, every value in (0, 1]."""
+    values = alphas.to(torch.float64).clone()
+    if values.ndim != 1 or len(values) < 2 or not bool(((values > 0) & (values <= 1)).all()):
+        raise ModelFileError(
+            path, f"alphas_cumprod must be 1-D values in (0, 1], got shape {tuple(values.shape)}"
+        )
+    return values
 
 
 def strip_vae_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
