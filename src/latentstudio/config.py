@@ -7,21 +7,18 @@ Every field can be set from the environment with the ``LATENTSTUDIO_`` prefix
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:  # torch is imported by the functions that need it: commands without models never load it
+    import torch
+
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 # Environment variables that make huggingface_hub / transformers / diffusers refuse network access.
 OFFLINE_ENV = {
@@ -92,6 +89,8 @@ class Settings(BaseSettings):
 
 def resolve_device(name: DeviceName) -> torch.device:
     """``auto`` → CUDA when available, else CPU; other names are taken as given."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -102,21 +101,22 @@ def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
 
     fp32 on CPU: CPUs without bf16 instructions run bf16 about 40× slower than fp32.
     """
+    import torch
+
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def enforce_offline() -> None:
     """Make every Hugging Face library refuse network access for the rest of this process.
 
-    Called by the CLI entry point and the model manager, never at import time.
+    Called by the CLI entry point and the model manager, never at import time. huggingface_hub reads the
+    variable once, when it is imported: a process that has not imported it yet (the CLI, before any command
+    runs) only needs the environment, and is not made to import it here.
     """
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
-    try:  # huggingface_hub reads the variable once at import; set the constant too if it is loaded
-        from huggingface_hub import constants
-
+    constants: Any = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read the variable before we set it
         constants.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of diffusers
-        pass

@@ -8,6 +8,7 @@ needs more (a class from the file, a callback object) is refused with a one-line
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import mmap
 import pickle
@@ -57,6 +58,7 @@ class TensorFile:
     mapped: bool = False
 
 
+@functools.cache  # one ctypes function per process, not one per released tensor
 def _madvise() -> Callable[[int, int, int], int] | None:
     if sys.platform != "linux":
         return None
@@ -132,7 +134,7 @@ def _check_entries(path: Path, header: dict[str, object], data_size: int) -> Non
     end_max = 0
     for name, entry in header.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
-        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+        if not isinstance(entry, dict) or not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
             raise ModelFileError(path, f"invalid safetensors entry for tensor {name[:200]!r}")
         offsets, shape = entry.get("data_offsets"), entry.get("shape")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 
 from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
 from latentstudio.models import discovery, loader
-from latentstudio.models.builtin import builtin_checkpoint
+from latentstudio.models.builtin import builtin_checkpoint, known_sha256
 from latentstudio.models.discovery import CheckpointInfo, VaeInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.families import FamilyInfo
@@ -121,10 +121,13 @@ class ModelManager:
             return list(self._vae_infos)
 
     def entry(self, info: CheckpointInfo, *, compute_hash: bool = True) -> CheckpointEntry:
-        """The checkpoint with its sha256 (computed once, then cached by path, size and mtime)."""
+        """The checkpoint with its sha256 (computed once, then cached by path, size and mtime; the built-in
+        model's is recorded in the package, so it is known without reading the file even before hashing)."""
         if info.path.is_dir():
             return CheckpointEntry(info, None)
-        digest = self.hashes.sha256(info.path) if compute_hash else self.hashes.cached(info.path)
+        digest = known_sha256(info.path)
+        if digest is None:
+            digest = self.hashes.sha256(info.path) if compute_hash else self.hashes.cached(info.path)
         return CheckpointEntry(info, digest)
 
     def describe(self, info: CheckpointInfo) -> CheckpointDescription:
