@@ -214,3 +214,21 @@ def test_cmd_flags_tell_whether_the_ui_is_served(
     settings = Settings(models_dir=root / "models", data_dir=root / "data", device="cpu", ui=False)
     with serve(settings, ready=False) as served:
         assert httpx.get(f"{served.base}/sdapi/v1/cmd-flags").json()["nowebui"] is True
+
+
+line_text = st.text(alphabet=st.sampled_from(list('ab :,"\\\n\t-/é1')), max_size=60)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(line_text)
+def test_param_pairs_is_a1111s_findall(line: str) -> None:
+    assert infotext.param_pairs(line) == infotext.PARAM_RE.findall(line)
+
+
+@pytest.mark.timeout(60)  # a hang guard, not a timing: A1111's findall needs hours on these
+@pytest.mark.parametrize(
+    "line", ["a" * 2**21, " " * 2**20 + "-", "-" * 2**18 + ":", "a-" * 2**20, "\t" * 2**20]
+)
+def test_long_parameter_lines_parse_in_linear_time(line: str) -> None:
+    assert infotext.param_pairs(line) == []
+    infotext.parse(f"a prompt\n{line}")

@@ -1,7 +1,8 @@
 """Images over HTTP: base64 in (bounded, never fetched from a URL), base64 PNG out (with infotext).
 
 Decoding checks the pixel count from the header before decoding any pixel, and Pillow's own
-decompression-bomb guard stays on. Every failure is an :class:`InputError` naming the field (4xx).
+decompression-bomb guard stays on; only the :data:`FORMATS` clients send are opened. Every failure is an
+:class:`InputError` naming the field (4xx).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from latentstudio.api.errors import InputError
 from latentstudio.pipeline.images import png_bytes
 
+# The formats clients send (A1111's UIs and plugins): Pillow's other decoders are never reached from HTTP
+# (EPS would start Ghostscript where it is installed; rarer formats have the longer CVE lists).
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -36,7 +40,7 @@ def decode_image(data: str, field: str, *, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(BytesIO(raw))
+            opened = Image.open(BytesIO(raw), formats=FORMATS)
             width, height = opened.size
             if width * height > max_pixels:
                 raise InputError(field, f"{width}×{height} is more than {max_pixels} pixels")
@@ -46,8 +50,10 @@ def decode_image(data: str, field: str, *, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(field, f"image too large to decode safely ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(field, f"cannot decode the image ({type(e).__name__})") from None
+    except UnidentifiedImageError:
+        raise InputError(field, f"cannot decode the image: not {', '.join(FORMATS)} data") from None
+    except (OSError, SyntaxError, ValueError):
+        raise InputError(field, "cannot decode the image: the data is truncated or corrupt") from None
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("LA", "PA") else "RGB")
     return image

@@ -60,7 +60,7 @@ def extra_generation_params(text: str) -> dict[str, object]:
     """The keys of an infotext's parameter line that A1111 keeps in ``extra_generation_params``."""
     parsed = infotext.parse(text, backcompat=False)
     line = _parameter_line(text)
-    keys = [key for key, _ in infotext.PARAM_RE.findall(line)]
+    keys = [key for key, _ in infotext.param_pairs(line)]
     return {key: _typed(parsed[key]) for key in keys if key not in _NOT_EXTRA and key in parsed}
 
 
