@@ -212,15 +212,24 @@ class Worker:
                 self._stopping.wait(1.0)
 
     def _warm_up(self) -> None:
-        """Load the default checkpoint so the first job does not pay for it; sets :attr:`ready`."""
-        try:
-            self.manager.load(None)
-        except Exception as e:  # no checkpoint / unreadable file: the server still answers, /readyz says why
-            self.ready_error = f"default checkpoint not loaded: {e}"
-            log.warning("%s", self.ready_error)
+        """Load the default checkpoint so the first job does not pay for it; sets :attr:`ready`. A file
+        that fails to load is logged and skipped (the manager remembers it): the next one becomes the
+        default, so one bad file never keeps the server from being ready."""
+        for _ in range(len(self.manager.checkpoints()) + 1):
+            try:
+                self.manager.load(None)
+            except ModelFileError as e:
+                log.warning("checkpoint skipped: %s", e)
+                continue
+            except Exception as e:  # no usable checkpoint: the server still answers, /readyz says why
+                first_line = str(e).splitlines()[0] if str(e).strip() else repr(e)
+                self.ready_error = f"default checkpoint not loaded: {first_line}"
+                log.warning("%s", self.ready_error)
+                return
+            self.ready_error = None
+            self.ready.set()
             return
-        self.ready_error = None
-        self.ready.set()
+        self.ready_error = "default checkpoint not loaded: every checkpoint failed to load"
 
     def _execute(self, record: JobRecord) -> None:
         started = self.clock()

@@ -114,8 +114,8 @@ def _construct(path: Path, what: str, build: Callable[[], ModuleT]) -> ModuleT:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+    """The library's message on one line (some span several: "validation error …:\n  ValueError: …")."""
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 def _build_unet(

@@ -6,6 +6,7 @@ are cached separately from checkpoints, so switching the VAE never reloads a UNe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import threading
@@ -87,6 +88,7 @@ class ModelManager:
         self._vae_infos: list[VaeInfo] | None = None
         self._embeddings: dict[tuple[tuple[str, int], ...], EmbeddingDatabase] = {}
         self._families: dict[tuple[Path, int, int], FamilyInfo] = {}
+        self._unusable: dict[tuple[Path, int, int], str] = {}  # failed loads, by path, size and mtime
         self.lora_library = LoraLibrary(settings.resolved_lora_dirs(), self.hashes)
         """The LoRA files (thread-safe: listings may come from any thread)."""
         self.lora_networks = LoraNetworks(self.lora_library)
@@ -100,6 +102,7 @@ class ModelManager:
             self._vae_infos = None
             self._embeddings.clear()
             self._families.clear()
+            self._unusable.clear()
         self.lora_library.refresh()
 
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -156,8 +159,7 @@ class ModelManager:
             loaded = self._loaded.get(info.path)
             if loaded is not None:
                 return loaded.info
-        stat = info.path.stat()
-        key = (info.path, stat.st_size, stat.st_mtime_ns)
+        key = _stat_key(info.path)
         with self._lock:
             found = self._families.get(key)
         if found is None:
@@ -183,12 +185,36 @@ class ModelManager:
             raise ModelNotFoundError(f"unknown checkpoint {query!r}; available: {names}")
         return found
 
+    def problem(self, info: CheckpointInfo) -> str | None:
+        """Why a checkpoint cannot be used, in one line naming the file, as far as is known without loading
+        it: its header does not identify a model, or a load of the file as it is now failed. None: usable."""
+        try:
+            key = _stat_key(info.path)
+        except OSError as e:
+            return f"{info.path}: cannot read ({e.strerror or e})"
+        with self._lock:
+            failed = self._unusable.get(key)
+        if failed is not None:
+            return failed
+        try:
+            self.family(info)
+        except (ModelFileError, OSError, ValueError) as e:
+            return str(e).splitlines()[0] if str(e).strip() else f"{info.path}: {type(e).__name__}"
+        return None
+
     def default_checkpoint(self) -> CheckpointInfo:
-        """The first checkpoint in natural order (A1111 picks the first one too)."""
+        """The first usable checkpoint in natural order (A1111 picks the first one; a file that cannot be
+        loaded is skipped here rather than making every request without a checkpoint fail)."""
         infos = self.checkpoints()
         if not infos:
             raise ModelNotFoundError(f"no checkpoints in {self.settings.models_dir / 'Stable-diffusion'}")
-        return infos[0]
+        problems = []
+        for info in infos:
+            problem = self.problem(info)
+            if problem is None:
+                return info
+            problems.append(problem)
+        raise ModelNotFoundError(f"no usable checkpoint: {'; '.join(problems[:5])}")
 
     # -- loading ---------------------------------------------------------------------------------------
     def load(
@@ -208,7 +234,7 @@ class ModelManager:
         with self._lock:
             components = self._loaded.get(info.path)
             if components is None:
-                components = loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
+                components = self._load_file(info)
                 self._loaded[info.path] = components
                 if len(self._loaded) > self.settings.checkpoints_in_ram:
                     self.lora_networks.release()  # its cached merged weights may belong to the evicted one
@@ -220,6 +246,15 @@ class ModelManager:
             return dataclasses.replace(
                 components, vae=self._load_vae(vae_path, components), vae_path=vae_path
             )
+
+    def _load_file(self, info: CheckpointInfo) -> loader.Components:
+        """Load from disk; a file that fails is remembered (until it changes or a refresh) as unusable."""
+        try:
+            return loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
+        except ModelFileError as e:
+            with contextlib.suppress(OSError):
+                self._unusable[_stat_key(info.path)] = str(e)
+            raise
 
     def _resolve_vae(self, info: CheckpointInfo, choice: str) -> Path | None:
         if choice == VAE_NONE:
@@ -287,6 +322,12 @@ class ModelManager:
             self._loaded.clear()
             self._vaes.clear()
         _release_memory()
+
+
+def _stat_key(path: Path) -> tuple[Path, int, int]:
+    """A file as it is now: path, size and modification time."""
+    stat = path.stat()
+    return path, stat.st_size, stat.st_mtime_ns
 
 
 def _release_memory() -> None:

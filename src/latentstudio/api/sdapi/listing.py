@@ -100,21 +100,22 @@ def catalog(manager: ModelManager, settings: Settings) -> ServerCatalog:
 
 
 def sd_models(manager: ModelManager) -> list[dict[str, Any]]:
-    """``[{title, model_name, hash, sha256, filename, config}]``; hashes null until computed."""
+    """``[{title, model_name, hash, sha256, filename, config}]``; hashes null until computed. A file that
+    cannot be used also has ``error`` (one line naming the file and the reason); A1111 lists it silently."""
     out = []
     for info in manager.checkpoints():
         short, sha256 = _shorthash(manager, info)
         yaml = info.path.with_suffix(".yaml")
-        out.append(
-            {
-                "title": info.title(short),
-                "model_name": info.model_name,
-                "hash": short,
-                "sha256": sha256,
-                "filename": str(info.path.resolve()),
-                "config": str(yaml.resolve()) if yaml.is_file() else None,
-            }
-        )
+        entry: dict[str, Any] = {
+            "title": info.title(short),
+            "model_name": info.model_name,
+            "hash": short,
+            "sha256": sha256,
+            "filename": str(info.path.resolve()),
+            "config": str(yaml.resolve()) if yaml.is_file() else None,
+        }
+        problem = manager.problem(info)
+        out.append(entry if problem is None else {**entry, "error": problem})
     return out
 
 
