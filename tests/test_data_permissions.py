@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from PIL import Image
 
 from latentstudio.config import Settings
+from latentstudio.models.families import Family
 from latentstudio.storage import private_dir, private_file
+from tests.conftest import MakeTiny
 from tests.serving import serve
 
 
@@ -47,8 +50,12 @@ def test_private_helpers_create_and_narrow(tmp_path: Path, open_umask: None) -> 
     assert loose.read_text() == "x"  # narrowed, not truncated
 
 
-def test_everything_under_the_data_dir_is_owner_only(tmp_path: Path, open_umask: None) -> None:
-    (tmp_path / "models").mkdir()
+def test_everything_under_the_data_dir_is_owner_only(
+    tmp_path: Path, open_umask: None, make_tiny: MakeTiny
+) -> None:
+    checkpoints = tmp_path / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copyfile(make_tiny(Family.SD1).path, checkpoints / "tiny.safetensors")  # hashed into the cache
     data = tmp_path / "data"
     init = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(init, "PNG")
@@ -61,7 +68,9 @@ def test_everything_under_the_data_dir_is_owner_only(tmp_path: Path, open_umask:
             assert client.post("/sdapi/v1/options", json={"eta_ddim": 0.5}).status_code == 200
             assert client.get("/sdapi/v1/sd-models").status_code == 200  # hashes the checkpoint
         modes = _modes(data)
-    assert {"jobs.sqlite3", "jobs.sqlite3-wal", "sdapi-options.json", "images"} <= set(modes)
+    assert {"jobs.sqlite3", "jobs.sqlite3-wal", "sdapi-options.json", "images", "cache/hashes.json"} <= set(
+        modes
+    )
     assert any(name.endswith(".png") for name in modes)
     loose = {name: oct(mode) for name, mode in modes.items() if mode & 0o077}
     assert not loose, f"readable by others: {loose}"

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from latentstudio.storage import private_dir
+
 __all__ = [
     "BLOCK_SIZE",
     "LEGACY_LENGTH",
@@ -250,7 +252,7 @@ class HashCache:
         text = json.dumps({"version": _CACHE_VERSION, "entries": self._entries}, indent=1, sort_keys=True)
         tmp: str | None = None
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self._path.parent)  # the file itself is mkstemp's 0600
             fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as stream:
                 stream.write(text)
