@@ -232,3 +232,17 @@ def test_param_pairs_is_a1111s_findall(line: str) -> None:
 def test_long_parameter_lines_parse_in_linear_time(line: str) -> None:
     assert infotext.param_pairs(line) == []
     infotext.parse(f"a prompt\n{line}")
+
+
+def test_native_requests_are_strict_where_a1111_coerces(client: httpx.Client, server: Served) -> None:
+    """``/api/v1`` refuses ``"4"`` and ``true`` for numbers; ``/sdapi/v1`` coerces them as A1111's pydantic v1
+    models do (``true`` is one step there)."""
+    jobs = server.jobs.count()
+    for value in ("4", True):
+        refused = client.post("/api/v1/jobs", json={"prompt": "x", "steps": value})
+        assert refused.status_code == 422
+        assert refused.json()["detail"][0]["loc"][-1] == "steps"
+    assert server.jobs.count() == jobs
+    coerced = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": True, "width": 64, "height": 64})
+    assert coerced.status_code == 200
+    assert json.loads(coerced.json()["info"])["steps"] == 1

@@ -1,5 +1,9 @@
 """Request and response models of the native ``/api/v1``, written by hand (never generated from the
-internals), with the server's limits as field constraints."""
+internals), with the server's limits as field constraints.
+
+Requests are strict: ``"steps": "4"`` or ``"steps": true`` are refused, not coerced (an integer is still
+accepted for a float). ``/sdapi/v1`` coerces them as A1111's pydantic v1 models do (``true`` is 1 step
+there), because A1111 clients send such values and rely on it."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ Name = Annotated[str, Field(max_length=200)]
 class GenerationFields(BaseModel):
     """Fields shared by txt2img and img2img (A1111 names, A1111 UI defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "4" or true for a number: see the module doc
 
     prompt: str = Field(default="", max_length=MAX_PROMPT)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
@@ -61,7 +65,7 @@ class GenerationFields(BaseModel):
 class HiresFields(BaseModel):
     """The hires fix: a second img2img pass at a larger size (A1111 semantics; see the README)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no "4" or true for a number: see the module doc
 
     scale: Finite = Field(
         default=2.0, ge=1.0, le=8.0, description="Upscale by (ignored when resize_x/y set)."
@@ -114,6 +118,8 @@ class Img2ImgJob(GenerationFields):
 class ExtrasJob(ExtrasBase):
     """An extras job: each of ``images`` (base64, no URLs) through the upscalers and face restorers, with
     A1111's ``extra-single-image`` fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["extras"]
     images: Annotated[list[Base64Image], Field(min_length=1, max_length=MAX_IMAGES)]
