@@ -146,6 +146,12 @@ def _split_prompts(lines: list[str]) -> tuple[str, str]:
     return prompt, negative
 
 
+def _run_end(run: re.Pattern[str], line: str, pos: int) -> int:
+    """End of ``run`` (a pattern that also matches the empty string) matched at ``pos``."""
+    found = run.match(line, pos)
+    return pos if found is None else found.end()
+
+
 def param_pairs(line: str) -> list[tuple[str, str]]:
     """``PARAM_RE.findall(line)`` (A1111's ``re_param``) in linear time.
 
@@ -163,8 +169,8 @@ def param_pairs(line: str) -> list[tuple[str, str]]:
             pairs.append((found.group(1), found.group(2)))
             pos = found.end()
             continue
-        key = _SPACES.match(line, pos).end()
-        after = _KEY_RUN.match(line, key).end() if _WORD.match(line, key) else key + 1
+        key = _run_end(_SPACES, line, pos)
+        after = _run_end(_KEY_RUN, line, key) if _WORD.match(line, key) else key + 1
         pos = max(pos + 1, after)
     return pairs
 
