@@ -77,7 +77,13 @@ def _mount_ui(app: FastAPI, settings: Settings) -> None:
             found = backends[id(services)] = SdapiBackend(services)
         return found
 
-    mount_ui(app, backend, option_fields(settings), settings.data_dir / "images")
+    mount_ui(
+        app,
+        backend,
+        option_fields(settings),
+        settings.data_dir / "images",
+        max_image_pixels=settings.max_image_pixels,
+    )
 
 
 def _version() -> str:

@@ -24,8 +24,10 @@ from latentstudio.ui.common import (
 )
 from latentstudio.ui.generate import gen_tab, native_sizes, wire_generate, wire_networks
 from latentstudio.ui.icons import tool_button
+from latentstudio.ui.inputs import GuardedBlocks
 from latentstudio.ui.runner import ResultImage, image_file
 from latentstudio.ui.tabs import (
+    EXTRAS_FIELDS,
     extras_tab,
     history_tab,
     pnginfo_tab,
@@ -33,15 +35,18 @@ from latentstudio.ui.tabs import (
     wire_extras,
     wire_history,
 )
-from latentstudio.ui.uploads import GuardedBlocks, UploadError, uploaded_image
+from latentstudio.ui.uploads import UploadError, uploaded_image
 
 __all__ = ["CSS", "GetBackend", "build_ui"]
 
 
-def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # noqa: PLR0915
+def build_ui(  # noqa: PLR0915
+    get: GetBackend, options: Sequence[OptionField], *, max_image_pixels: int
+) -> gr.Blocks:
     """The whole UI. ``get`` returns the backend (built when the server starts); ``options`` lays out the
-    Settings tab (their current values load with the page)."""
-    demo = GuardedBlocks(title="latentstudio", analytics_enabled=False)
+    Settings tab (their current values load with the page); ``max_image_pixels``: the largest image an
+    image input takes."""
+    demo = GuardedBlocks(title="latentstudio", analytics_enabled=False, max_image_pixels=max_image_pixels)
     with demo:
         with gr.Row(equal_height=True):
             checkpoint = gr.Dropdown(
@@ -65,6 +70,16 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
                 hist = history_tab()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 setting_controls, apply, apply_status = settings_tab(options)
+
+        # refusals name the controls by their A1111 request fields and settings
+        for tab in (t2i, i2i):
+            demo.name_controls({"prompt": tab.prompt, "negative_prompt": tab.negative, **tab.fields})
+            demo.name_controls({"clip_skip": tab.clip_skip})
+        for key in ("init", "editor", "upload_init"):
+            demo.name_controls({"init_images": i2i_extra[key]})
+        demo.name_controls({"mask": i2i_extra["upload_mask"]})
+        demo.name_controls({name: ex[key] for key, (name, _) in EXTRAS_FIELDS.items() if key in ex})
+        demo.name_controls({"image": ex["image"], "page": hist["page"], **setting_controls})
 
         wire_generate(get, t2i, {})
         wire_generate(get, i2i, i2i_extra)
@@ -167,10 +182,13 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
 
         def apply_settings(*values: Any) -> str:
             changes = dict(zip(setting_controls, values, strict=True))
-            for option in options:
-                if isinstance(option.default, int) and not isinstance(option.default, bool):
-                    changes[option.key] = int(changes[option.key])
             try:
+                for option in options:
+                    if isinstance(option.default, int | float) and not isinstance(option.default, bool):
+                        if changes[option.key] is None:  # an emptied number box
+                            raise FieldError(option.key, "enter a number")
+                        if isinstance(option.default, int):
+                            changes[option.key] = int(changes[option.key])
                 get().set_options(changes)
             except FieldError as e:
                 return f'<span class="ls-error">{error_md(e)}</span>'
@@ -183,11 +201,9 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
             if not path:
                 return None, "", error_update("")
             try:
-                image = uploaded_image(path)
+                image = uploaded_image(path, max_image_pixels)
             except UploadError as e:
                 return None, "", error_update(f"**image**: {e.message}")
-            except OSError as e:
-                return None, "", error_update(f"**image**: not an image ({e})")
             text = get().read_infotext(image)
             return image, text, error_update("" if text else "This image carries no generation parameters.")
 
@@ -268,8 +284,8 @@ def build_ui(get: GetBackend, options: Sequence[OptionField]) -> gr.Blocks:  # n
             if not path:
                 return gr.skip(), gr.skip()
             try:
-                image = uploaded_image(path)
-            except OSError:  # not an image: PNG Info's own event said so already
+                image = uploaded_image(path, max_image_pixels)
+            except UploadError:  # not an image: PNG Info's own event said so already
                 return gr.skip(), gr.skip()
             return image, gr.Tabs(selected="img2img")
 

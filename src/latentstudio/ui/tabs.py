@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
@@ -20,6 +20,26 @@ from latentstudio.ui.common import (
 )
 from latentstudio.ui.icons import icon_classes
 from latentstudio.ui.runner import ResultImage, results
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# The Extras controls (after the image) → their /sdapi/v1/extra-single-image field and its type
+EXTRAS_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "mode": ("resize_mode", int),
+    "factor": ("upscaling_resize", float),
+    "width": ("upscaling_resize_w", int),
+    "height": ("upscaling_resize_h", int),
+    "crop": ("upscaling_crop", bool),
+    "upscaler_1": ("upscaler_1", _same),
+    "upscaler_2": ("upscaler_2", _same),
+    "visibility": ("extras_upscaler_2_visibility", float),
+    "gfpgan": ("gfpgan_visibility", float),
+    "codeformer": ("codeformer_visibility", float),
+    "codeformer_weight": ("codeformer_weight", float),
+}
 
 
 def extras_tab() -> dict[str, Any]:
@@ -97,31 +117,15 @@ def wire_extras(get: GetBackend, ex: dict[str, Any]) -> None:
     def run(image: Image.Image | None, *values: Any) -> tuple[Any, Any, Any]:
         if image is None:
             return gr.skip(), "", error_update("**image**: drop an image to upscale")
-        mode, factor, width, height, crop, up1, up2, visibility, gfpgan, codeformer, weight = values
-        fields = {
-            "resize_mode": int(mode),
-            "upscaling_resize": float(factor),
-            "upscaling_resize_w": int(width),
-            "upscaling_resize_h": int(height),
-            "upscaling_crop": bool(crop),
-            "upscaler_1": up1,
-            "upscaler_2": up2,
-            "extras_upscaler_2_visibility": float(visibility),
-            "gfpgan_visibility": float(gfpgan),
-            "codeformer_visibility": float(codeformer),
-            "codeformer_weight": float(weight),
-        }
+        fields = {name: cast(v) for (name, cast), v in zip(EXTRAS_FIELDS.values(), values, strict=True)}
         try:
             result, text = get().extras(image, fields)
         except FieldError as e:
             return gr.skip(), "", error_update(error_md(e))
         return result, f"<p>{html.escape(text)}</p>", error_update("")
 
-    names = [
-        "mode", "factor", "width", "height", "crop", "upscaler_1", "upscaler_2", "visibility", "gfpgan",
-        "codeformer", "codeformer_weight",
-    ]  # fmt: skip
-    ex["run"].click(run, [ex["image"], *(ex[n] for n in names)], [ex["output"], ex["info"], ex["error"]])
+    inputs = [ex["image"], *(ex[key] for key in EXTRAS_FIELDS)]
+    ex["run"].click(run, inputs, [ex["output"], ex["info"], ex["error"]])
 
 
 def pnginfo_tab() -> dict[str, Any]:
