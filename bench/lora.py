@@ -48,8 +48,9 @@ Metrics = dict[str, Any]
 
 def build(size: str) -> Any:
     """Components of a random SD1 model (UNet and CLIP only; no VAE, no tokenizer), fp32 on the CPU."""
+    from latentstudio.core import Prediction
     from latentstudio.models import synthetic
-    from latentstudio.models.families import Family, FamilyInfo, Prediction
+    from latentstudio.models.families import Family, FamilyInfo
     from latentstudio.models.loader import Components
 
     spec = synthetic.full_spec(Family.SD1)

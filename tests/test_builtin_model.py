@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from latentstudio.cli import app
 from latentstudio.config import Settings
+from latentstudio.core import Prediction
 from latentstudio.models.builtin import BUILTIN_NAME, builtin_checkpoint
-from latentstudio.models.families import Family, Prediction
+from latentstudio.models.families import Family
 from latentstudio.models.loader import Components, load_checkpoint
 from latentstudio.train.eval_shapes import Reading, classify, evaluate
 from latentstudio.train.recipe import CARD_NAME, loss_curve, model_card, shapes_recipe

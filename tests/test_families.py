@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from latentstudio.core import Prediction
 from latentstudio.models import loader
-from latentstudio.models.families import Family, Prediction
+from latentstudio.models.families import Family
 from latentstudio.models.files import read_tensor_file
 from latentstudio.models.synthetic import write_checkpoint
 from tests.conftest import MakeTiny

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from latentstudio.models.families import Prediction
-from latentstudio.samplers.wrappers import CFGDenoiser, Conditioning, Denoiser, ScheduledConditioning
+from latentstudio.core import Conditioning, Prediction
+from latentstudio.samplers.wrappers import CFGDenoiser, Denoiser, ScheduledConditioning
 
 D = 4
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from latentstudio.core import Prediction
 from latentstudio.models import loader
-from latentstudio.models.families import UNET_PREFIX, Family, Prediction
+from latentstudio.models.families import UNET_PREFIX, Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.synthetic import full_spec, single_file_state, write_checkpoint
 from latentstudio.models.tokenizer import clip_tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentstudio.models.families import Prediction
+from latentstudio.core import Prediction
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.loader import load_checkpoint
 from latentstudio.samplers.schedules import model_sigmas_from_alphas, scaled_linear_alphas_cumprod

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from latentstudio.core import Prediction
 from latentstudio.models.files import ModelFileError
 
 UNET_PREFIX = "model.diffusion_model."
@@ -34,13 +35,6 @@ class Family(StrEnum):
     SD2 = "sd2"
     SDXL = "sdxl"
     SDXL_REFINER = "sdxl-refiner"
-
-
-class Prediction(StrEnum):
-    """What the UNet predicts (diffusers ``prediction_type`` names)."""
-
-    EPSILON = "epsilon"
-    V = "v_prediction"
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,9 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from transformers.initialization import no_init_weights
 
+from latentstudio.core import Prediction
 from latentstudio.models import arch, convert
-from latentstudio.models.families import (
-    SD1_TEXT_PREFIX,
-    Family,
-    FamilyInfo,
-    Prediction,
-    detect_family,
-)
+from latentstudio.models.families import SD1_TEXT_PREFIX, Family, FamilyInfo, detect_family
 from latentstudio.models.files import ModelFileError, TensorFile, read_tensor_file, release_mapped_pages
 from latentstudio.models.tokenizer import clip_tokenizer
 

@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 
+from latentstudio.core import Conditioning
 from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import LoraRequest
@@ -19,7 +20,7 @@ from latentstudio.prompts.chunks import EmbeddingFinder
 from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
 from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
 from latentstudio.samplers import SAMPLER_INFO
-from latentstudio.samplers.wrappers import Conditioning, ScheduledConditioning
+from latentstudio.samplers.wrappers import ScheduledConditioning
 
 
 @dataclass

@@ -23,11 +23,11 @@ from typing import Any, cast
 
 import torch
 
+from latentstudio.core import Conditioning
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.prompts.chunks import Chunk, EmbeddingFinder, SpecialTokens, token_target, tokenize_line
 from latentstudio.prompts.parser import parse_attention
-from latentstudio.samplers.wrappers import Conditioning
 
 
 class Emphasis(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from latentstudio.models.families import Prediction
+from latentstudio.core import Conditioning, Prediction
 from latentstudio.samplers.schedules import sigma_to_t
 
 UNetFn = Callable[..., torch.Tensor]  # unet(x_in [B,C,H,W], t [B], **cond) -> ε or v [B,C,H,W]
@@ -69,23 +69,6 @@ class Denoiser:
     @property
     def sigma_max(self) -> float:
         return float(self.model_sigmas[-1])
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """Text conditioning of one prompt for a batch: ``context [B,T,D]`` plus SDXL's extras."""
-
-    context: torch.Tensor
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. text_embeds, time_ids (SDXL)
-
-    def repeat_to(self, batch: int) -> Conditioning:
-        """The same conditioning for ``batch`` images (a batch of 1 is broadcast)."""
-        if self.context.shape[0] == batch:
-            return self
-        return Conditioning(
-            self.context.expand(batch, -1, -1),
-            {k: v.expand(batch, *v.shape[1:]) for k, v in self.extra.items()},
-        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentstudio.models.families import Prediction
+from latentstudio.core import Prediction
 from latentstudio.samplers.wrappers import scalings
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel
 
-from latentstudio.models.families import Family, FamilyInfo, Prediction
+from latentstudio.core import Prediction
+from latentstudio.models.families import Family, FamilyInfo
 from latentstudio.models.loader import Components
 from latentstudio.models.tokenizer import OpenAICLIPTokenizer, clip_tokenizer
 from latentstudio.samplers.schedules import model_sigmas_from_alphas, scaled_linear_alphas_cumprod
