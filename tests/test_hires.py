@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from latentstudio.pipeline import hires
-from latentstudio.pipeline.params import GenerationParams, ParamError
+from latentstudio.pipeline.params import GenerationParams, ParamError, target_size
 
 
 def _params(**kw: object) -> GenerationParams:
@@ -31,7 +31,7 @@ def _params(**kw: object) -> GenerationParams:
 def test_target_size_as_a1111(
     size: tuple[int, int], kw: dict[str, object], expected: tuple[int, ...]
 ) -> None:
-    assert hires.target_size(_params(width=size[0], height=size[1], **kw)) == expected
+    assert target_size(_params(width=size[0], height=size[1], **kw)) == expected
 
 
 def test_truncate_cuts_both_sides_and_gives_the_requested_size() -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from latentstudio.models.loader import Components
 from latentstudio.pipeline.infotexts import ModelIdentity
-from latentstudio.pipeline.params import GenerationParams, ParamError
+from latentstudio.pipeline.params import GenerationParams, ParamError, target_size
 
 # A1111's latent upscale modes: name → (torch interpolation mode, antialias)
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -81,22 +81,6 @@ def check_model(params: GenerationParams, components: Components, model: HiresMo
             f"{params.hr_checkpoint!r} is {second.label} but the first pass runs {first.label}: the hires "
             "checkpoint must be of the same family (the latents carry over)",
         )
-
-
-def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
-    """A1111 ``calculate_target_resolution``: ``(to_x, to_y, truncate_x, truncate_y)``."""
-    width, height, rx, ry = params.width, params.height, params.hr_resize_x, params.hr_resize_y
-    if rx == 0 and ry == 0:
-        return int(width * params.hr_scale), int(height * params.hr_scale), 0, 0
-    if ry == 0:
-        return rx, rx * height // width, 0, 0
-    if rx == 0:
-        return ry * width // height, ry, 0, 0
-    if width / height < rx / ry:
-        to_x, to_y = rx, rx * height // width
-    else:
-        to_x, to_y = ry * width // height, ry
-    return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
 
 
 def plan(params: GenerationParams) -> HiresPlan:

@@ -185,12 +185,28 @@ class GenerationParams:
                 check_prompt(getattr(self, field), self.hr_second_pass_steps or self.steps)
             except PromptError as e:
                 raise ParamError(field, str(e)) from None
-        from latentstudio.pipeline.hires import target_size  # hires imports this module
-
         to_x, to_y, _, _ = target_size(self)
         for field, value in (("hr_scale", to_x), ("hr_scale", to_y)):
             if not 64 <= value <= MAX_SIDE:
                 raise ParamError(field, f"the hires target {to_x}x{to_y} must be within [64, {MAX_SIDE}]")
+
+
+def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
+    """The hires fix's upscaled size, A1111 ``calculate_target_resolution``: ``(to_x, to_y, truncate_x,
+    truncate_y)``. Here, not in :mod:`~latentstudio.pipeline.hires`, because :meth:`GenerationParams.validate`
+    bounds it and hires imports this module."""
+    width, height, rx, ry = params.width, params.height, params.hr_resize_x, params.hr_resize_y
+    if rx == 0 and ry == 0:
+        return int(width * params.hr_scale), int(height * params.hr_scale), 0, 0
+    if ry == 0:
+        return rx, rx * height // width, 0, 0
+    if rx == 0:
+        return ry * width // height, ry, 0, 0
+    if width / height < rx / ry:
+        to_x, to_y = rx, rx * height // width
+    else:
+        to_x, to_y = ry * width // height, ry
+    return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
 
 
 def _check_size(field: str, value: int) -> None:
