@@ -9,19 +9,19 @@ from latentstudio.samplers.base import Callback, Denoiser, NoiseSampler, StepInf
 from latentstudio.samplers.registry import (
     SAMPLER_INFO,
     SAMPLERS,
+    SCHEDULER_INFO,
+    SCHEDULERS,
     Sampler,
     SamplerInfo,
     ScheduledSigmas,
+    SchedulerInfo,
     automatic_scheduler,
     resolve_sampler,
+    resolve_scheduler,
     sigmas_for,
 )
 from latentstudio.samplers.schedules import (
-    SCHEDULER_INFO,
-    SCHEDULERS,
-    SchedulerInfo,
     model_sigmas_from_alphas,
-    resolve_scheduler,
     scaled_linear_alphas_cumprod,
     sigma_to_t,
     t_to_sigma,

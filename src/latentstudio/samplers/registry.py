@@ -1,4 +1,7 @@
-"""The sampler registry keyed by A1111 display names (reference/a1111-compat.md §5.1), and sigma selection.
+"""The sampler registry keyed by A1111 display names (reference/a1111-compat.md §5.1), the scheduler table
+keyed by A1111 labels, and sigma selection. Both tables live here because each needs the other ("Automatic"
+is the sampler's own schedule; a sampler lists its scheduler's name); :mod:`~latentstudio.samplers.schedules`
+holds the schedule functions themselves.
 
 A1111 silently falls back to a default for unknown sampler or scheduler names; here they raise ``ValueError``
 listing the valid names.
@@ -14,7 +17,88 @@ import torch
 from torch import Tensor
 
 from latentstudio.samplers import dpm_solver, dpmpp, euler, heun, lcm, lms, restart, timestep, unipc
-from latentstudio.samplers.schedules import SCHEDULER_INFO, SCHEDULERS, resolve_scheduler
+from latentstudio.samplers.schedules import (
+    Schedule,
+    align_your_steps,
+    beta,
+    ddim,
+    exponential,
+    karras,
+    kl_optimal,
+    normal,
+    polyexponential,
+    sgm_uniform,
+    simple,
+    uniform,
+)
+
+
+def automatic(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    *,
+    model_sigmas: Tensor | None = None,
+    sampler: str | None = None,
+    **options: Any,
+) -> Tensor:
+    """A1111's "Automatic": the ``sampler``'s own default schedule (DPM++ 2M: Karras, DPM++ 2M SDE:
+    Exponential, …), else the model's own discrete schedule (Uniform); without a sampler, Uniform."""
+    if sampler is None:
+        return uniform(n, sigma_min, sigma_max, model_sigmas=model_sigmas)
+    schedule = SCHEDULERS[automatic_scheduler(sampler)]
+    return schedule(n, sigma_min, sigma_max, model_sigmas=model_sigmas, **options)
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """A1111's scheduler table row (``/sdapi/v1/schedulers``) and our implementation of it."""
+
+    name: str
+    label: str
+    function: Schedule
+    default_rho: float = -1
+    need_inner_model: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+SCHEDULER_INFO: dict[str, SchedulerInfo] = {
+    info.label: info
+    for info in (
+        SchedulerInfo("automatic", "Automatic", automatic),
+        SchedulerInfo("uniform", "Uniform", uniform, need_inner_model=True),
+        SchedulerInfo("karras", "Karras", karras, default_rho=7.0),
+        SchedulerInfo("exponential", "Exponential", exponential),
+        SchedulerInfo("polyexponential", "Polyexponential", polyexponential, default_rho=1.0),
+        SchedulerInfo(
+            "sgm_uniform", "SGM Uniform", sgm_uniform, need_inner_model=True, aliases=("SGMUniform",)
+        ),
+        SchedulerInfo("kl_optimal", "KL Optimal", kl_optimal),
+        SchedulerInfo("align_your_steps", "Align Your Steps", align_your_steps),
+        SchedulerInfo("simple", "Simple", simple, need_inner_model=True),
+        SchedulerInfo("normal", "Normal", normal, need_inner_model=True),
+        SchedulerInfo("ddim", "DDIM", ddim, need_inner_model=True),
+        SchedulerInfo("beta", "Beta", beta, need_inner_model=True),
+    )
+}
+"""All A1111 schedulers by label, in A1111's order."""
+
+SCHEDULERS: dict[str, Schedule] = {label: info.function for label, info in SCHEDULER_INFO.items()}
+"""The schedules by A1111 label. "Automatic" depends on the sampler: pass ``sampler=`` (or use
+:func:`~latentstudio.samplers.registry.sigmas_for`); without one it is the model's own schedule, Uniform."""
+
+
+def resolve_scheduler(name: str) -> str:
+    """The A1111 label for a scheduler label, name or alias (case-insensitive): "sgm_uniform" → "SGM Uniform".
+
+    Raises ``ValueError`` listing the valid labels for an unknown name.
+    """
+    wanted = name.strip().lower()
+    for info in SCHEDULER_INFO.values():
+        if wanted in {info.label.lower(), info.name, *(alias.lower() for alias in info.aliases)}:
+            return info.label
+    raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULER_INFO)}")
+
 
 Sampler = Callable[..., Tensor]
 """``fn(model, x, sigmas, *, noise_sampler=None, callback=None, **options) -> Tensor`` (see samplers.base)."""
