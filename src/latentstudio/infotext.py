@@ -225,13 +225,14 @@ def uses_emphasis(*texts: str) -> bool:
 
 
 def _parse_version(text: InfotextValue | None) -> pkg_version.Version | None:
-    """``infotext_versions.parse_version``: ``v1.7.0-225-gabc`` → ``v1.7.0-225``; None when unparsable."""
+    """``infotext_versions.parse_version``: ``v1.7.0-225-gabc`` → ``v1.7.0-225``; None when unparsable
+    (A1111 catches every exception: newer ``packaging`` raises ``ValueError`` for a 5000-digit part)."""
     if not isinstance(text, str):
         return None
     m = re.match(r"([^-]+-[^-]+)-.*", text)
     try:
         return pkg_version.parse(m.group(1) if m else text)
-    except pkg_version.InvalidVersion:
+    except ValueError:  # InvalidVersion, or int()'s digit limit
         return None
 
 
