@@ -300,6 +300,8 @@ def test_emphasis_rule(prompt: str, negative: str, expected: bool) -> None:
         ("v1.7.0-225-gabc1234", set()),
         ("v1.10.1", set()),
         ("not a version", set()),
+        ("9" * 5000, set()),  # int()'s digit limit inside packaging: no version, as any parse failure
+        ("1." + "9" * 5000, set()),
     ],
 )
 def test_backcompat_by_version(version: str, flags: set[str]) -> None:
