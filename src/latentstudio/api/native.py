@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
+from latentstudio.api.common import extras_spec
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
@@ -31,7 +32,6 @@ from latentstudio.api.schemas import (
     JobView,
     Txt2ImgJob,
 )
-from latentstudio.api.sdapi import extras
 from latentstudio.api.state import Services, ServicesDep
 from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
@@ -137,7 +137,7 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
     if isinstance(payload, ExtrasJob):
         limit = settings.max_image_pixels
         images = [decode_image(b64, f"images.{i}", max_pixels=limit) for i, b64 in enumerate(payload.images)]
-        spec = extras.spec(payload, images, source="api")
+        spec = extras_spec(payload, images, source="api")
     else:
         spec = job_spec(payload, settings.max_side, settings.max_image_pixels, _native_size(svc, payload))
     try:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from latentstudio.api.sdapi.models import Base64Image, ExtrasBase
+from latentstudio.api.common import Base64Image, ExtrasBase
 from latentstudio.jobs import JobKind, JobStatus
 
 MAX_PROMPT = 20_000

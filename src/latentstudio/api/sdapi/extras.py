@@ -11,29 +11,22 @@ they are returned as written.
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
 
-from latentstudio.api.sdapi.models import ExtrasBase
-from latentstudio.jobs import ExtrasSpec
+from latentstudio.api.common import extras_spec
 from latentstudio.pipeline.images import INFOTEXT_KEY
-from latentstudio.postprocess.extras import ExtrasOptions
 from latentstudio.postprocess.extras import html_info as _html_info
 
-_OPTIONS = frozenset(f.name for f in dataclasses.fields(ExtrasOptions))
 _IGNORED_INFO = {
     "dpi", "exif", "loop", "background", "timestamp", "duration", "progressive", "progression",
     "icc_profile", "chromaticity", "photoshop",
 }  # fmt: skip
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 
-
-def spec(req: ExtrasBase, images: Sequence[Image.Image], source: str = "sdapi") -> ExtrasSpec:
-    """The job for a request's decoded images (``show_extras_results`` has no effect here)."""
-    return ExtrasSpec(ExtrasOptions(**req.model_dump(include=set(_OPTIONS))), tuple(images), source=source)
+spec = extras_spec  # the job for a request's images; built in api.common, which /api/v1 shares
 
 
 def html_info(texts: Sequence[str]) -> str:

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from latentstudio.api.common import Base64Image, ExtrasBase, Finite, Name, StrictModel
 
 MAX_PROMPT = 20_000
 MAX_NESTING = 32  # free-form JSON (script args, settings, comments): deeper is refused, never serialised
 MAX_IMAGES = 64
 MAX_SIDE = 2048
 MAX_STEPS = 150
-MAX_BASE64 = 70_000_000  # characters: the 50 MB body limit is the real bound
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Name = Annotated[str, Field(max_length=1000)]
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
-Base64Image = Annotated[
-    str, Field(max_length=MAX_BASE64, description="Base64 image, optionally a data: URL.")
-]
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (info.seed tells the one used).")]
 Side = Annotated[int, Field(ge=8, le=MAX_SIDE, description="Pixels, a multiple of 8.")]
 Count = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
@@ -53,26 +49,7 @@ Json = Annotated[Any, AfterValidator(_shallow)]
 Options = dict[Annotated[str, Field(max_length=200)], Json]
 
 
-class _Strict(BaseModel):
-    """Refuse unknown fields (a field we do not know could change the picture); a ``null`` for a field
-    with a non-null default means that default (A1111 declares every field Optional; clients send nulls)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        fields = cls.model_fields
-        return {
-            k: v
-            for k, v in data.items()
-            if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None
-        }
-
-
-class GenerationRequest(_Strict):
+class GenerationRequest(StrictModel):
     """Fields A1111's ``StableDiffusionProcessing`` exposes to the API, and the API-only ones."""
 
     prompt: Prompt = ""
@@ -174,29 +151,11 @@ class GenerationResponse(BaseModel):
     info: str = Field(description="A JSON string: A1111's Processed.js() keys (seed, all_seeds, infotexts…).")
 
 
-class ExtrasBase(_Strict):
-    """The upscaling fields of ``extra-single-image`` / ``extra-batch-images``."""
-
-    resize_mode: int = Field(default=0, ge=0, le=1, description="0: scale by, 1: scale to.")
-    show_extras_results: bool = True
-    gfpgan_visibility: Finite = Field(default=0.0, ge=0.0, le=1.0)
-    codeformer_visibility: Finite = Field(default=0.0, ge=0.0, le=1.0)
-    codeformer_weight: Finite = Field(default=0.0, ge=0.0, le=1.0)
-    upscaling_resize: Finite = Field(default=2.0, gt=0.0, le=8.0)
-    upscaling_resize_w: int = Field(default=512, ge=1, le=8192)
-    upscaling_resize_h: int = Field(default=512, ge=1, le=8192)
-    upscaling_crop: bool = True
-    upscaler_1: Name = "None"
-    upscaler_2: Name = "None"
-    extras_upscaler_2_visibility: Finite = Field(default=0.0, ge=0.0, le=1.0)
-    upscale_first: bool = False
-
-
 class ExtrasSingleRequest(ExtrasBase):
     image: Base64Image = ""
 
 
-class FileData(_Strict):
+class FileData(StrictModel):
     data: Base64Image
     name: Name = ""
 
@@ -215,7 +174,7 @@ class ExtrasBatchResponse(BaseModel):
     images: list[str]
 
 
-class PngInfoRequest(_Strict):
+class PngInfoRequest(StrictModel):
     image: Base64Image
 
 

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from latentstudio.api.common import ExtrasBase
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.convert import prepare, request_field
 from latentstudio.api.sdapi.models import (
-    ExtrasBase,
     ExtrasBatchRequest,
     ExtrasBatchResponse,
     ExtrasSingleRequest,
