@@ -245,8 +245,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import uvicorn
 
-    from latentstudio.api import create_app
     from latentstudio.config import Settings
+    from latentstudio.server import build_app
 
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         root = Path(tmp)
@@ -254,7 +254,7 @@ def main() -> None:
         settings = Settings(models_dir=models, data_dir=root / "data", device=args.device, max_queue=1000)
         port = free_port()
         server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+            uvicorn.Config(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -16,9 +16,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from latentstudio.api import create_app
 from latentstudio.config import Settings
 from latentstudio.jobs import JobService
+from latentstudio.server import build_app
 
 FAST = {"steps": 3, "width": 64, "height": 64, "sampler": "Euler"}
 
@@ -53,7 +53,7 @@ class Served:
 def serve(settings: Settings, *, ready: bool = True) -> Iterator[Served]:
     """The app on ``http://127.0.0.1:<port>``; waits for /readyz (or only for the socket, ``ready=False``)."""
     port = free_port()
-    app = create_app(settings)
+    app = build_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

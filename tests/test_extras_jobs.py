@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from latentstudio.api.ui_backend import SdapiBackend
 from latentstudio.config import Settings
 from latentstudio.jobs import ExtrasSpec, JobService, JobStatus
 from latentstudio.models.families import Family
@@ -26,6 +25,7 @@ from latentstudio.postprocess.extras import ExtrasOptions, run_extras, run_extra
 from latentstudio.postprocess.faces import FaceRestorers
 from latentstudio.postprocess.synthetic import random_esrgan_state
 from latentstudio.postprocess.upscalers import UpscalerRegistry
+from latentstudio.server.ui_backend import SdapiBackend
 from latentstudio.ui.backend import FieldError
 from tests.conftest import MakeTiny
 from tests.sdapi_support import EXTRAS_BASE, decode, refused_field

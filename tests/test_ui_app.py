@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 from safetensors.torch import load_file, save_file
 
-from latentstudio.api.ui_backend import SdapiBackend
 from latentstudio.config import Settings
 from latentstudio.models.families import Family
+from latentstudio.server.ui_backend import SdapiBackend
 from tests.conftest import MakeTiny
 from tests.serving import models_root, serve
 

@@ -274,9 +274,8 @@ def serve_command(  # noqa: PLR0917 - one option per server setting
         import uvicorn
         from pydantic import ValidationError
 
-        from latentstudio.api import create_app
-        from latentstudio.api.security import CredentialsError, parse_credentials
         from latentstudio.config import Settings
+        from latentstudio.server import build_app, credentials_problem
 
     overrides: dict[str, Any] = {"models_dir": models_dir, "data_dir": data_dir, "device": device}
     if api_auth is not None:
@@ -289,17 +288,18 @@ def serve_command(  # noqa: PLR0917 - one option per server setting
         overrides["cors_allow_origins"] = tuple(o.strip() for o in cors_allow_origins.split(",") if o.strip())
     try:
         settings = Settings(**overrides)
-        if settings.api_auth is not None:
-            parse_credentials(settings.api_auth.get_secret_value())
-    except (ValidationError, CredentialsError) as e:
+    except ValidationError as e:
         raise _fail(str(e)) from None
+    problem = credentials_problem(settings)
+    if problem is not None:
+        raise _fail(problem)
     if settings.api_auth is None and not _is_loopback(host) and not insecure_no_auth:
         raise _fail(
             f"--host {host} is reachable from other machines: set --api-auth (or LATENTSTUDIO_API_AUTH), "
             "or pass --insecure-no-auth to serve without authentication"
         )
     with _importing(ctx):  # the web UI (Gradio) is imported while the app is built
-        served = create_app(settings)
+        served = build_app(settings)
     uvicorn.run(served, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
 

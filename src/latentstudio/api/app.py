@@ -2,12 +2,13 @@
 
 App state is built in the lifespan hook (never at import): the model manager, the job service and its
 worker, kept in ``app.state.services``. Middleware, outermost first: CORS (only with
-``cors_allow_origins``), HTTP Basic auth (only with ``api_auth``), the request-body limit.
+``cors_allow_origins``), HTTP Basic auth (only with ``api_auth``), the request-body limit, then whatever
+``mount`` added (the web UI's, see :mod:`latentstudio.server`, which passes it; ``api`` never imports ``ui``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -15,12 +16,15 @@ from fastapi import FastAPI
 from latentstudio.api import health, native, sdapi
 from latentstudio.api.errors import install_error_handlers
 from latentstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, parse_credentials
-from latentstudio.api.state import Services, app_services, build_services, get_services
+from latentstudio.api.state import Services, build_services, get_services
 from latentstudio.config import Settings
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The FastAPI app: native ``/api/v1``, ``/sdapi/v1`` (A1111), health; built per call, no globals."""
+def create_app(settings: Settings, mount: Callable[[FastAPI], None] | None = None) -> FastAPI:
+    """The FastAPI app: native ``/api/v1``, ``/sdapi/v1`` (A1111), health; built per call, no globals.
+
+    ``mount(app)`` runs after the API routes (which keep precedence) and before the server's middleware is
+    added, so what it mounts and any middleware it adds sit inside auth and the body limit."""
     credentials = parse_credentials(settings.api_auth.get_secret_value()) if settings.api_auth else None
 
     @asynccontextmanager
@@ -43,8 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(native.router)
     app.include_router(sdapi.router)
-    if settings.ui:
-        _mount_ui(app, settings)
+    if mount is not None:
+        mount(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if credentials is not None:
         app.add_middleware(BasicAuthMiddleware, credentials=credentials)
@@ -60,30 +64,6 @@ def create_app(settings: Settings) -> FastAPI:
             allow_credentials=True,
         )
     return app
-
-
-def _mount_ui(app: FastAPI, settings: Settings) -> None:
-    """The web UI at ``/``; its backend reaches the services the lifespan hook builds."""
-    from latentstudio.api.ui_backend import SdapiBackend, option_fields
-    from latentstudio.ui import mount_ui
-
-    backends: dict[int, SdapiBackend] = {}
-
-    def backend() -> SdapiBackend:
-        services = app_services(app)
-        found = backends.get(id(services))
-        if found is None:
-            backends.clear()
-            found = backends[id(services)] = SdapiBackend(services)
-        return found
-
-    mount_ui(
-        app,
-        backend,
-        option_fields(settings),
-        settings.data_dir / "images",
-        max_image_pixels=settings.max_image_pixels,
-    )
 
 
 def _version() -> str:

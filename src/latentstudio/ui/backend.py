@@ -1,5 +1,5 @@
 """What the web UI needs from the server, as a protocol: the UI is a client of the job layer and of these
-calls, never of models or pipelines (DESIGN). The server (``latentstudio.api.ui_backend``) implements it
+calls, never of models or pipelines (DESIGN). The server (``latentstudio.server.ui_backend``) implements it
 with exactly the conversion the A1111 API uses, so a UI generation and an ``/sdapi/v1`` call with the same
 fields and settings make the same job.
 """

@@ -1,4 +1,5 @@
-"""The web UI's :class:`~latentstudio.ui.backend.Backend`, implemented with the A1111 layer's conversion.
+"""The web UI's :class:`~latentstudio.ui.backend.Backend`, implemented with the A1111 layer's conversion
+(here, in the composition root, because ``api`` never imports ``ui``).
 
 A UI generation is an ``/sdapi/v1`` request built from the controls: the same stored settings, styles,
 checks and refusals, queued on the same job service (``source`` "ui"). Errors of every layer become one
@@ -15,6 +16,7 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
+from latentstudio.api.common import extras_spec
 from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import extras, listing, pasting
 from latentstudio.api.sdapi import options as opts
@@ -154,7 +156,7 @@ class SdapiBackend:
             request = ExtrasSingleRequest.model_validate({**fields, "image": "ui"})
             if image.width * image.height > svc.settings.max_image_pixels:
                 raise FieldError("image", f"larger than {svc.settings.max_image_pixels} pixels")
-            record = svc.jobs.submit(extras.spec(request, [image], source="ui"))
+            record = svc.jobs.submit(extras_spec(request, [image], source="ui"))
         record = svc.jobs.wait(record.id, WAIT_SECONDS)
         if record.status is not JobStatus.DONE or not record.images:
             raise FieldError("job", record.error or f"the extras job is {record.status.value}")
