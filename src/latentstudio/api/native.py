@@ -2,7 +2,8 @@
 stream events (Server-Sent Events).
 
 Handlers are plain ``def`` (FastAPI runs them in its thread pool), so store reads never block the
-event loop; only the event stream is ``async``.
+event loop; the ones that wait for a job (the long poll, cancel, interrupt) and the event stream are
+``async`` and hold no thread while they wait.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -166,35 +168,42 @@ def _input_error(error: JobSpecError) -> InputError:
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")
-def get_job(
+async def get_job(
     job_id: str,
     svc: ServicesDep,
     wait: Annotated[
         float, Query(ge=0.0, le=60.0, description="Long poll: wait up to this many seconds for the end.")
     ] = 0.0,
 ) -> JobView:
-    record = svc.jobs.wait(job_id, wait) if wait > 0 else svc.jobs.get(job_id)
+    if wait > 0:
+        await svc.jobs.wait_async(job_id, wait)
+    return await to_thread.run_sync(_current_view, svc, job_id)
+
+
+def _current_view(svc: Services, job_id: str) -> JobView:
+    """The job as it is now, with its queue position when queued."""
+    record = svc.jobs.get(job_id)
     position = svc.jobs.position(job_id) if record.status is JobStatus.QUEUED else None
     return job_view(record, position)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView, summary="Cancel a queued or running job")
-def cancel_job(job_id: str, svc: ServicesDep) -> JobView:
+async def cancel_job(job_id: str, svc: ServicesDep) -> JobView:
     """A queued job is cancelled at once; a running one stops at its next step (waited for up to 10 s;
     ``status`` says whether it has stopped yet). Finished jobs are returned unchanged."""
-    record = svc.jobs.cancel(job_id)
+    record = await to_thread.run_sync(svc.jobs.cancel, job_id)
     if record.status is JobStatus.RUNNING:
-        record = svc.jobs.wait(job_id, CANCEL_WAIT_SECONDS)
+        record = await svc.jobs.wait_async(job_id, CANCEL_WAIT_SECONDS)
     return job_view(record)
 
 
 @router.post("/jobs/{job_id}/interrupt", response_model=JobView, summary="Stop a running job early")
-def interrupt_job(job_id: str, svc: ServicesDep) -> JobView:
+async def interrupt_job(job_id: str, svc: ServicesDep) -> JobView:
     """A1111's interrupt for one job: it stops after the current step, decodes what it has and ends
     ``done`` with ``interrupted: true`` (waited for up to 10 s). Other states are returned unchanged."""
-    record = svc.jobs.get(job_id)
+    record = await to_thread.run_sync(svc.jobs.get, job_id)
     if svc.jobs.interrupt(job_id) is not None:
-        record = svc.jobs.wait(job_id, CANCEL_WAIT_SECONDS)
+        record = await svc.jobs.wait_async(job_id, CANCEL_WAIT_SECONDS)
     return job_view(record)
 
 

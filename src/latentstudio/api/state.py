@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request
 
 from latentstudio.config import Settings
 from latentstudio.jobs import JobService
 from latentstudio.models.manager import ModelManager
 from latentstudio.storage import private_dir
+
+JOB_CALL_THREADS = 4  # the blocking parts of calls that wait on jobs: more would only contend for the GIL
+
+
+def _job_call_limiter() -> CapacityLimiter:
+    return CapacityLimiter(JOB_CALL_THREADS)
 
 
 @dataclass
@@ -25,6 +32,10 @@ class Services:
     settings: Settings
     manager: ModelManager
     jobs: JobService
+    job_calls: CapacityLimiter = field(default_factory=_job_call_limiter)
+    """Pool threads for the blocking parts (queueing, building the answer) of calls that wait on a job
+    (``/sdapi/v1`` txt2img, img2img, extras): a burst of them waits here, never in front of progress,
+    health or the UI in the shared thread pool."""
 
 
 def build_services(settings: Settings) -> Services:
@@ -43,8 +54,9 @@ def app_services(app: FastAPI) -> Services:
     return found
 
 
-def get_services(request: Request) -> Services:
-    """The app's :class:`Services` (a FastAPI dependency)."""
+async def get_services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency; ``async`` so that resolving it never waits for a
+    thread of the pool)."""
     return app_services(request.app)
 
 

@@ -1,6 +1,7 @@
 """JobService: the one object request handlers (native API, A1111 layer, UI) use to run generations.
 
-Thread-safe throughout; nothing here touches model weights (the :class:`Worker` does). Restart policy:
+Thread-safe throughout; nothing here touches model weights (the :class:`Worker` does: unloading and
+rescanning models are commands it runs between jobs, answered through a future). Restart policy:
 a job found ``running`` at start-up was cut off by a crash; it is marked failed ("interrupted by a server
 restart") and its partial images are removed. It is not retried: a job that crashed the process would
 crash it again on every start (InvokeAI's poison-pill lesson). Queued jobs resume in submission order.
@@ -17,8 +18,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
+
+from anyio import CapacityLimiter, to_thread
 
 from latentstudio.config import Settings
 from latentstudio.jobs.codec import extras_input_pngs, input_pngs
@@ -213,6 +217,21 @@ class JobService:
         """The face restorers extras jobs can use (weights present; nothing loaded)."""
         return list(self.worker.faces.usable())
 
+    # -- model maintenance (run by the worker between jobs) ---------------------------------------------
+    def unload_models(self) -> Future[None]:
+        """Drop every loaded checkpoint and VAE (A1111's unload-checkpoint): done by the worker after the
+        running job, if any; the next job loads its checkpoint again."""
+        return self.worker.call(self.manager.unload)
+
+    def refresh_models(self) -> Future[None]:
+        """Rescan checkpoints, VAEs, embeddings and LoRAs (A1111's refresh-checkpoints / -vae /
+        -embeddings): done by the worker between jobs, so no job sees its catalog change under it."""
+        return self.worker.call(self.manager.refresh)
+
+    def refresh_loras(self) -> Future[None]:
+        """Rescan the LoRA folders (A1111's refresh-loras), by the worker between jobs."""
+        return self.worker.call(self.manager.lora_library.refresh)
+
     def _retry_after(self) -> int:
         """Seconds until a queue slot is likely free: the mean recent job time, at least 1."""
         durations = self.worker.durations
@@ -280,8 +299,11 @@ class JobService:
             remove()
         return self.get(job_id)
 
-    async def wait_async(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """:meth:`wait` for async code: holds no thread while it waits."""
+    async def wait_async(
+        self, job_id: str, timeout: float | None = None, *, limiter: CapacityLimiter | None = None
+    ) -> JobRecord:
+        """:meth:`wait` for async code: holds no thread while it waits. The store is read (before and after
+        the wait) in a pool thread of ``limiter`` (None: AnyIO's default one), never on the event loop."""
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()
 
@@ -291,13 +313,13 @@ class JobService:
 
         remove = self.events.add_listener(listener)
         try:
-            record = self.get(job_id)
+            record = await to_thread.run_sync(self.get, job_id, limiter=limiter)
             if not record.status.terminal:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished.wait(), timeout)
         finally:
             remove()
-        return self.get(job_id)
+        return await to_thread.run_sync(self.get, job_id, limiter=limiter)
 
     def subscribe(self) -> Subscription:
         """An async stream of every job's events (call inside the event loop; close when done)."""

@@ -6,6 +6,9 @@ store transaction marks the job done and indexes its images → events. A crash 
 transaction leaves the job ``running`` in the store, which the next start marks failed and cleans up.
 An extras job takes the same path with ``postprocess.extras.run_extras`` over its images (one step per
 image; interrupt/cancel act between images) and the worker's upscaler registry and face restorers.
+
+Model maintenance that other threads ask for (unload, rescans: :meth:`Worker.call`) is a command the worker
+runs between jobs, so nothing but this thread ever touches loaded weights or changes the catalog under a job.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import shutil
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -65,6 +71,7 @@ from latentstudio.storage import private_dir
 
 log = logging.getLogger(__name__)
 PREVIEW_SIDE = 128
+T = TypeVar("T")
 
 
 class _Requeue(Exception):  # noqa: N818 - control flow: the server is stopping mid-job
@@ -132,6 +139,9 @@ class Worker:
         self._live: _Live | None = None
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
+        self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._commands_lock = threading.Lock()
+        self._accepting = False  # commands are queued for the thread only while it runs its loop
         self._cache = ConditioningCache()
         # pixel upscalers (hires fix, extras) and face restorers (extras): folders scanned on first use,
         # models loaded on first use; the job service reads their listings to check names at submission
@@ -143,6 +153,8 @@ class Worker:
 
     # -- control from other threads ------------------------------------------------------------------
     def start(self) -> None:
+        with self._commands_lock:
+            self._accepting = True
         self._thread.start()
 
     @property
@@ -163,6 +175,19 @@ class Worker:
     def wake(self) -> None:
         """A job was queued."""
         self._wakeup.set()
+
+    def call(self, command: Callable[[], T]) -> Future[T]:
+        """Run ``command`` on the worker thread before it claims its next job (after the running one, if
+        any; at once when idle); the future gets its result or exception. Without a worker thread (not
+        started, or stopped) nothing else touches the models, and the command runs here at once."""
+        future: Future[T] = Future()
+        with self._commands_lock:
+            if self._accepting:
+                self._commands.append((command, future))
+                self._wakeup.set()
+                return future
+        _complete(future, command)
+        return future
 
     def request(
         self, job_id: str | None, *, stop: bool = False, cancel: bool = False, skip: bool = False
@@ -198,18 +223,33 @@ class Worker:
 
     # -- the thread ------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        self._warm_up()
-        while not self._stopping.is_set():
-            record = self.store.claim_next(self.clock())
-            if record is None:
-                self._wakeup.wait(timeout=1.0)
-                self._wakeup.clear()
-                continue
-            try:
-                self._execute(record)
-            except Exception:  # the store itself failed (disk full, I/O error): keep serving, retry later
-                log.exception("worker: job %s could not be recorded", record.id)
-                self._stopping.wait(1.0)
+        try:
+            self._warm_up()
+            while not self._stopping.is_set():
+                self._run_commands()
+                record = self.store.claim_next(self.clock())
+                if record is None:
+                    self._wakeup.wait(timeout=1.0)
+                    self._wakeup.clear()
+                    continue
+                try:
+                    self._execute(record)
+                except Exception:  # the store failed (disk full, I/O error): keep serving, retry later
+                    log.exception("worker: job %s could not be recorded", record.id)
+                    self._stopping.wait(1.0)
+        finally:
+            with self._commands_lock:
+                self._accepting = False  # from now on callers run their commands themselves
+            self._run_commands()  # and none that was queued is left without an answer
+
+    def _run_commands(self) -> None:
+        """Every queued command, in order."""
+        while True:
+            with self._commands_lock:
+                if not self._commands:
+                    return
+                command, future = self._commands.popleft()
+            _complete(future, command)
 
     def _warm_up(self) -> None:
         """Load the default checkpoint so the first job does not pay for it; sets :attr:`ready`. A file
@@ -442,6 +482,20 @@ class Worker:
     def _discard(self, job_id: str) -> None:
         """Remove whatever images a job that did not finish wrote."""
         shutil.rmtree(self.images_root / job_id, ignore_errors=True)
+
+
+def _complete(future: Future[T], command: Callable[[], T]) -> None:
+    """Run ``command`` into ``future`` (unless the caller gave up on it already)."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = command()
+    except BaseException as e:  # the caller gets it; the worker goes on after an Exception
+        future.set_exception(e)
+        if not isinstance(e, Exception):
+            raise
+        return
+    future.set_result(result)
 
 
 # Failures whose message is written for the user (a file named with its reason, a missing model, NaN

@@ -1,7 +1,13 @@
-"""The ``/sdapi/v1`` list, refresh and png-info endpoints (A1111 shapes; see :mod:`.listing`)."""
+"""The ``/sdapi/v1`` list, refresh and png-info endpoints (A1111 shapes; see :mod:`.listing`).
+
+Listings read the catalog on request threads (file names and headers; no loaded weights). Refreshes are
+commands the job worker runs between jobs (like A1111, which takes its queue lock for them): the call
+answers once the rescan is done, awaiting it without holding a thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -80,23 +86,23 @@ def embeddings(svc: ServicesDep) -> dict[str, Any]:
 
 
 @router.post("/refresh-checkpoints", summary="Rescan the models folder")
-def refresh_checkpoints(svc: ServicesDep) -> None:
-    svc.manager.refresh()
+async def refresh_checkpoints(svc: ServicesDep) -> None:
+    await asyncio.wrap_future(svc.jobs.refresh_models())
 
 
 @router.post("/refresh-vae", summary="Rescan the VAE files")
-def refresh_vae(svc: ServicesDep) -> None:
-    svc.manager.refresh()
+async def refresh_vae(svc: ServicesDep) -> None:
+    await asyncio.wrap_future(svc.jobs.refresh_models())
 
 
 @router.post("/refresh-embeddings", summary="Reread the embeddings folder")
-def refresh_embeddings(svc: ServicesDep) -> None:
-    svc.manager.refresh()
+async def refresh_embeddings(svc: ServicesDep) -> None:
+    await asyncio.wrap_future(svc.jobs.refresh_models())
 
 
 @router.post("/refresh-loras", summary="Rescan the LoRA folders")
-def refresh_loras(svc: ServicesDep) -> None:
-    svc.manager.lora_library.refresh()
+async def refresh_loras(svc: ServicesDep) -> None:
+    await asyncio.wrap_future(svc.jobs.refresh_loras())
 
 
 @router.get("/prompt-styles", summary="Styles from styles.csv in the data folder")

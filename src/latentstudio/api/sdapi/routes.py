@@ -1,14 +1,19 @@
 """The ``/sdapi/v1`` generation, extras, progress, control and options endpoints.
 
-Synchronous like A1111's: txt2img / img2img / extras queue a job on the shared job service and wait for it
-(plain ``def`` handlers, so the waiting happens in FastAPI's thread pool and progress / interrupt / skip
-answer meanwhile). Unlike A1111, overlapping calls queue instead of racing, and each call gets its own job.
+Synchronous like A1111's: txt2img / img2img / extras queue a job on the shared job service and answer when
+it ends. The waiting holds no thread (``async`` handlers await the job's terminal event; only the short
+queueing and response building run in the thread pool), so any number of waiting calls leave progress /
+interrupt / skip, health and the UI answering. A client that disconnects leaves its job running, as in
+A1111. Unlike A1111, overlapping calls queue instead of racing, and each call gets its own job.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
+from anyio import to_thread
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -18,7 +23,7 @@ from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.convert import prepare, request_field
+from latentstudio.api.sdapi.convert import Prepared, prepare, request_field
 from latentstudio.api.sdapi.models import (
     ExtrasBatchRequest,
     ExtrasBatchResponse,
@@ -36,6 +41,7 @@ from latentstudio.api.state import Services, ServicesDep
 from latentstudio.jobs import JobRecord, JobSpec, JobSpecError, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
+T = TypeVar("T")
 WAIT_SECONDS = 6 * 3600.0
 _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "A field was refused; `detail[].loc` names it."},
@@ -44,15 +50,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _in_thread(svc: Services, work: Callable[[], T]) -> T:
+    """``work()`` in a pool thread of the job calls' own limiter (:attr:`Services.job_calls`)."""
+    return await to_thread.run_sync(work, limiter=svc.job_calls)
+
+
 def _failure(status: int, error: str, detail: str) -> JSONResponse:
     """A1111's error envelope ``{error, detail, body, errors}``."""
     return JSONResponse({"error": error, "detail": detail, "body": "", "errors": detail}, status_code=status)
 
 
-def _generate(
+async def _generate(
     svc: Services, req: GenerationRequest, decode_init: bool = False
 ) -> GenerationResponse | JSONResponse:
-    """Options → infotext → checks → queue → wait → A1111's response."""
+    """Options → infotext → checks → queue (in a pool thread) → wait (no thread) → A1111's response."""
+    prepared, job_id, req = await _in_thread(svc, lambda: _queue(svc, req, decode_init))
+    done = await _finished(svc, job_id)
+    if isinstance(done, JSONResponse):
+        return done
+    return await _in_thread(svc, lambda: response.build(prepared, done, _pngs(svc, done), req))
+
+
+def _queue(
+    svc: Services, req: GenerationRequest, decode_init: bool
+) -> tuple[Prepared, str, GenerationRequest]:
+    """Options → infotext → checks → queue: the prepared request, its job's id and the request with the
+    pasted infotext applied."""
     store = opts.OptionsStore(svc.settings.data_dir)
     stored = store.load()
     req = apply_infotext(req, stored)
@@ -68,15 +91,13 @@ def _generate(
     except JobSpecError as e:  # the models the spec names, checked by the service: A1111's field names
         raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
     store.update(prepared.persist)
-    done = _finished(svc, record.id)
-    if isinstance(done, JSONResponse):
-        return done
-    return response.build(prepared, done, _pngs(svc, done), req)
+    return prepared, record.id, req
 
 
-def _finished(svc: Services, job_id: str) -> JobRecord | JSONResponse:
-    """Wait for the job: its record once done, else A1111's error envelope (failed, cancelled, timeout)."""
-    record = svc.jobs.wait(job_id, WAIT_SECONDS)
+async def _finished(svc: Services, job_id: str) -> JobRecord | JSONResponse:
+    """Wait for the job without a thread: its record once done, else A1111's error envelope (failed,
+    cancelled, timeout)."""
+    record = await svc.jobs.wait_async(job_id, WAIT_SECONDS, limiter=svc.job_calls)
     if record.status is JobStatus.FAILED:
         return _failure(500, "JobFailed", record.error or "the job failed")
     if record.status is JobStatus.CANCELLED:
@@ -93,8 +114,8 @@ def _pngs(svc: Services, record: JobRecord) -> list[bytes]:
 
 
 @router.post("/txt2img", response_model=GenerationResponse, responses=_ERRORS, summary="Text to image")
-def txt2img(req: Txt2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
-    return _generate(svc, req)
+async def txt2img(req: Txt2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
+    return await _generate(svc, req)
 
 
 @router.post(
@@ -103,15 +124,22 @@ def txt2img(req: Txt2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONR
     responses={**_ERRORS, 404: {"description": "Init image not found"}},
     summary="Image to image",
 )
-def img2img(req: Img2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
+async def img2img(req: Img2ImgRequest, svc: ServicesDep) -> GenerationResponse | JSONResponse:
     if not req.init_images:
         raise HTTPException(404, "Init image not found")
-    return _generate(svc, req, decode_init=True)
+    return await _generate(svc, req, decode_init=True)
 
 
-def _extras(svc: Services, req: ExtrasBase, images: list[Image.Image]) -> JobRecord | JSONResponse:
-    """Queue the extras job (names and sizes are checked there: 422 naming the field) and wait for it."""
-    done = _finished(svc, svc.jobs.submit(extras.spec(req, images)).id)
+async def _extras(
+    svc: Services, req: ExtrasBase, decode: Callable[[], list[Image.Image]]
+) -> JobRecord | JSONResponse:
+    """Decode the images and queue the extras job in a pool thread (names and sizes are checked there:
+    422 naming the field), then wait for it without one."""
+
+    def queue() -> str:
+        return svc.jobs.submit(extras.spec(req, decode())).id
+
+    done = await _finished(svc, await _in_thread(svc, queue))
     if isinstance(done, JobRecord) and not done.images:
         return _failure(409, "JobInterrupted", f"job {done.id} was interrupted before its first image")
     return done
@@ -120,32 +148,37 @@ def _extras(svc: Services, req: ExtrasBase, images: list[Image.Image]) -> JobRec
 @router.post(
     "/extra-single-image", response_model=ExtrasSingleResponse, responses=_ERRORS, summary="Upscale an image"
 )
-def extra_single_image(req: ExtrasSingleRequest, svc: ServicesDep) -> ExtrasSingleResponse | JSONResponse:
+async def extra_single_image(
+    req: ExtrasSingleRequest, svc: ServicesDep
+) -> ExtrasSingleResponse | JSONResponse:
     """An extras job: upscalers (built-in or model files), then GFPGAN / CodeFormer when their visibility
     is > 0. The PNG keeps its ``parameters`` and gains a ``postprocessing`` entry."""
-    image = decode_image(req.image, "image", max_pixels=svc.settings.max_image_pixels)
-    done = _extras(svc, req, [image])
+    limit = svc.settings.max_image_pixels
+    done = await _extras(svc, req, lambda: [decode_image(req.image, "image", max_pixels=limit)])
     if isinstance(done, JSONResponse):
         return done
-    image_b64 = extras.encode(_pngs(svc, done)[0])
+    image_b64 = await _in_thread(svc, lambda: extras.encode(_pngs(svc, done)[0]))
     return ExtrasSingleResponse(html_info=extras.html_info(done.infotexts), image=image_b64)
 
 
 @router.post(
     "/extra-batch-images", response_model=ExtrasBatchResponse, responses=_ERRORS, summary="Upscale images"
 )
-def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> ExtrasBatchResponse | JSONResponse:
+async def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> ExtrasBatchResponse | JSONResponse:
     """One extras job for all the images, processed in order with the same options."""
     if not req.imageList:
         raise InputError("imageList", "no images to process")
     limit = svc.settings.max_image_pixels
-    decoded = [
-        decode_image(f.data, f"imageList.{i}.data", max_pixels=limit) for i, f in enumerate(req.imageList)
-    ]
-    done = _extras(svc, req, decoded)
+
+    def decode() -> list[Image.Image]:
+        return [
+            decode_image(f.data, f"imageList.{i}.data", max_pixels=limit) for i, f in enumerate(req.imageList)
+        ]
+
+    done = await _extras(svc, req, decode)
     if isinstance(done, JSONResponse):
         return done
-    images = [extras.encode(png) for png in _pngs(svc, done)]
+    images = await _in_thread(svc, lambda: [extras.encode(png) for png in _pngs(svc, done)])
     return ExtrasBatchResponse(html_info=extras.html_info(done.infotexts), images=images)
 
 
@@ -218,9 +251,10 @@ def cmd_flags(svc: ServicesDep) -> dict[str, Any]:
 
 
 @router.post("/unload-checkpoint", summary="Drop loaded checkpoints from memory")
-def unload_checkpoint(svc: ServicesDep) -> dict[str, Any]:
-    """The next job loads its checkpoint again (a running job keeps the one it has)."""
-    svc.manager.unload()
+async def unload_checkpoint(svc: ServicesDep) -> dict[str, Any]:
+    """The next job loads its checkpoint again. The worker unloads after the running job, if any (it keeps
+    the one it has); the call answers then, holding no thread meanwhile."""
+    await asyncio.wrap_future(svc.jobs.unload_models())
     return {}
 
 
