@@ -51,6 +51,13 @@ class Subscription:
         except TimeoutError:
             return None
 
+    def drain(self) -> list[JobEvent]:
+        """The events already delivered, without waiting (call on the subscriber's loop)."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
     def close(self) -> None:
         self._bus.unsubscribe(self)
 

@@ -8,6 +8,7 @@ checks and refusals, queued on the same job service (``source`` "ui"). Errors of
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -112,8 +113,8 @@ class SdapiBackend:
             native_size=_native_size(svc.manager, current),
         )
 
-    def refresh(self) -> None:
-        self.services.manager.refresh()
+    async def refresh(self) -> None:
+        await asyncio.wrap_future(self.services.jobs.refresh_models())
 
     def submit(
         self,
@@ -150,19 +151,26 @@ class SdapiBackend:
     def read_infotext(self, image: Image.Image) -> str:
         return extras.png_info(image)[0]
 
-    def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
+    def submit_extras(self, image: Image.Image, fields: Mapping[str, Any]) -> JobRecord:
         svc = self.services
         with field_errors():
             request = ExtrasSingleRequest.model_validate({**fields, "image": "ui"})
             if image.width * image.height > svc.settings.max_image_pixels:
                 raise FieldError("image", f"larger than {svc.settings.max_image_pixels} pixels")
-            record = svc.jobs.submit(extras_spec(request, [image], source="ui"))
-        record = svc.jobs.wait(record.id, WAIT_SECONDS)
+            return svc.jobs.submit(extras_spec(request, [image], source="ui"))
+
+    def extras_result(self, record: JobRecord) -> tuple[Image.Image, str]:
         if record.status is not JobStatus.DONE or not record.images:
             raise FieldError("job", record.error or f"the extras job is {record.status.value}")
-        with Image.open(svc.jobs.image_path(record.images[0].id)) as result:
+        with Image.open(self.services.jobs.image_path(record.images[0].id)) as result:
             result.load()
             return result.copy(), record.images[0].infotext
+
+    def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
+        """:meth:`submit_extras`, wait, :meth:`extras_result`: for callers outside the server's event loop
+        (scripts, tests); it blocks its thread while the job runs, so the UI does not use it."""
+        record = self.submit_extras(image, fields)
+        return self.extras_result(self.services.jobs.wait(record.id, WAIT_SECONDS))
 
     def options(self) -> list[OptionField]:
         return option_fields(self.services.settings)

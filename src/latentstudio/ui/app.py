@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
+from anyio import to_thread
 
 from latentstudio.jobs import JobNotFoundError
 from latentstudio.ui.backend import FieldError, OptionField
@@ -126,16 +127,17 @@ def build_ui(  # noqa: PLR0915
         ]
         size_set = [t2i.size_set, i2i.size_set]
 
-        def load_catalog(rescan: bool, *user_set: bool) -> tuple[Any, ...]:
+        async def load_catalog(rescan: bool, *user_set: bool) -> tuple[Any, ...]:
+            """The dropdowns' choices (after a rescan by the job worker when ``rescan``)."""
             backend = get()
             if rescan:
-                backend.refresh()
-            c = backend.catalog()
+                await backend.refresh()
+            c, options = await to_thread.run_sync(lambda: (backend.catalog(), backend.options()))
             samplers = gr.update(choices=list(c.samplers))
             schedulers = gr.update(choices=list(c.schedulers))
             loras = gr.Dataset(samples=[[name] for name in c.loras])
             embeddings = gr.Dataset(samples=[[name] for name in c.embeddings])
-            values = {o.key: o.value for o in backend.options()}
+            values = {o.key: o.value for o in options}
             return (
                 gr.update(choices=list(c.checkpoints), value=c.current_checkpoint),
                 gr.update(choices=list(c.vaes), value=c.current_vae),
@@ -157,8 +159,14 @@ def build_ui(  # noqa: PLR0915
                 *native_sizes(c.native_size, *user_set),
             )
 
-        demo.load(lambda *u: load_catalog(False, *u), size_set, catalog_outputs, queue=False)
-        refresh.click(lambda *u: load_catalog(True, *u), size_set, catalog_outputs, queue=False)
+        async def on_load(*user_set: bool) -> tuple[Any, ...]:
+            return await load_catalog(False, *user_set)
+
+        async def on_refresh(*user_set: bool) -> tuple[Any, ...]:
+            return await load_catalog(True, *user_set)
+
+        demo.load(on_load, size_set, catalog_outputs, queue=False)
+        refresh.click(on_refresh, size_set, catalog_outputs, queue=False)
 
         def set_model(key: str, value: str | None) -> str:
             """Store the choice; the refusal's message, or '' when stored."""

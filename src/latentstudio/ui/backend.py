@@ -65,8 +65,8 @@ class Backend(Protocol):
 
     def catalog(self) -> Catalog: ...
 
-    def refresh(self) -> None:
-        """Rescan the models folders."""
+    async def refresh(self) -> None:
+        """Rescan the models folders (the job worker does it between jobs; awaited without a thread)."""
 
     def submit(
         self,
@@ -84,9 +84,13 @@ class Backend(Protocol):
     def read_infotext(self, image: Image.Image) -> str:
         """The infotext an image carries ('' if none)."""
 
-    def extras(self, image: Image.Image, fields: Mapping[str, Any]) -> tuple[Image.Image, str]:
-        """Upscale / restore faces of one image with ``/sdapi/v1/extra-single-image`` fields, as an extras
-        job on the queue (waited for); the result and its ``postprocessing`` text."""
+    def submit_extras(self, image: Image.Image, fields: Mapping[str, Any]) -> JobRecord:
+        """Queue an extras job (upscale / restore faces of one image) from ``/sdapi/v1/extra-single-image``
+        fields; the UI waits for it through :attr:`jobs` without holding a thread."""
+
+    def extras_result(self, record: JobRecord) -> tuple[Image.Image, str]:
+        """The finished extras job's image and its ``postprocessing`` text (a :class:`FieldError` naming
+        ``job`` when it failed, was cancelled or made nothing)."""
 
     def options(self) -> list[OptionField]:
         """The settings that change images, with their current values."""

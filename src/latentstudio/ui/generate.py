@@ -4,11 +4,12 @@ Generate / Interrupt / Skip, progress, previews and results; a Generate click qu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import gradio as gr
+from anyio import to_thread
 from PIL import Image
 
 from latentstudio.jobs import JobStatus
@@ -423,7 +424,8 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
     )
     count = len(_inputs(tab))
 
-    def run(*values: Any) -> Iterator[tuple[Any, ...]]:
+    async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
+        """Queue the job (in a pool thread), then follow its events (holding no thread)."""
         backend = get()
         init = mask = None
         if tab.kind == "img2img":
@@ -440,13 +442,14 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
                     return
             else:
                 init, mask = upload_init, upload_mask
+        fields = _request_fields(tab, values[:count])
         try:
-            record = backend.submit(tab.kind, _request_fields(tab, values[:count]), init, mask)
+            record = await to_thread.run_sync(lambda: backend.submit(tab.kind, fields, init, mask))
         except FieldError as e:
             yield _failed(error_md(e))
             return
         skip = gr.skip()
-        for view in watch(backend.jobs, record.id):
+        async for view in watch(backend.jobs, record.id):
             preview = gr.update(value=view.preview, visible=True) if view.preview is not None else skip
             if not view.status.terminal:
                 yield (view.progress_html, preview, skip, skip, error_update(""), record.id, skip, skip)

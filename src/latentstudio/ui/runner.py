@@ -1,22 +1,25 @@
 """Watching one job for the UI: what the progress bar, the live preview and the gallery show over time.
 
-``watch`` is a plain generator over :class:`JobView` snapshots (no Gradio here), polled from the job service
-every ``interval`` seconds, so the first progress update reaches the page within a poll of the job starting.
+``watch`` is an async generator over :class:`JobView` snapshots (no Gradio here) driven by the job event
+bus: each event (a step of this job, any job queued, starting or ending, which moves the queue) leads to one
+read of the job in a pool thread, so a page follows its job as the events come and holds no thread while it
+waits for them.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from anyio import to_thread
 from PIL import Image
 
-from latentstudio.jobs import JobRecord, JobService, JobSpec, JobStatus
+from latentstudio.jobs import EventType, JobRecord, JobService, JobSpec, JobStatus, Progress, Subscription
 
-POLL_SECONDS = 0.1
+RECHECK_SECONDS = 1.0  # without events, the job is read again this often (the store stays the truth)
 
 
 @dataclass(frozen=True)
@@ -78,30 +81,53 @@ def results(jobs: JobService, record: JobRecord) -> tuple[ResultImage, ...]:
     )
 
 
-def watch(jobs: JobService, job_id: str, *, interval: float = POLL_SECONDS) -> Iterator[JobView]:
+async def watch(jobs: JobService, job_id: str, *, recheck: float = RECHECK_SECONDS) -> AsyncIterator[JobView]:
     """Snapshots of ``job_id`` until it ends (the last one carries the results or the error).
 
     A snapshot is yielded only when something visible changed: status, queue position, step, preview.
+    Events that arrive together are read as one; without any, the job is read every ``recheck`` seconds.
     """
     shown: tuple[object, ...] | None = None
     preview_step = -1
-    while True:
-        record = jobs.get(job_id)
-        position = jobs.position(job_id) if record.status is JobStatus.QUEUED else None
-        elapsed = time.time() - record.started_at if record.started_at else 0.0
-        preview = None
-        if record.status is JobStatus.RUNNING:
-            live = jobs.progress()
-            if live.job_id == job_id and live.preview is not None and live.step != preview_step:
+    async with jobs.subscribe() as events:  # before the first read: no event is missed
+        while True:
+            record, position, live = await to_thread.run_sync(_read, jobs, job_id)
+            if record.status.terminal:
+                yield await to_thread.run_sync(_final, jobs, record)
+                return
+            preview = None
+            if live is not None and live.preview is not None and live.step != preview_step:
                 preview, preview_step = live.preview, live.step
-        if record.status.terminal:
-            yield _final(jobs, record)
+            state = (record.status, position, record.step, preview_step)
+            if state != shown or preview is not None:
+                shown = state
+                elapsed = time.time() - record.started_at if record.started_at else 0.0
+                yield JobView(job_id, record.status, progress_html(record, position, elapsed), preview)
+            await _next_change(events, job_id, recheck)
+
+
+async def _next_change(events: Subscription, job_id: str, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for an event that may change what the page shows: one of this job,
+    or any job queued, starting or ending (the queue moves); other jobs' steps are skipped."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        event = await events.get(left)
+        if event is None:
             return
-        state = (record.status, position, record.step, preview_step)
-        if state != shown or preview is not None:
-            shown = state
-            yield JobView(job_id, record.status, progress_html(record, position, elapsed), preview)
-        time.sleep(interval)
+        if event.job_id == job_id or event.type is not EventType.STEP:
+            events.drain()  # read once for all that came together
+            return
+
+
+def _read(jobs: JobService, job_id: str) -> tuple[JobRecord, int | None, Progress | None]:
+    """The job, its queue position when queued, and the live progress (with a preview) when it runs."""
+    record = jobs.get(job_id)
+    position = jobs.position(job_id) if record.status is JobStatus.QUEUED else None
+    live = None
+    if record.status is JobStatus.RUNNING:
+        progress = jobs.progress()
+        live = progress if progress.job_id == job_id else None
+    return record, position, live
 
 
 def _final(jobs: JobService, record: JobRecord) -> JobView:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
+from anyio import to_thread
 from PIL import Image
 
 from latentstudio.jobs import JobStatus
@@ -114,12 +115,16 @@ def extras_tab() -> dict[str, Any]:
 
 
 def wire_extras(get: GetBackend, ex: dict[str, Any]) -> None:
-    def run(image: Image.Image | None, *values: Any) -> tuple[Any, Any, Any]:
+    async def run(image: Image.Image | None, *values: Any) -> tuple[Any, Any, Any]:
+        """Queue the extras job and read its result in pool threads; wait for it without one."""
         if image is None:
             return gr.skip(), "", error_update("**image**: drop an image to upscale")
         fields = {name: cast(v) for (name, cast), v in zip(EXTRAS_FIELDS.values(), values, strict=True)}
+        backend = get()
         try:
-            result, text = get().extras(image, fields)
+            record = await to_thread.run_sync(backend.submit_extras, image, fields)
+            record = await backend.jobs.wait_async(record.id)
+            result, text = await to_thread.run_sync(backend.extras_result, record)
         except FieldError as e:
             return gr.skip(), "", error_update(error_md(e))
         return result, f"<p>{html.escape(text)}</p>", error_update("")
