@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from latentstudio.api.common import extras_spec
 from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
@@ -143,7 +144,7 @@ def test_timestamp_format() -> None:
 def test_extras_request_becomes_a_job_spec() -> None:
     source = Image.new("RGB", (8, 8))
     request = ExtrasSingleRequest(image="x", upscaler_1="Lanczos", gfpgan_visibility=0.25, upscale_first=True)
-    spec = extras.spec(request, [source])
+    spec = extras_spec(request, [source])
     assert spec.options == ExtrasOptions(upscaler_1="Lanczos", gfpgan_visibility=0.25, upscale_first=True)
     assert (spec.images, spec.source, spec.kind) == ((source,), "sdapi", JobKind.EXTRAS)
     assert extras.html_info(["x", 'a "b" <c>']) == "<p>a &quot;b&quot; &lt;c&gt;</p>"  # the last image's

@@ -16,7 +16,6 @@ from typing import Any
 
 from PIL import Image
 
-from latentstudio.api.common import extras_spec
 from latentstudio.pipeline.images import INFOTEXT_KEY
 from latentstudio.postprocess.extras import html_info as _html_info
 
@@ -25,8 +24,6 @@ _IGNORED_INFO = {
     "icc_profile", "chromaticity", "photoshop",
 }  # fmt: skip
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
-
-spec = extras_spec  # the job for a request's images; built in api.common, which /api/v1 shares
 
 
 def html_info(texts: Sequence[str]) -> str:

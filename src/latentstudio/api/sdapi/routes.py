@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from latentstudio.api.common import ExtrasBase
+from latentstudio.api.common import ExtrasBase, extras_spec
 from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import extras, listing, response
@@ -137,7 +137,7 @@ async def _extras(
     422 naming the field), then wait for it without one."""
 
     def queue() -> str:
-        return svc.jobs.submit(extras.spec(req, decode())).id
+        return svc.jobs.submit(extras_spec(req, decode())).id
 
     done = await _finished(svc, await _in_thread(svc, queue))
     if isinstance(done, JobRecord) and not done.images:
