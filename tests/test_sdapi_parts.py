@@ -111,18 +111,6 @@ def test_infotext_values_breaking_limits_are_refused() -> None:
 
 
 # -- info helpers ----------------------------------------------------------------------------------------
-def test_extra_generation_params_are_the_non_fixed_keys() -> None:
-    text = (
-        "a cat\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7.0, Seed: 1, Size: 64x64, "
-        'Model hash: 0123456789, Model: tiny, Eta DDIM: 0.5, TI hashes: "bad: 0123abcd0123", Version: v1'
-    )
-    assert response.extra_generation_params(text) == {
-        "Schedule type": "Automatic",
-        "Eta DDIM": 0.5,
-        "TI hashes": "bad: 0123abcd0123",
-    }
-
-
 @pytest.mark.parametrize(
     ("count", "n_rows", "batch", "size"),
     [(2, -1, 2, (128, 64)), (4, -1, 1, (128, 128)), (3, -1, 3, (128, 128)), (6, 0, 3, (128, 192))],

@@ -180,8 +180,8 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from latentstudio.models.files import ModelFileError
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
         from latentstudio.pipeline.hires import HiresModel, check_model
+        from latentstudio.pipeline.infotexts import model_identity
         from latentstudio.pipeline.params import GenerationParams
-        from latentstudio.pipeline.run import ModelIdentity
         from latentstudio.samplers.noise import RngSource
 
     try:
@@ -211,13 +211,11 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         hires_model = None
         if hr_checkpoint is not None:
             hr_info = manager.find(hr_checkpoint)
-            hr_hash = manager.entry(hr_info).shorthash
-            hires_model = HiresModel(manager.load(hr_info), ModelIdentity(hr_info.name_for_extra, hr_hash))
+            hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
             check_model(params, components, hires_model)  # the same family
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
-    entry = manager.entry(info)
-    identity = ModelIdentity(name=info.name_for_extra, shorthash=entry.shorthash)
+    identity = model_identity(manager, info, components)  # as the server's worker names it
     embeddings = manager.embeddings(components)
     _run_and_save(components, params, identity, output, embeddings, manager.lora_networks, hires_model)
 

@@ -6,6 +6,7 @@ No FastAPI here: the API, the UI and tests all speak these types.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -139,12 +140,33 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class GenerationFacts:
+    """What the worker knew when a generation job ran, stored with the job (responses read these, never the
+    infotext back): the checkpoint's infotext name and 10-hex shorthash, the external VAE's file name and
+    shorthash (None: the checkpoint's own), the seeds of every image the job planned (A1111's
+    ``all_seeds``/``all_subseeds``), the infotext keys beyond the fixed ones (A1111's
+    ``extra_generation_params``: JSON values) and whether an inpainting checkpoint got its image
+    conditioning."""
+
+    model_name: str | None = None
+    model_hash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    all_seeds: tuple[int, ...] = ()
+    all_subseeds: tuple[int, ...] = ()
+    extra_generation_params: Mapping[str, object] = field(default_factory=dict)
+    inpainting_conditioning: bool = False
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """A job as stored: spec, status, timestamps (Unix seconds), progress and results.
 
     ``step``/``total`` are live for the running job (sampling steps over all batches; images done for
     extras), final otherwise.
     ``interrupted``: the job was stopped early by :meth:`JobService.interrupt` and kept what it had.
+    ``facts``: a finished generation's model, seeds and parameters (None before it finished, for extras
+    jobs, and for jobs stored by versions before they were recorded).
     """
 
     id: str
@@ -159,6 +181,7 @@ class JobRecord:
     warnings: tuple[str, ...] = ()
     error: str | None = None
     interrupted: bool = False
+    facts: GenerationFacts | None = None
 
     @property
     def image_ids(self) -> list[str]:

@@ -8,11 +8,13 @@ cancel) run with ``synchronous=FULL`` and so also survive a power loss; the work
 (claim, finish) run with ``NORMAL`` (no fsync: one per job saves ~4 ms each on this disk) and become
 durable with the next FULL commit or checkpoint; after a power loss they at worst roll back to
 ``running``, which the next start fails cleanly. The schema version lives in ``PRAGMA user_version``; a
-newer database than this code knows is refused.
+newer database than this code knows is refused, an older one is migrated in place (version 1 → 2: the
+``facts`` column, NULL for the jobs it already holds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -25,10 +27,19 @@ from pathlib import Path
 from PIL import Image
 
 from latentstudio.jobs.codec import extras_from_json, extras_images, params_from_json, params_to_json
-from latentstudio.jobs.model import AnySpec, ExtrasSpec, ImageRef, JobKind, JobRecord, JobSpec, JobStatus
+from latentstudio.jobs.model import (
+    AnySpec,
+    ExtrasSpec,
+    GenerationFacts,
+    ImageRef,
+    JobKind,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+)
 from latentstudio.storage import private_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -46,7 +57,8 @@ CREATE TABLE jobs (
     total INTEGER NOT NULL DEFAULT 0,
     warnings TEXT NOT NULL DEFAULT '[]',
     error TEXT,
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    facts TEXT
 );
 CREATE INDEX jobs_by_status ON jobs (status, seq);
 CREATE TABLE inputs (
@@ -68,8 +80,10 @@ CREATE TABLE images (
 """
 _COLUMNS = (
     "id, status, kind, source, checkpoint, vae, params, created_at, started_at, finished_at, "
-    "step, total, warnings, error, interrupted"
+    "step, total, warnings, error, interrupted, facts"
 )
+# Each step takes the schema from version i + 1 to i + 2 (a database is created at the newest version).
+_MIGRATIONS = ("ALTER TABLE jobs ADD COLUMN facts TEXT;",)
 
 
 class StoreError(RuntimeError):
@@ -96,6 +110,7 @@ class Outcome:
     warnings: Sequence[str] = ()
     error: str | None = None
     interrupted: bool = False
+    facts: GenerationFacts | None = None
 
 
 class JobStore:
@@ -123,6 +138,11 @@ class JobStore:
         if version == 0:
             with self._locked():
                 self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+            return
+        for step in range(version, SCHEMA_VERSION):
+            with self._locked():
+                migration = _MIGRATIONS[step - 1]
+                self._db.executescript(f"BEGIN;{migration}PRAGMA user_version = {step + 1};COMMIT;")
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -164,10 +184,10 @@ class JobStore:
                 if queued >= max_queued:
                     return False
             db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
                 (
                     record.id, record.status.value, spec.kind.value, spec.source, checkpoint, vae, params,
-                    record.created_at, None, None, 0, 0, "[]", None, 0,
+                    record.created_at, None, None, 0, 0, "[]", None, 0, None,
                 ),
             )  # fmt: skip
             db.executemany(
@@ -209,10 +229,11 @@ class JobStore:
         with self._atomic() as db:
             cursor = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, step = ?, total = ?, warnings = ?, error = ?, "
-                "interrupted = ? WHERE id = ? AND status = 'running'",
+                "interrupted = ?, facts = ? WHERE id = ? AND status = 'running'",
                 (
                     outcome.status.value, outcome.finished_at, outcome.step, outcome.total,
-                    json.dumps(list(outcome.warnings)), outcome.error, int(outcome.interrupted), job_id,
+                    json.dumps(list(outcome.warnings)), outcome.error, int(outcome.interrupted),
+                    _facts_to_json(outcome.facts), job_id,
                 ),
             )  # fmt: skip
             if cursor.rowcount != 1:
@@ -317,7 +338,7 @@ class JobStore:
 
 def _record(row: tuple[object, ...], images: tuple[ImageRef, ...], inputs: Mapping[str, bytes]) -> JobRecord:
     (job_id, status, kind, source, checkpoint, vae, params, created, started, finished, step, total,
-     warnings, error, interrupted) = row  # fmt: skip
+     warnings, error, interrupted, facts) = row  # fmt: skip
     decoded = {name: Image.open(BytesIO(png)) for name, png in inputs.items()}  # pixels decoded on first use
     spec: AnySpec
     if JobKind(str(kind)) is JobKind.EXTRAS:
@@ -343,4 +364,24 @@ def _record(row: tuple[object, ...], images: tuple[ImageRef, ...], inputs: Mappi
         warnings=tuple(json.loads(str(warnings))),
         error=None if error is None else str(error),
         interrupted=bool(interrupted),
+        facts=None if facts is None else _facts_from_json(str(facts)),
+    )
+
+
+def _facts_to_json(facts: GenerationFacts | None) -> str | None:
+    """A JSON object; a parameter value JSON has no type for is stored as its ``str()`` (as the infotext)."""
+    return None if facts is None else json.dumps(dataclasses.asdict(facts), default=str, ensure_ascii=False)
+
+
+def _facts_from_json(text: str) -> GenerationFacts:
+    data = json.loads(text)
+    return GenerationFacts(
+        model_name=data["model_name"],
+        model_hash=data["model_hash"],
+        vae_name=data["vae_name"],
+        vae_hash=data["vae_hash"],
+        all_seeds=tuple(data["all_seeds"]),
+        all_subseeds=tuple(data["all_subseeds"]),
+        extra_generation_params=data["extra_generation_params"],
+        inpainting_conditioning=bool(data["inpainting_conditioning"]),
     )

@@ -33,6 +33,7 @@ from latentstudio.jobs.events import EventBus
 from latentstudio.jobs.model import (
     EventType,
     ExtrasSpec,
+    GenerationFacts,
     ImageRef,
     JobEvent,
     JobRecord,
@@ -46,11 +47,11 @@ from latentstudio.models.files import ModelFileError
 from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.pipeline.images import png_bytes, write_atomic
+from latentstudio.pipeline.infotexts import ModelIdentity, model_identity
 from latentstudio.pipeline.params import ParamError
 from latentstudio.pipeline.run import (
     GenerationResult,
     HiresModel,
-    ModelIdentity,
     NaNLatentError,
     StepInfo,
     latent_preview,
@@ -92,11 +93,12 @@ class _Output:
 
 @dataclass(frozen=True)
 class _Produced:
-    """What a job made before anything is written."""
+    """What a job made before anything is written, and a generation's facts (None for extras)."""
 
     outputs: list[_Output]
     warnings: Sequence[str] = ()
     interrupted: bool = False
+    facts: GenerationFacts | None = None
 
 
 @dataclass
@@ -316,6 +318,7 @@ class Worker:
                         images=images,
                         warnings=produced.warnings,
                         interrupted=produced.interrupted,
+                        facts=produced.facts,
                     )
         except _Requeue:
             raise
@@ -337,6 +340,7 @@ class Worker:
         warnings: Sequence[str] = (),
         interrupted: bool = False,
         error: str | None = None,
+        facts: GenerationFacts | None = None,
     ) -> Outcome:
         with self.lock:
             step, total = (self._live.step, self._live.total) if self._live else (0, 0)
@@ -349,6 +353,7 @@ class Worker:
             warnings=list(warnings),
             error=error,
             interrupted=interrupted,
+            facts=facts,
         )
 
     def _produce(self, record: JobRecord) -> _Produced:
@@ -356,12 +361,19 @@ class Worker:
         spec = record.spec
         if isinstance(spec, ExtrasSpec):
             return self._extras(record.id, spec)
-        result = self._generate(record.id, spec)
+        result, identity = self._generate(record.id, spec)
         outputs = [
             _Output(image, result.seeds[i], result.subseeds[i], text, text)
             for i, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True))
         ]
-        return _Produced(outputs, result.warnings, result.interrupted)
+        facts = GenerationFacts(
+            model_name=identity.name, model_hash=identity.shorthash, vae_name=identity.vae_name,
+            vae_hash=identity.vae_hash, all_seeds=tuple(result.all_seeds),
+            all_subseeds=tuple(result.all_subseeds),
+            extra_generation_params=result.extra_generation_params,
+            inpainting_conditioning=result.inpainting_conditioning,
+        )  # fmt: skip
+        return _Produced(outputs, result.warnings, result.interrupted, facts)
 
     def _extras(self, job_id: str, spec: ExtrasSpec) -> _Produced:
         """Each image through ``run_extras`` in order, one step each; a stop request (interrupt, cancel,
@@ -385,16 +397,12 @@ class Worker:
             )
         return _Produced(outputs, interrupted=len(outputs) < total)
 
-    def _generate(self, job_id: str, spec: JobSpec) -> GenerationResult:
+    def _generate(self, job_id: str, spec: JobSpec) -> tuple[GenerationResult, ModelIdentity]:
+        """The job through the pipeline (safety-filtered when the setting is on), and the identity of the
+        model that ran it."""
         components = self.manager.load(spec.checkpoint, vae=spec.vae)
         info = self.manager.find(spec.checkpoint) if spec.checkpoint else self.manager.default_checkpoint()
-        entry = self.manager.entry(info)
-        identity = ModelIdentity(
-            name=info.name_for_extra,
-            shorthash=entry.shorthash,
-            vae_name=components.vae_path.name if components.vae_path else None,
-            vae_hash=self.manager.vae_shorthash(components),
-        )
+        identity = model_identity(self.manager, info, components)
         with self.lock:
             if self._live is not None:
                 self._live.family = components.info.family
@@ -413,7 +421,7 @@ class Worker:
             upscaler=self._upscale,
             hires_model=hires_model,
         )
-        return self._safety_filtered(result)
+        return self._safety_filtered(result), identity
 
     def _hires_model(self, spec: JobSpec) -> HiresModel | None:
         """The hires fix's own checkpoint (A1111 ``hr_checkpoint_name``) with the job's VAE choice, when the
@@ -423,8 +431,7 @@ class Worker:
             return None
         info = self.manager.find(name)
         components = self.manager.load(info, vae=spec.vae)
-        identity = ModelIdentity(name=info.name_for_extra, shorthash=self.manager.entry(info).shorthash)
-        return HiresModel(components, identity)
+        return HiresModel(components, model_identity(self.manager, info))
 
     def _safety_filtered(self, result: GenerationResult) -> GenerationResult:
         """With the ``safety_checker`` setting, flagged images are blacked out and named in the warnings."""

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from latentstudio import infotext
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.samplers import SamplerInfo
 from latentstudio.samplers.noise import RngSource
+
+if TYPE_CHECKING:
+    from latentstudio.models.discovery import CheckpointInfo
+    from latentstudio.models.loader import Components
+    from latentstudio.models.manager import ModelManager
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,29 @@ class ModelIdentity:
     vae_hash: str | None = None
 
 
+def model_identity(
+    manager: ModelManager, info: CheckpointInfo, components: Components | None = None
+) -> ModelIdentity:
+    """The identity of a checkpoint as the manager knows it, and of the external VAE ``components`` were
+    loaded with (if any): what the server's worker and the CLI both write."""
+    vae_path = components.vae_path if components is not None else None
+    return ModelIdentity(
+        name=info.name_for_extra,
+        shorthash=manager.entry(info).shorthash,
+        vae_name=vae_path.name if vae_path is not None else None,
+        vae_hash=manager.vae_shorthash(components) if components is not None else None,
+    )
+
+
+_NOT_EXTRA = (set(infotext.FIXED_KEYS) | set(infotext.TRAILING_KEYS)) - {"Schedule type"}
+
+
+def extra_generation_params(parameters: Mapping[str, object]) -> dict[str, object]:
+    """A1111's ``extra_generation_params`` of an image's ordered parameters (:func:`parameters`): every key
+    but the fixed ones (``Schedule type`` stays: A1111 keeps it among the extra ones), values as they are."""
+    return {key: value for key, value in parameters.items() if key not in _NOT_EXTRA}
+
+
 def create(  # noqa: PLR0917 - one image's facts
     params: GenerationParams,
     identity: ModelIdentity,
@@ -30,7 +59,21 @@ def create(  # noqa: PLR0917 - one image's facts
     sampler: SamplerInfo,
     extra_params: Mapping[str, object] | None = None,
 ) -> str:
-    """Prompt, ``Negative prompt: …`` and the parameter line, keys in A1111's fixed order.
+    """Prompt, ``Negative prompt: …`` and the parameter line (:func:`parameters`)."""
+    values = parameters(params, identity, seed, subseed, schedule_label, sampler, extra_params)
+    return infotext.format(params.prompt, params.negative_prompt, values)
+
+
+def parameters(  # noqa: PLR0917 - one image's facts
+    params: GenerationParams,
+    identity: ModelIdentity,
+    seed: int,
+    subseed: int,
+    schedule_label: str,
+    sampler: SamplerInfo,
+    extra_params: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """The parameter line's keys and values, in A1111's fixed order (None values left out).
 
     No ``Version`` key: A1111 reads a missing version as "current", while ours would trigger its
     backward-compatibility flags for versions below 1.6.
@@ -65,7 +108,7 @@ def create(  # noqa: PLR0917 - one image's facts
         extra["Eta"] = eta
     if params.s_noise != 1.0:
         extra["Sigma noise"] = params.s_noise
-    return infotext.format(params.prompt, params.negative_prompt, infotext.ordered_params(fixed, extra))
+    return infotext.ordered_params(fixed, extra)
 
 
 def _seed_resize(params: GenerationParams) -> str | None:

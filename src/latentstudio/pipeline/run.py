@@ -18,6 +18,7 @@ import psutil
 import torch
 from PIL import Image
 
+from latentstudio import infotext
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
@@ -51,7 +52,12 @@ class NaNLatentError(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Images with their seeds and infotexts (one per image), and whether the job was interrupted."""
+    """Images with their seeds and infotexts (one per image), and whether the job was interrupted.
+
+    ``all_seeds``/``all_subseeds``: every image the job planned (A1111's ``p.all_seeds``, also when it was
+    interrupted); ``extra_generation_params``: the infotext's keys beyond the fixed ones (the same for every
+    image); ``inpainting_conditioning``: an inpainting checkpoint got its image conditioning (A1111's
+    ``is_using_inpainting_conditioning``)."""
 
     images: list[Image.Image]
     infotexts: list[str]
@@ -60,6 +66,10 @@ class GenerationResult:
     params: GenerationParams
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    all_seeds: list[int] = field(default_factory=list)
+    all_subseeds: list[int] = field(default_factory=list)
+    extra_generation_params: dict[str, object] = field(default_factory=dict)
+    inpainting_conditioning: bool = False
 
 
 def _img2img_latents(
@@ -263,12 +273,21 @@ def _generate(
             break
     # 8. infotext
     sampler, label = SAMPLER_INFO[params.sampler], first.sampling.schedule_label
-    lines = [
-        infotexts.create(params, identity, seeds[i], subseeds[i], label, sampler, extra_info)
+    per_image = [
+        infotexts.parameters(params, identity, seeds[i], subseeds[i], label, sampler, extra_info)
         for i in range(len(images))
     ]
+    lines = [infotext.format(params.prompt, params.negative_prompt, values) for values in per_image]
     n = len(images)
-    return GenerationResult(images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings)
+    extra = infotexts.extra_generation_params(per_image[0]) if per_image else {}
+    inpainting = first.components.info.inpainting or (
+        second is not None and second.stage.components.info.inpainting
+    )
+    return GenerationResult(
+        images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings,
+        all_seeds=seeds, all_subseeds=subseeds, extra_generation_params=extra,
+        inpainting_conditioning=inpainting,
+    )  # fmt: skip
 
 
 def _sample_batch(

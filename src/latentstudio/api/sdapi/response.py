@@ -1,4 +1,5 @@
-"""A finished job → A1111's ``{images, parameters, info}`` (``info``: the ``Processed.js()`` keys, §1.7)."""
+"""A finished job → A1111's ``{images, parameters, info}`` (``info``: the ``Processed.js()`` keys, §1.7), from
+what the worker stored on the job (:class:`GenerationFacts`): the infotexts are never parsed back."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from typing import Any
 
 from PIL import Image
 
-from latentstudio import infotext
 from latentstudio.api.sdapi.convert import Prepared
 from latentstudio.api.sdapi.models import GenerationRequest, GenerationResponse
-from latentstudio.jobs import JobRecord
+from latentstudio.jobs import GenerationFacts, JobRecord
 from latentstudio.pipeline.images import png_bytes
-from latentstudio.samplers.noise import all_seeds
-
-_NOT_EXTRA = (set(infotext.FIXED_KEYS) | set(infotext.TRAILING_KEYS)) - {"Schedule type"}
 
 
 def timestamp(seconds: float | None) -> str:
@@ -38,32 +35,6 @@ def version() -> str:
         return "0+unknown"
 
 
-def _typed(value: object) -> object:
-    """An infotext value as A1111 keeps it in ``extra_generation_params``: numbers as numbers."""
-    if not isinstance(value, str):
-        return value
-    for kind in (int, float):
-        try:
-            number = kind(value)
-        except ValueError:
-            continue
-        return number if not isinstance(number, float) or math.isfinite(number) else value
-    return value
-
-
-def _parameter_line(text: str) -> str:
-    """The last line of an infotext (the ``Key: value`` line)."""
-    return text.strip().rsplit("\n", 1)[-1]
-
-
-def extra_generation_params(text: str) -> dict[str, object]:
-    """The keys of an infotext's parameter line that A1111 keeps in ``extra_generation_params``."""
-    parsed = infotext.parse(text, backcompat=False)
-    line = _parameter_line(text)
-    keys = [key for key, _ in infotext.param_pairs(line)]
-    return {key: _typed(parsed[key]) for key in keys if key not in _NOT_EXTRA and key in parsed}
-
-
 def grid(images: Sequence[Image.Image], n_rows: int, batch_size: int) -> Image.Image:
     """A1111 ``image_grid`` with its default settings: ``n_rows`` rows when > 0, one row per batch when 0,
     else round(√count) rows; never more rows than images; pasted left to right, top to bottom."""
@@ -78,44 +49,30 @@ def grid(images: Sequence[Image.Image], n_rows: int, batch_size: int) -> Image.I
     return canvas
 
 
-def _model_keys(text: str | None) -> dict[str, str | None]:
-    parsed = infotext.parse(text, backcompat=False) if text else {}
-
-    def get(key: str) -> str | None:
-        value = parsed.get(key)
-        return str(value) if value is not None and f"{key}:" in _parameter_line(text or "") else None
-
-    return {
-        "sd_model_name": get("Model"),
-        "sd_model_hash": get("Model hash"),
-        "sd_vae_name": get("VAE"),
-        "sd_vae_hash": get("VAE hash"),
-    }
-
-
 def info(prepared: Prepared, record: JobRecord, infotexts: Sequence[str], first_image: int) -> dict[str, Any]:
     """``Processed.js()``: prompts and seeds for every image of the request, the model, the infotexts."""
     params = prepared.spec.params
     count = params.batch_size * params.n_iter
-    seeds, subseeds = all_seeds(params.seed, params.subseed, params.subseed_strength, count)
+    facts = record.facts if record.facts is not None else GenerationFacts()
     request = prepared.parameters
-    first_text = record.infotexts[0] if record.infotexts else None
     denoise = request.get("denoising_strength")
     return {
         "prompt": params.prompt, "all_prompts": [params.prompt] * count,
         "negative_prompt": params.negative_prompt, "all_negative_prompts": [params.negative_prompt] * count,
-        "seed": params.seed, "all_seeds": seeds, "subseed": params.subseed, "all_subseeds": subseeds,
+        "seed": params.seed, "all_seeds": list(facts.all_seeds), "subseed": params.subseed,
+        "all_subseeds": list(facts.all_subseeds),
         "subseed_strength": params.subseed_strength, "width": params.width, "height": params.height,
         "sampler_name": params.sampler, "cfg_scale": params.cfg_scale, "steps": params.steps,
         "batch_size": params.batch_size, "restore_faces": False, "face_restoration_model": None,
-        **_model_keys(first_text),
+        "sd_model_name": facts.model_name, "sd_model_hash": facts.model_hash,
+        "sd_vae_name": facts.vae_name, "sd_vae_hash": facts.vae_hash,
         "seed_resize_from_w": request.get("seed_resize_from_w", -1),
         "seed_resize_from_h": request.get("seed_resize_from_h", -1),
         "denoising_strength": denoise,
-        "extra_generation_params": extra_generation_params(first_text) if first_text else {},
+        "extra_generation_params": dict(facts.extra_generation_params),
         "index_of_first_image": first_image, "infotexts": list(infotexts), "styles": list(prepared.styles),
         "job_timestamp": timestamp(record.started_at), "clip_skip": params.clip_skip,
-        "is_using_inpainting_conditioning": False, "version": version(),
+        "is_using_inpainting_conditioning": facts.inpainting_conditioning, "version": version(),
     }  # fmt: skip
 
 
