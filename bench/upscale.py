@@ -93,7 +93,8 @@ def main() -> None:
 
     from safetensors.torch import save_file
 
-    from latentstudio.postprocess.synthetic import random_esrgan_state
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root (tests/)
+    from tests.esrgan_files import random_esrgan_state
 
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp)

@@ -22,8 +22,8 @@ from latentstudio.postprocess.extras import (
     run_extras_batch,
 )
 from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers, discover_face_restorers
-from latentstudio.postprocess.synthetic import random_esrgan_state
 from latentstudio.postprocess.upscalers import UpscalerNotFoundError, UpscalerRegistry
+from tests.esrgan_files import random_esrgan_state
 
 
 @pytest.fixture(autouse=True)

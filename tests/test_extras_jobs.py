@@ -23,11 +23,11 @@ from latentstudio.models.manager import ModelManager
 from latentstudio.pipeline.images import png_bytes
 from latentstudio.postprocess.extras import ExtrasOptions, run_extras, run_extras_batch
 from latentstudio.postprocess.faces import FaceRestorers
-from latentstudio.postprocess.synthetic import random_esrgan_state
 from latentstudio.postprocess.upscalers import UpscalerRegistry
 from latentstudio.server.ui_backend import SdapiBackend
 from latentstudio.ui.backend import FieldError
 from tests.conftest import MakeTiny
+from tests.esrgan_files import random_esrgan_state
 from tests.sdapi_support import EXTRAS_BASE, decode, refused_field
 from tests.serving import Served, models_root, serve
 

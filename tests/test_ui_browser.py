@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from latentstudio.config import Settings
 from latentstudio.jobs import JobKind, JobStatus
 from latentstudio.models.families import Family
-from latentstudio.postprocess.synthetic import random_esrgan_state
 from tests.conftest import MakeTiny
+from tests.esrgan_files import random_esrgan_state
 from tests.serving import Served, models_root, serve, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")

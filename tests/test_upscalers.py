@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from latentstudio.postprocess.synthetic import random_esrgan_state
 from latentstudio.postprocess.tiling import Tiling, run_tiled, tile_starts
 from latentstudio.postprocess.upscalers import (
     UpscalerLoadError,
@@ -24,6 +23,7 @@ from latentstudio.postprocess.upscalers import (
     tiling_for_scale,
     upscale,
 )
+from tests.esrgan_files import random_esrgan_state
 
 # Receptive-field radius of the tiny RRDBNet in input pixels: 17 3×3 convs at 1× (conv_first, 15 in the
 # RRDB, conv_body), then one at 2× and three at 4× (≈ 1.25 more) → 19 is safely outside it.

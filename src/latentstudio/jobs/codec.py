@@ -103,13 +103,6 @@ def image_to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def image_from_png(data: bytes) -> Image.Image:
-    """A decoded copy of stored PNG bytes (no file handle stays open)."""
-    with Image.open(BytesIO(data)) as image:
-        image.load()
-        return image.copy()
-
-
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

@@ -34,20 +34,11 @@ from latentstudio.samplers.schedules import (
 
 
 def automatic(
-    n: int,
-    sigma_min: float,
-    sigma_max: float,
-    *,
-    model_sigmas: Tensor | None = None,
-    sampler: str | None = None,
-    **options: Any,
+    n: int, sigma_min: float, sigma_max: float, *, model_sigmas: Tensor | None = None, **options: Any
 ) -> Tensor:
-    """A1111's "Automatic": the ``sampler``'s own default schedule (DPM++ 2M: Karras, DPM++ 2M SDE:
-    Exponential, …), else the model's own discrete schedule (Uniform); without a sampler, Uniform."""
-    if sampler is None:
-        return uniform(n, sigma_min, sigma_max, model_sigmas=model_sigmas)
-    schedule = SCHEDULERS[automatic_scheduler(sampler)]
-    return schedule(n, sigma_min, sigma_max, model_sigmas=model_sigmas, **options)
+    """A1111's "Automatic" without a sampler: the model's own discrete schedule (Uniform). Per sampler it
+    means that sampler's default schedule (DPM++ 2M: Karras, …), which :func:`sigmas_for` resolves first."""
+    return uniform(n, sigma_min, sigma_max, model_sigmas=model_sigmas)
 
 
 @dataclass(frozen=True)
@@ -84,8 +75,8 @@ SCHEDULER_INFO: dict[str, SchedulerInfo] = {
 """All A1111 schedulers by label, in A1111's order."""
 
 SCHEDULERS: dict[str, Schedule] = {label: info.function for label, info in SCHEDULER_INFO.items()}
-"""The schedules by A1111 label. "Automatic" depends on the sampler: pass ``sampler=`` (or use
-:func:`~latentstudio.samplers.registry.sigmas_for`); without one it is the model's own schedule, Uniform."""
+"""The schedules by A1111 label. "Automatic" depends on the sampler: :func:`sigmas_for` resolves it; called
+here, without a sampler, it is the model's own schedule, Uniform."""
 
 
 def resolve_scheduler(name: str) -> str:

@@ -59,7 +59,6 @@ class ServerCatalog:
     vaes: tuple[str, ...] = ()
     styles: Mapping[str, Style] = field(default_factory=dict)
     max_side: int = 2048
-    max_pixels: int = 40_000_000
 
     def checkpoint(self, query: str, field_name: str) -> CheckpointRef:
         """The checkpoint ``query`` names exactly (title, name, stem, model name, shorthash, path).

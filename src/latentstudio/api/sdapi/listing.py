@@ -95,7 +95,6 @@ def catalog(manager: ModelManager, settings: Settings) -> ServerCatalog:
         vaes=tuple(v.name for v in manager.vaes()),
         styles=load_styles(settings.data_dir / STYLES_FILE),
         max_side=settings.max_side,
-        max_pixels=settings.max_image_pixels,
     )
 
 

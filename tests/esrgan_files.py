@@ -1,4 +1,5 @@
 """Random-weight upscaler state dicts in real file layouts, for tests and benchmarks (never for images).
+A test fixture: it lives here, not in the package (``bench/upscale.py`` imports it from the repository root).
 
 The keys are those of Real-ESRGAN's RRDBNet files (BasicSR naming: ``conv_first``, ``body.N.rdbK.convM``,
 ``conv_body``, ``conv_up1/2``, ``conv_hr``, ``conv_last``), so spandrel's architecture detection sees a
