@@ -16,11 +16,11 @@ from PIL import Image
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.security import CredentialsError, check_basic, parse_credentials
 from latentstudio.cli import app as cli
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from tests.serving import Served, serve
 
 
@@ -159,7 +159,7 @@ def test_decoded_images_are_limited_before_decoding() -> None:
         ("file:///etc/passwd", "URL"),
     ]
     for data, message in cases:
-        with pytest.raises(InputError, match=message) as caught:
+        with pytest.raises(FieldError, match=message) as caught:
             decode_image(data, "init_image", max_pixels=40_000_000)
         assert caught.value.field == "init_image"
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from skimage import exposure
 
+from latentstudio.core import FieldError
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.pipeline.color import apply_color_correction, correction_target
-from latentstudio.pipeline.params import GenerationParams, ParamError
+from latentstudio.pipeline.params import GenerationParams
 from latentstudio.pipeline.run import ModelIdentity, run
 from tests.conftest import MakeTiny
 
@@ -129,6 +130,6 @@ def test_inpainting_with_correction_keeps_unmasked_pixels(sd1: loader.Components
 
 
 def test_color_correction_is_img2img_only() -> None:
-    with pytest.raises(ParamError, match="img2img option") as info:
+    with pytest.raises(FieldError, match="img2img option") as info:
         GenerationParams(prompt="x", color_correction=True).validate()
     assert info.value.field == "color_correction"

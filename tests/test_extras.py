@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from latentstudio.jobs import ExtrasSpec, JobSpecError
+from latentstudio.core import FieldError
+from latentstudio.jobs import ExtrasSpec
 from latentstudio.jobs.extras import check_extras
 from latentstudio.postprocess.extras import (
     ExtrasOptions,
@@ -210,8 +211,8 @@ def _spec(*images: Image.Image, **options: object) -> ExtrasSpec:
     return ExtrasSpec(ExtrasOptions(**options), images or (_image(64, 64),))
 
 
-def _refused(root: Path, spec: ExtrasSpec, max_pixels: int = 40_000_000) -> JobSpecError:
-    with pytest.raises(JobSpecError) as e:
+def _refused(root: Path, spec: ExtrasSpec, max_pixels: int = 40_000_000) -> FieldError:
+    with pytest.raises(FieldError) as e:
         check_extras(spec, upscalers=UpscalerRegistry(root), faces=FaceRestorers(root), max_pixels=max_pixels)
     return e.value
 
@@ -230,7 +231,7 @@ def test_submission_checks_name_the_field_and_the_allowed_values(root: Path) -> 
     assert _refused(root, wide, max_pixels=10_000).field == "upscaling_resize_w"
     empty = _refused(root, _spec(_image(64, 4), upscaler_1="Lanczos", upscaling_resize=1.5))
     assert "image 1 (64×4) would be upscaled to nothing (96×0)" in str(empty)
-    with pytest.raises(JobSpecError, match="at least one image"):
+    with pytest.raises(FieldError, match="at least one image"):
         ExtrasSpec(ExtrasOptions(), ())
     # accepted: no upscaling at any size, a model file added after the first scan, GFPGAN with weights
     # (a file's architecture is known only when the worker loads it: tests/test_extras_jobs.py)

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from latentstudio.jobs import ExtrasSpec, JobService, JobStatus
 from latentstudio.models.families import Family
 from latentstudio.models.manager import ModelManager
@@ -25,7 +26,6 @@ from latentstudio.postprocess.extras import ExtrasOptions, run_extras, run_extra
 from latentstudio.postprocess.faces import FaceRestorers
 from latentstudio.postprocess.upscalers import UpscalerRegistry
 from latentstudio.server.ui_backend import SdapiBackend
-from latentstudio.ui.backend import FieldError
 from tests.conftest import MakeTiny
 from tests.esrgan_files import random_esrgan_state
 from tests.sdapi_support import EXTRAS_BASE, decode, refused_field

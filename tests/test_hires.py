@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.pipeline import hires
-from latentstudio.pipeline.params import GenerationParams, ParamError, target_size
+from latentstudio.pipeline.params import GenerationParams, target_size
 
 
 def _params(**kw: object) -> GenerationParams:
@@ -104,6 +105,6 @@ def test_infotext_keys_in_a1111_order() -> None:
     ],
 )
 def test_bad_hires_fields_name_the_field(kw: dict[str, object], field: str, message: str) -> None:
-    with pytest.raises(ParamError, match=message) as info:
+    with pytest.raises(FieldError, match=message) as info:
         _params(**kw).validate()
     assert info.value.field == field

@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from latentstudio import infotext
+from latentstudio.core import FieldError
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
-from latentstudio.pipeline.params import GenerationParams, ParamError
+from latentstudio.pipeline.params import GenerationParams
 from latentstudio.pipeline.run import GenerationResult, HiresModel, ModelIdentity, StepInfo, run
 from tests.conftest import MakeTiny
 from tests.lora_files import LoraBuilder, weights_digest
@@ -112,15 +113,15 @@ def test_hires_checkpoint_of_another_family_or_missing_is_refused(
     first: Components, second: HiresModel, make_tiny: MakeTiny
 ) -> None:
     sd2 = HiresModel(_load(make_tiny, Family.SD2, 0), ModelIdentity("sd2"))
-    with pytest.raises(ParamError, match=r"SD2\.x but the first pass runs SD1\.x") as info:
+    with pytest.raises(FieldError, match=r"SD2\.x but the first pass runs SD1\.x") as info:
         run(_params(hr_checkpoint="sd2"), first, identity=IDENTITY, hires_model=sd2)
     assert info.value.field == "hr_checkpoint"
-    with pytest.raises(ParamError, match="was not loaded") as info:
+    with pytest.raises(FieldError, match="was not loaded") as info:
         run(_params(hr_checkpoint="second"), first, identity=IDENTITY)
     assert info.value.field == "hr_checkpoint"
     with pytest.raises(ValueError, match="only for a hires-fix job"):
         run(_params(), first, identity=IDENTITY, hires_model=second)
-    with pytest.raises(ParamError) as info:
+    with pytest.raises(FieldError) as info:
         _params(hr_checkpoint=" ")
     assert info.value.field == "hr_checkpoint"
 

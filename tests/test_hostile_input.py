@@ -21,13 +21,13 @@ from PIL import Image, PngImagePlugin
 from pydantic import TypeAdapter, ValidationError
 
 from latentstudio import infotext
-from latentstudio.api.errors import InputError
 from latentstudio.api.schemas import JobRequest
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.extras import png_info
 from latentstudio.api.sdapi.models import Img2ImgRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from latentstudio.prompts.parser import PromptError, check_prompt, extract_networks, parse_attention
 from tests.serving import Served, serve
 
@@ -77,7 +77,7 @@ def test_pasting_an_infotext_is_a_request_or_an_input_error(
     request = kind(infotext=_infotext(prompt, "", pairs))
     try:
         pasted: object = apply_infotext(request, opts.defaults())
-    except InputError as e:
+    except FieldError as e:
         pasted = e.field
     assert isinstance(pasted, kind) or pasted == "infotext"
 

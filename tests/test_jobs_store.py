@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from latentstudio.jobs import ExtrasSpec, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.core import FieldError
+from latentstudio.jobs import ExtrasSpec, JobKind, JobRecord, JobSpec, JobStatus
 from latentstudio.jobs.codec import (
     extras_from_json,
     extras_input_pngs,
@@ -172,9 +173,9 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_specs_must_be_resolved_and_consistent() -> None:
-    with pytest.raises(JobSpecError, match="seed"):
+    with pytest.raises(FieldError, match="seed"):
         JobSpec(JobKind.TXT2IMG, GenerationParams(prompt="x"))
-    with pytest.raises(JobSpecError, match="init_image"):
+    with pytest.raises(FieldError, match="init_image"):
         JobSpec(JobKind.IMG2IMG, GenerationParams(prompt="x").resolved())
 
 
@@ -218,5 +219,5 @@ def test_extras_jobs_keep_options_images_and_their_infotexts(tmp_path: Path) -> 
     claimed = reopened.claim_next(2.0)
     assert claimed is not None
     assert claimed.id == record.id
-    with pytest.raises(JobSpecError, match="ExtrasSpec"):
+    with pytest.raises(FieldError, match="ExtrasSpec"):
         JobSpec(JobKind.EXTRAS, GenerationParams(prompt="x").resolved())

@@ -18,9 +18,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from latentstudio import infotext
+from latentstudio.core import FieldError
 from latentstudio.models import loader
 from latentstudio.models.families import Family
-from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.run import (
     GenerationResult,
     ModelIdentity,
@@ -246,7 +247,7 @@ def test_nan_latents_are_reported_not_saved(sd1: loader.Components, monkeypatch:
 def test_bad_parameters_name_the_field_and_the_allowed_values(
     field: str, value: object, message: str
 ) -> None:
-    with pytest.raises(ParamError, match=message) as info:
+    with pytest.raises(FieldError, match=message) as info:
         GenerationParams(**{"prompt": "x", field: value}).validate()  # type: ignore[arg-type]
     assert info.value.field == field
 

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.convert import (
     CheckpointRef,
@@ -19,6 +18,7 @@ from latentstudio.api.sdapi.convert import (
     sampler_and_scheduler,
 )
 from latentstudio.api.sdapi.models import Img2ImgRequest, Txt2ImgRequest
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind
 from latentstudio.prompts.styles import Style
 from latentstudio.samplers.noise import RngSource
@@ -66,7 +66,7 @@ def _txt(**fields: Any) -> Txt2ImgRequest:
     return Txt2ImgRequest(**{**FAST, **fields})
 
 
-def _field(exc: pytest.ExceptionInfo[InputError]) -> str:
+def _field(exc: pytest.ExceptionInfo[FieldError]) -> str:
     return exc.value.field
 
 
@@ -132,7 +132,7 @@ def test_sampler_resolution(
     ],
 )
 def test_unknown_sampler_or_scheduler_is_refused(fields: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         prepare(_txt(**fields), STORED, CATALOG)
     assert _field(e) == field
     assert "valid" in str(e.value)
@@ -142,7 +142,7 @@ def test_styles_are_applied_in_order() -> None:
     params = prepare(_txt(prompt="a cat", styles=["wrap", "tail"]), STORED, CATALOG).spec.params
     assert params.prompt == "masterpiece, a cat, 4k, oil painting"
     assert params.negative_prompt == "ugly"
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         prepare(_txt(styles=["missing"]), STORED, CATALOG)
     assert _field(e) == "styles"
 
@@ -195,7 +195,7 @@ def test_overrides_persist_only_without_restore() -> None:
     ],
 )
 def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         prepare(_txt(override_settings=overrides), STORED, CATALOG)
     assert _field(e) == field
 
@@ -218,7 +218,7 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
     ],
 )
 def test_unsupported_txt2img_fields_are_refused(fields: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         prepare(_txt(**fields), STORED, CATALOG)
     assert _field(e) == field
 
@@ -305,7 +305,7 @@ def test_img2img_conversion_flattens_rgba_on_the_background_colour() -> None:
 )
 def test_unsupported_img2img_fields_are_refused(fields: dict[str, Any], field: str) -> None:
     req = Img2ImgRequest(**{"init_images": ["x"], **FAST, **fields})
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         prepare(req, STORED, CATALOG, [Image.new("RGB", (64, 64))])
     assert _field(e) == field
 

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from latentstudio.api.common import extras_spec
-from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import ExtrasSingleRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind
 from latentstudio.postprocess.extras import ExtrasOptions
 
@@ -80,7 +80,7 @@ def test_concurrent_updates_lose_nothing(tmp_path: Path) -> None:
     ],
 )
 def test_option_checks_name_the_key(values: dict[str, Any], field: str) -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         opts.check(values)
     assert e.value.field == field
 
@@ -104,7 +104,7 @@ def test_infotext_with_hires_keys_turns_on_hires() -> None:
 
 
 def test_infotext_values_breaking_limits_are_refused() -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(FieldError) as e:
         apply_infotext(Txt2ImgRequest(infotext="a\nSteps: 900, Sampler: Euler, Seed: 1"), opts.defaults())
     assert e.value.field == "infotext"
     assert "steps" in e.value.message

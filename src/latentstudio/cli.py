@@ -9,11 +9,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from latentstudio.cli_train import eval_app, train_app
+
+if TYPE_CHECKING:
+    from latentstudio.core import FieldError
 
 app = typer.Typer(
     name="latentstudio",
@@ -33,6 +36,12 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Hash cache, job store
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code=1)
+
+
+def _refused(error: FieldError) -> typer.Exit:
+    """A refused field as the CLI's one error line, ``error: field: message``: the one place the CLI shows
+    a :class:`~latentstudio.core.FieldError`."""
+    return _fail(f"{error.field}: {error.message}")
 
 
 class _OwnProcess:
@@ -177,6 +186,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from PIL import Image, UnidentifiedImageError
 
         from latentstudio.config import Settings
+        from latentstudio.core import FieldError
         from latentstudio.models.files import ModelFileError
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
         from latentstudio.pipeline.hires import HiresModel, check_model
@@ -187,7 +197,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     try:
         source = RngSource(rng.upper())
     except ValueError:
-        raise _fail(f"--rng: {rng!r} is not one of cpu, gpu, nv") from None
+        raise _refused(FieldError("--rng", f"{rng!r} is not one of cpu, gpu, nv")) from None
     try:
         image = Image.open(init_image).convert("RGB") if init_image is not None else None
         mask_image = Image.open(mask) if mask is not None else None
@@ -201,7 +211,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         )  # fmt: skip
         params.validate()  # before any model work
         if hr_checkpoint is not None and not params.enable_hr:
-            raise _fail("--hr-checkpoint: the hires fix is off (set --hr-scale above 1)")
+            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
         settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
         manager = ModelManager(settings)
         info = manager.default_checkpoint() if model is None else manager.find(model)
@@ -213,8 +223,10 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
             hr_info = manager.find(hr_checkpoint)
             hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
             check_model(params, components, hires_model)  # the same family
+    except FieldError as e:  # a parameter (GenerationParams.validate) or an option the pipeline refuses
+        raise _refused(e) from None
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
-        raise _fail(str(e)) from None  # ParamError and pydantic's ValidationError are ValueErrors
+        raise _fail(str(e)) from None
     identity = model_identity(manager, info, components)  # as the server's worker names it
     embeddings = manager.embeddings(components)
     _run_and_save(components, params, identity, output, embeddings, manager.lora_networks, hires_model)

@@ -1,6 +1,7 @@
 """Value types that ``models``, ``samplers`` and ``prompts`` share, below all three (DESIGN "Imports flow one
-way"): what a UNet predicts, and a prompt's text conditioning. Nothing else lives here; it imports nothing of
-ours.
+way"): what a UNet predicts, a prompt's text conditioning, and :class:`FieldError`, the one refusal of an
+input that every layer raises and every edge (HTTP 422, the CLI's error line, the UI's message box) shows.
+Nothing else lives here; it imports nothing of ours.
 """
 
 from __future__ import annotations
@@ -9,6 +10,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+
+
+class FieldError(ValueError):
+    """A refused input: ``field`` names it (the name the caller used; dotted for a nested field), ``message``
+    says why and what is allowed. ``str()`` is ``"field: message"``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)  # both in args: the error pickles and copies as itself
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 class Prediction(StrEnum):

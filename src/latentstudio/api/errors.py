@@ -1,4 +1,5 @@
-"""Errors as 4xx JSON that name the field: FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` shape.
+"""Errors as 4xx JSON that name the field: FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` shape (every
+layer's refusal is a :class:`~latentstudio.core.FieldError`; :func:`field_error` answers it).
 
 Validation errors never echo the rejected input back (it may be a 50 MB base64 string).
 """
@@ -10,23 +11,17 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from latentstudio.jobs import JobNotFoundError, JobSpecError, NoCheckpointError, QueueFullError
-from latentstudio.pipeline.params import ParamError
+from latentstudio.core import FieldError
+from latentstudio.jobs import JobNotFoundError, NoCheckpointError, QueueFullError
 
 
-class InputError(ValueError):
-    """A request field the handler rejected after schema validation (bad image data, size limits)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
-
-
-def field_error(field: str, message: str, status: int = 422) -> JSONResponse:
-    """The 422 body for one field of the request body."""
-    loc = ["body", *field.split(".")]
-    return JSONResponse({"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=status)
+def field_error(error: FieldError) -> JSONResponse:
+    """A refused field as FastAPI's 422 for one field of the request body (a dotted field is a nested
+    ``loc``): the one place an HTTP answer is made from a :class:`FieldError`."""
+    loc = ["body", *error.field.split(".")]
+    return JSONResponse(
+        {"detail": [{"loc": loc, "msg": error.message, "type": "value_error"}]}, status_code=422
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -40,17 +35,9 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
-    @app.exception_handler(InputError)
-    async def bad_input(_: Request, exc: InputError) -> JSONResponse:
-        return field_error(exc.field, exc.message)
-
-    @app.exception_handler(ParamError)
-    async def bad_param(_: Request, exc: ParamError) -> JSONResponse:
-        return field_error(exc.field, str(exc).split(": ", 1)[-1])
-
-    @app.exception_handler(JobSpecError)
-    async def bad_spec(_: Request, exc: JobSpecError) -> JSONResponse:
-        return field_error(exc.field, str(exc).split(": ", 1)[-1])
+    @app.exception_handler(FieldError)
+    async def bad_field(_: Request, exc: FieldError) -> JSONResponse:
+        return field_error(exc)
 
     @app.exception_handler(JobNotFoundError)
     async def not_found(_: Request, exc: JobNotFoundError) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 Decoding checks the pixel count from the header before decoding any pixel, and Pillow's own
 decompression-bomb guard stays on; only the :data:`FORMATS` clients send are opened. Every failure is an
-:class:`InputError` naming the field (4xx).
+:class:`FieldError` naming the field (4xx).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from io import BytesIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from latentstudio.api.errors import InputError
+from latentstudio.core import FieldError
 from latentstudio.pipeline.images import png_bytes
 
 # The formats clients send (A1111's UIs and plugins): Pillow's other decoders are never reached from HTTP
@@ -29,31 +29,31 @@ def decode_image(data: str, field: str, *, max_pixels: int) -> Image.Image:
     PIL image. URLs are refused: this server never fetches anything."""
     text = data.strip()
     if text.lower().startswith(("http://", "https://", "ftp://", "file:")):
-        raise InputError(field, "image URLs are not fetched; send the image as base64")
+        raise FieldError(field, "image URLs are not fetched; send the image as base64")
     text = _DATA_URL.sub("", text, count=1)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(field, "not valid base64") from None
+        raise FieldError(field, "not valid base64") from None
     if not raw:
-        raise InputError(field, "empty image")
+        raise FieldError(field, "empty image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(BytesIO(raw), formats=FORMATS)
             width, height = opened.size
             if width * height > max_pixels:
-                raise InputError(field, f"{width}×{height} is more than {max_pixels} pixels")
+                raise FieldError(field, f"{width}×{height} is more than {max_pixels} pixels")
             opened.load()
             image: Image.Image = ImageOps.exif_transpose(opened)
-    except InputError:
+    except FieldError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(field, f"image too large to decode safely ({e})") from None
+        raise FieldError(field, f"image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
-        raise InputError(field, f"cannot decode the image: not {', '.join(FORMATS)} data") from None
+        raise FieldError(field, f"cannot decode the image: not {', '.join(FORMATS)} data") from None
     except (OSError, SyntaxError, ValueError):
-        raise InputError(field, "cannot decode the image: the data is truncated or corrupt") from None
+        raise FieldError(field, "cannot decode the image: the data is truncated or corrupt") from None
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if "transparency" in image.info or image.mode in ("LA", "PA") else "RGB")
     return image

@@ -20,7 +20,6 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from latentstudio.api.common import extras_spec
-from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
     ExtrasJob,
@@ -35,7 +34,8 @@ from latentstudio.api.schemas import (
     Txt2ImgJob,
 )
 from latentstudio.api.state import Services, ServicesDep
-from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.core import FieldError
+from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobStatus
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.samplers.noise import RngSource
 
@@ -52,7 +52,7 @@ def job_spec(
     width, height = payload.width or native_size, payload.height or native_size
     for field, value in (("width", width), ("height", height)):
         if value > max_side:
-            raise InputError(field, f"must be at most {max_side} on this server")
+            raise FieldError(field, f"must be at most {max_side} on this server")
     init = None
     extra: dict[str, object] = {}
     if isinstance(payload, Img2ImgJob):
@@ -144,7 +144,7 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
         spec = job_spec(payload, settings.max_side, settings.max_image_pixels, _native_size(svc, payload))
     try:
         record = svc.jobs.submit(spec)
-    except JobSpecError as e:  # name the request's field
+    except FieldError as e:  # name the request's field
         raise _input_error(e) from None
     return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
 
@@ -156,15 +156,14 @@ def _native_size(svc: Services, payload: Txt2ImgJob | Img2ImgJob) -> int:
         return 0
     try:
         return svc.jobs.native_size(payload.checkpoint)
-    except JobSpecError as e:
+    except FieldError as e:
         raise _input_error(e) from None
 
 
-def _input_error(error: JobSpecError) -> InputError:
+def _input_error(error: FieldError) -> FieldError:
     """The service's refusal, named by the request's field."""
     fields = {"hr_checkpoint": "hires.checkpoint", "hr_upscaler": "hires.upscaler"}
-    field = fields.get(error.field, error.field)
-    return InputError(field, str(error).split(": ", 1)[-1])
+    return FieldError(fields.get(error.field, error.field), error.message)
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.postprocess.extras import ExtrasOptions
 
@@ -50,14 +51,6 @@ class JobNotFoundError(JobError, LookupError):
     """No job (or image) with this id."""
 
 
-class JobSpecError(JobError, ValueError):
-    """A spec the service refuses before queueing it: ``field`` names the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
-
 class NoCheckpointError(JobError):
     """The models folder has no checkpoint to run a job with (answered 503: the server, not the request)."""
 
@@ -89,14 +82,14 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         if self.kind is JobKind.EXTRAS:
-            raise JobSpecError("kind", "an extras job is an ExtrasSpec")
+            raise FieldError("kind", "an extras job is an ExtrasSpec")
         if (self.kind is JobKind.IMG2IMG) != self.params.is_img2img:
-            raise JobSpecError(
+            raise FieldError(
                 "init_image", f"a {self.kind} job {'needs' if self.params.is_img2img else 'has'}"
             )
         for name in ("seed", "subseed"):
             if getattr(self.params, name) < 0:
-                raise JobSpecError(name, "must be resolved (GenerationParams.resolved()) before queueing")
+                raise FieldError(name, "must be resolved (GenerationParams.resolved()) before queueing")
 
 
 @dataclass(frozen=True)
@@ -114,7 +107,7 @@ class ExtrasSpec:
 
     def __post_init__(self) -> None:
         if not self.images:
-            raise JobSpecError("images", "an extras job needs at least one image")
+            raise FieldError("images", "an extras job needs at least one image")
 
     @property
     def kind(self) -> JobKind:

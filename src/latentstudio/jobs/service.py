@@ -25,6 +25,7 @@ from pathlib import Path
 from anyio import CapacityLimiter, to_thread
 
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from latentstudio.jobs.codec import extras_input_pngs, input_pngs
 from latentstudio.jobs.events import EventBus, Subscription
 from latentstudio.jobs.extras import check_extras, find_upscaler
@@ -36,7 +37,6 @@ from latentstudio.jobs.model import (
     JobNotFoundError,
     JobRecord,
     JobSpec,
-    JobSpecError,
     JobStatus,
     NoCheckpointError,
     Progress,
@@ -112,7 +112,7 @@ class JobService:
 
     # -- submitting ------------------------------------------------------------------------------------
     def submit(self, spec: AnySpec) -> JobRecord:
-        """Queue a job; raises :class:`JobSpecError` (unknown checkpoint/VAE/upscaler, bad parameters, a
+        """Queue a job; raises :class:`FieldError` (unknown checkpoint/VAE/upscaler, bad parameters, a
         too large extras result) or :class:`QueueFullError`. The job is durable once this returns."""
         if isinstance(spec, ExtrasSpec):
             check_extras(
@@ -123,10 +123,7 @@ class JobService:
             )
             inputs = extras_input_pngs(spec.images)
         else:
-            try:
-                spec.params.validate()
-            except ValueError as e:
-                raise JobSpecError(getattr(e, "field", "params"), str(e).split(": ", 1)[-1]) from None
+            spec.params.validate()  # a FieldError naming the parameter
             self._check_models(spec)
             inputs = input_pngs(spec.params)
         record = JobRecord(uuid.uuid4().hex, JobStatus.QUEUED, spec, self.clock())
@@ -146,20 +143,20 @@ class JobService:
         try:
             info = self.manager.find(name)
         except ModelNotFoundError as e:
-            raise JobSpecError("checkpoint", str(e)) from None
+            raise FieldError("checkpoint", str(e)) from None
         if info.path not in {c.path for c in self.manager.checkpoints()}:
-            raise JobSpecError("checkpoint", f"{name!r} is not a checkpoint in the models folder")
+            raise FieldError("checkpoint", f"{name!r} is not a checkpoint in the models folder")
         return info
 
     def native_size(self, checkpoint: str | None) -> int:
         """The native side of ``checkpoint`` (None: the default one) from its header, nothing loaded:
-        what a request that leaves the size out gets. Raises :class:`JobSpecError` naming ``checkpoint``
+        what a request that leaves the size out gets. Raises :class:`FieldError` naming ``checkpoint``
         or :class:`NoCheckpointError`."""
         info = self._checkpoint(checkpoint)
         try:
             return self.manager.family(info).native_size
         except (ModelFileError, OSError, ValueError) as e:
-            raise JobSpecError("checkpoint", f"{info.name!r} cannot be read: {e}") from None
+            raise FieldError("checkpoint", f"{info.name!r} cannot be read: {e}") from None
 
     def _check_models(self, spec: JobSpec) -> None:
         """Only discovered checkpoints and VAEs by name: never a path a client made up."""
@@ -168,7 +165,7 @@ class JobService:
             names = [v.name for v in self.manager.vaes()]
             if spec.vae not in names:
                 allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
-                raise JobSpecError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
+                raise FieldError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
         if spec.params.enable_hr:
             self._check_hires_upscaler(spec.params.hr_upscaler)
         if spec.params.enable_hr and spec.params.hr_checkpoint is not None:
@@ -182,27 +179,27 @@ class JobService:
             find_upscaler(self.worker.upscalers, name)
         except UpscalerNotFoundError as e:
             latent = ", ".join(LATENT_UPSCALE_MODES)
-            raise JobSpecError("hr_upscaler", f"{e}; or a latent mode: {latent}") from None
+            raise FieldError("hr_upscaler", f"{e}; or a latent mode: {latent}") from None
 
     def _check_hires_checkpoint(self, name: str, first: str | None) -> None:
         """The hires fix's own checkpoint: discovered, and of the first pass's family (latents carry over)."""
         try:
             info = self.manager.find(name)
         except ModelNotFoundError as e:
-            raise JobSpecError("hr_checkpoint", str(e)) from None
+            raise FieldError("hr_checkpoint", str(e)) from None
         if info.path not in {c.path for c in self.manager.checkpoints()}:
-            raise JobSpecError("hr_checkpoint", f"{name!r} is not a checkpoint in the models folder")
+            raise FieldError("hr_checkpoint", f"{name!r} is not a checkpoint in the models folder")
         try:
             family = self.manager.family(info)
         except (ModelFileError, OSError, ValueError) as e:
-            raise JobSpecError("hr_checkpoint", f"{name!r} cannot be read: {e}") from None
+            raise FieldError("hr_checkpoint", f"{name!r} cannot be read: {e}") from None
         try:
             base = self.manager.find(first) if first is not None else self.manager.default_checkpoint()
             first_family = self.manager.family(base)
         except (ModelFileError, OSError, ValueError, ModelNotFoundError):
             return  # the job fails on loading its own checkpoint, with that error
         if family.family is not first_family.family:
-            raise JobSpecError(
+            raise FieldError(
                 "hr_checkpoint",
                 f"{name!r} is {family.label} but the first pass runs {base.name} ({first_family.label}): "
                 "the hires checkpoint must be of the same family",
@@ -256,7 +253,7 @@ class JobService:
     def list(self, status: JobStatus | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         """Jobs newest first (``limit`` ≤ 500)."""
         if offset < 0 or not 1 <= limit <= 500:
-            raise JobSpecError("limit", "offset must be ≥ 0 and limit in [1, 500]")
+            raise FieldError("limit", "offset must be ≥ 0 and limit in [1, 500]")
         return [self._live(r) for r in self.store.list(status, offset, limit)]
 
     def count(self, status: JobStatus | None = None) -> int:
@@ -340,10 +337,10 @@ class JobService:
 
     def delete(self, job_id: str) -> None:
         """Remove a finished job from the history with its images (row first, then the files: an image
-        is never indexed without its file). A queued or running job is a :class:`JobSpecError`."""
+        is never indexed without its file). A queued or running job is a :class:`FieldError`."""
         self.get(job_id)
         if not self.store.delete_finished(job_id):
-            raise JobSpecError("job_id", "only a finished job can be deleted; cancel it first")
+            raise FieldError("job_id", "only a finished job can be deleted; cancel it first")
         shutil.rmtree(self.images_root / job_id, ignore_errors=True)
 
     def interrupt(self, job_id: str | None = None) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.jobs.events import EventBus
 from latentstudio.jobs.model import (
     EventType,
@@ -48,7 +49,6 @@ from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.pipeline.images import png_bytes, write_atomic
 from latentstudio.pipeline.infotexts import ModelIdentity, model_identity
-from latentstudio.pipeline.params import ParamError
 from latentstudio.pipeline.run import (
     GenerationResult,
     HiresModel,
@@ -508,7 +508,7 @@ def _complete(future: Future[T], command: Callable[[], T]) -> None:
 # Failures whose message is written for the user (a file named with its reason, a missing model, NaN
 # latents, a resource limit); anything else is a bug, and its Python message never reaches a client.
 _EXPLAINED: tuple[type[BaseException], ...] = (
-    ModelFileError, ModelNotFoundError, NaNLatentError, ParamError, UpscalerNotFoundError, UpscalerLoadError,
+    ModelFileError, ModelNotFoundError, NaNLatentError, FieldError, UpscalerNotFoundError, UpscalerLoadError,
     FaceRestorerError, SafetyCheckerError, torch.OutOfMemoryError,
 )  # fmt: skip
 INTERNAL_ERROR = "internal error: the job failed unexpectedly; the server log has the details"

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.models.loader import Components
 from latentstudio.pipeline.infotexts import ModelIdentity
-from latentstudio.pipeline.params import GenerationParams, ParamError, target_size
+from latentstudio.pipeline.params import GenerationParams, target_size
 
 # A1111's latent upscale modes: name → (torch interpolation mode, antialias)
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -73,10 +74,10 @@ def check_model(params: GenerationParams, components: Components, model: HiresMo
             raise ValueError("hires_model is only for a hires-fix job with hr_checkpoint set")
         return
     if model is None:
-        raise ParamError("hr_checkpoint", f"{params.hr_checkpoint!r} was not loaded for this job")
+        raise FieldError("hr_checkpoint", f"{params.hr_checkpoint!r} was not loaded for this job")
     first, second = components.info, model.components.info
     if first.family is not second.family:
-        raise ParamError(
+        raise FieldError(
             "hr_checkpoint",
             f"{params.hr_checkpoint!r} is {second.label} but the first pass runs {first.label}: the hires "
             "checkpoint must be of the same family (the latents carry over)",

@@ -1,7 +1,7 @@
 """GenerationParams: one frozen description of a txt2img / img2img request, validated at the edge.
 
 Defaults are A1111's UI defaults (DPM++ 2M, Automatic schedule, 20 steps, CFG 7, 512×512). ``validate``
-raises :class:`ParamError` naming the field and the allowed values before any model work happens.
+raises :class:`FieldError` naming the field and the allowed values before any model work happens.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from enum import IntEnum
 
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.prompts.parser import PromptError, check_prompt
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULERS, resolve_sampler
 from latentstudio.samplers.noise import RngSource, resolve_seed
@@ -21,14 +22,6 @@ MAX_SIDE = 2048
 MAX_STEPS = 150
 SAMPLER_NAMES = tuple(SAMPLER_INFO)
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # prompts.conditioning.Emphasis values
-
-
-class ParamError(ValueError):
-    """An invalid generation parameter: ``field`` names it, the message says what is allowed."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 class ResizeMode(IntEnum):
@@ -101,7 +94,7 @@ class GenerationParams:
         self.validate()
         sampler, scheduler = resolve_sampler(self.sampler)
         if scheduler is not None and self.scheduler not in ("Automatic", scheduler):
-            raise ParamError("scheduler", f"{self.sampler!r} already names the schedule {scheduler!r}")
+            raise FieldError("scheduler", f"{self.sampler!r} already names the schedule {scheduler!r}")
         return dataclasses.replace(
             self,
             sampler=sampler,
@@ -111,7 +104,7 @@ class GenerationParams:
         )
 
     def validate(self) -> None:
-        """Raise :class:`ParamError` for the first invalid field."""
+        """Raise :class:`FieldError` for the first invalid field."""
         _check_size("width", self.width)
         _check_size("height", self.height)
         _check_int("steps", self.steps, 1, MAX_STEPS)
@@ -131,34 +124,34 @@ class GenerationParams:
         try:
             resolve_sampler(self.sampler)
         except ValueError as e:
-            raise ParamError("sampler", str(e)) from None
+            raise FieldError("sampler", str(e)) from None
         for field in ("prompt", "negative_prompt"):
             text = getattr(self, field)
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as e:  # JSON "\ud800" decodes to a lone surrogate: no PNG can hold it
-                raise ParamError(field, f"a lone surrogate at position {e.start} is not Unicode") from None
+                raise FieldError(field, f"a lone surrogate at position {e.start} is not Unicode") from None
             try:
                 check_prompt(text, self.steps)
             except PromptError as e:
-                raise ParamError(field, str(e)) from None
+                raise FieldError(field, str(e)) from None
         if self.enable_hr:
             self._validate_hires()
         if self.mask is not None:
             self._validate_inpainting()
         if self.color_correction and not self.is_img2img:
-            raise ParamError(
+            raise FieldError(
                 "color_correction", "colour correction is an img2img option (it needs an init image)"
             )
         if self.emphasis not in EMPHASIS_MODES:
-            raise ParamError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
+            raise FieldError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
-            raise ParamError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
+            raise FieldError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
     def _validate_inpainting(self) -> None:
         """The inpainting fields (only with a ``mask``)."""
         if self.init_image is None:
-            raise ParamError("mask", "a mask needs an init image (img2img)")
+            raise FieldError("mask", "a mask needs an init image (img2img)")
         _check_int("mask_blur", self.mask_blur, 0, 64)
         _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
         _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
@@ -167,28 +160,28 @@ class GenerationParams:
     def _validate_hires(self) -> None:
         """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""
         if self.is_img2img:
-            raise ParamError("enable_hr", "hires fix is a txt2img option; img2img has no second pass")
+            raise FieldError("enable_hr", "hires fix is a txt2img option; img2img has no second pass")
         _check_float("hr_scale", self.hr_scale, 1.0, 8.0)
         for field in ("hr_resize_x", "hr_resize_y"):
             _check_int(field, getattr(self, field), 0, MAX_SIDE)
         _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         if self.hr_checkpoint is not None and not 0 < len(self.hr_checkpoint.strip()) <= 1000:
-            raise ParamError(
+            raise FieldError(
                 "hr_checkpoint", "a checkpoint name (at most 1000 characters), or None for the same"
             )
         for field, name in (("hr_sampler", self.hr_sampler), ("hr_scheduler", self.hr_scheduler)):
             if name is not None and name not in (SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES):
                 allowed = SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES
-                raise ParamError(field, f"unknown {name!r}; allowed: {', '.join(allowed)}")
+                raise FieldError(field, f"unknown {name!r}; allowed: {', '.join(allowed)}")
         for field in ("hr_prompt", "hr_negative_prompt"):
             try:
                 check_prompt(getattr(self, field), self.hr_second_pass_steps or self.steps)
             except PromptError as e:
-                raise ParamError(field, str(e)) from None
+                raise FieldError(field, str(e)) from None
         to_x, to_y, _, _ = target_size(self)
         for field, value in (("hr_scale", to_x), ("hr_scale", to_y)):
             if not 64 <= value <= MAX_SIDE:
-                raise ParamError(field, f"the hires target {to_x}x{to_y} must be within [64, {MAX_SIDE}]")
+                raise FieldError(field, f"the hires target {to_x}x{to_y} must be within [64, {MAX_SIDE}]")
 
 
 def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
@@ -212,16 +205,16 @@ def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
 def _check_size(field: str, value: int) -> None:
     _check_int(field, value, 8, MAX_SIDE)
     if value % 8:
-        raise ParamError(field, f"{value} is not a multiple of 8")
+        raise FieldError(field, f"{value} is not a multiple of 8")
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ParamError(field, f"must be an integer in [{low}, {high}], got {value!r}")
+        raise FieldError(field, f"must be an integer in [{low}, {high}], got {value!r}")
 
 
 def _check_float(field: str, value: object, low: float, high: float) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ParamError(field, f"must be a finite number in [{low}, {high}], got {value!r}")
+        raise FieldError(field, f"must be a finite number in [{low}, {high}], got {value!r}")
     if not low <= value <= high:
-        raise ParamError(field, f"must be in [{low}, {high}], got {value!r}")
+        raise FieldError(field, f"must be in [{low}, {high}], got {value!r}")

@@ -2,8 +2,9 @@
 (here, in the composition root, because ``api`` never imports ``ui``).
 
 A UI generation is an ``/sdapi/v1`` request built from the controls: the same stored settings, styles,
-checks and refusals, queued on the same job service (``source`` "ui"). Errors of every layer become one
-:class:`FieldError` naming the field.
+checks and refusals, queued on the same job service (``source`` "ui"). Every layer refuses with one
+:class:`~latentstudio.core.FieldError` naming the field; schema, queue and checkpoint refusals become one
+here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from PIL import Image
 from pydantic import ValidationError
 
 from latentstudio.api.common import extras_spec
-from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import extras, listing, pasting
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.convert import prepare
@@ -26,15 +26,15 @@ from latentstudio.api.sdapi.models import ExtrasSingleRequest, Img2ImgRequest, T
 from latentstudio.api.sdapi.routes import WAIT_SECONDS
 from latentstudio.api.state import Services
 from latentstudio.config import Settings
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobRecord, JobService, JobStatus
-from latentstudio.jobs.model import JobSpecError, NoCheckpointError, QueueFullError
+from latentstudio.jobs.model import NoCheckpointError, QueueFullError
 from latentstudio.models.discovery import CheckpointInfo
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
-from latentstudio.pipeline.params import ParamError
 from latentstudio.prompts.counter import count_tokens
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
-from latentstudio.ui.backend import Catalog, FieldError, Kind, OptionField
+from latentstudio.ui.backend import Catalog, Kind, OptionField
 
 # The settings the Settings tab offers: the ones that change images (A1111's "Stable Diffusion" and
 # "Sampler parameters" pages), in that order.
@@ -56,17 +56,14 @@ SETTINGS_KEYS = (
 
 @contextmanager
 def field_errors() -> Iterator[None]:
-    """Turn the API's, the pipeline's and the job layer's refusals into :class:`FieldError`."""
+    """Turn the request schema's, the queue's and the models folder's refusals into :class:`FieldError` (every
+    layer's own refusals already are one)."""
     try:
         yield
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         raise FieldError(where or "request", str(first.get("msg", "invalid"))) from None
-    except InputError as e:
-        raise FieldError(e.field, e.message) from None
-    except (ParamError, JobSpecError) as e:
-        raise FieldError(e.field, str(e).split(": ", 1)[-1]) from None
     except QueueFullError as e:
         raise FieldError("queue", f"{e} (try again in {e.retry_after} s)") from None
     except NoCheckpointError as e:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latentstudio.ui.backend import Backend, Catalog, FieldError, OptionField
+from latentstudio.ui.backend import Backend, Catalog, OptionField
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -56,4 +56,4 @@ def mount_ui(
     app.add_middleware(EventRouteGuard, blocks=demo)
 
 
-__all__ = ["Backend", "Catalog", "FieldError", "OptionField", "mount_ui"]
+__all__ = ["Backend", "Catalog", "OptionField", "mount_ui"]

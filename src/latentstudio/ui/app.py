@@ -14,8 +14,9 @@ from typing import Any
 import gradio as gr
 from anyio import to_thread
 
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobNotFoundError
-from latentstudio.ui.backend import FieldError, OptionField
+from latentstudio.ui.backend import OptionField
 from latentstudio.ui.common import (
     CSS,
     GetBackend,
@@ -211,7 +212,7 @@ def build_ui(  # noqa: PLR0915
             try:
                 image = uploaded_image(path, max_image_pixels)
             except UploadError as e:
-                return None, "", error_update(f"**image**: {e.message}")
+                return None, "", error_update(error_md(FieldError("image", e.message)))
             text = get().read_infotext(image)
             return image, text, error_update("" if text else "This image carries no generation parameters.")
 
@@ -224,7 +225,10 @@ def build_ui(  # noqa: PLR0915
         def paste(text: str) -> tuple[Any, ...]:
             skip = gr.skip()
             if not text.strip():
-                return (*(skip for _ in paste_targets[:-1]), error_update("**parameters**: nothing to send"))
+                return (
+                    *(skip for _ in paste_targets[:-1]),
+                    error_update(error_md(FieldError("parameters", "nothing to send"))),
+                )
             try:
                 request = get().paste(text)
             except FieldError as e:

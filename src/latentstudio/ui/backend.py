@@ -17,15 +17,6 @@ from latentstudio.jobs import JobRecord, JobService
 Kind = Literal["txt2img", "img2img"]
 
 
-class FieldError(ValueError):
-    """A refused input: ``field`` names the control (A1111 request field names), ``message`` says why."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
-
-
 @dataclass(frozen=True)
 class OptionField:
     """One setting the Settings tab shows: A1111 key, current value, and its allowed values."""
@@ -58,7 +49,8 @@ class Catalog:
 
 
 class Backend(Protocol):
-    """The server side of the UI. Every method raises :class:`FieldError` for refused input."""
+    """The server side of the UI. Every method raises :class:`~latentstudio.core.FieldError` for refused
+    input."""
 
     @property
     def jobs(self) -> JobService: ...
@@ -89,8 +81,9 @@ class Backend(Protocol):
         fields; the UI waits for it through :attr:`jobs` without holding a thread."""
 
     def extras_result(self, record: JobRecord) -> tuple[Image.Image, str]:
-        """The finished extras job's image and its ``postprocessing`` text (a :class:`FieldError` naming
-        ``job`` when it failed, was cancelled or made nothing)."""
+        """The finished extras job's image and its ``postprocessing`` text (a
+        :class:`~latentstudio.core.FieldError` naming ``job`` when it failed, was cancelled or made
+        nothing)."""
 
     def options(self) -> list[OptionField]:
         """The settings that change images, with their current values."""

@@ -7,7 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from latentstudio.ui.backend import Backend, FieldError
+from latentstudio.core import FieldError
+from latentstudio.ui.backend import Backend
 from latentstudio.ui.icons import icon_css
 
 GetBackend = Callable[[], Backend]
@@ -29,10 +30,9 @@ def error_box(elem_id: str) -> gr.Markdown:
     return gr.Markdown("", elem_id=elem_id, elem_classes="ls-error", visible=False)
 
 
-def error_md(error: FieldError | str) -> str:
-    if isinstance(error, FieldError):
-        return f"**{error.field}**: {error.message}"
-    return error
+def error_md(error: FieldError) -> str:
+    """A refused field as the message box's Markdown: the one place the UI shows a :class:`FieldError`."""
+    return f"**{error.field}**: {error.message}"
 
 
 def error_update(text: str) -> Any:

@@ -12,8 +12,9 @@ import gradio as gr
 from anyio import to_thread
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobStatus
-from latentstudio.ui.backend import FieldError, Kind
+from latentstudio.ui.backend import Kind
 from latentstudio.ui.common import (
     MASKED_CONTENT,
     RESIZE_MODES,
@@ -438,7 +439,9 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
             elif mode == "inpaint":
                 init, mask = (edited["init"], edited["mask"]) if edited else (None, None)
                 if init is not None and mask is None:
-                    yield _failed("**mask**: draw over the part to repaint (nothing is painted)")
+                    yield _failed(
+                        error_md(FieldError("mask", "draw over the part to repaint (nothing is painted)"))
+                    )
                     return
             else:
                 init, mask = upload_init, upload_mask

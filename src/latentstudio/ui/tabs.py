@@ -10,8 +10,9 @@ import gradio as gr
 from anyio import to_thread
 from PIL import Image
 
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobStatus
-from latentstudio.ui.backend import FieldError, OptionField
+from latentstudio.ui.backend import OptionField
 from latentstudio.ui.common import (
     HISTORY_PAGE,
     GetBackend,
@@ -118,7 +119,7 @@ def wire_extras(get: GetBackend, ex: dict[str, Any]) -> None:
     async def run(image: Image.Image | None, *values: Any) -> tuple[Any, Any, Any]:
         """Queue the extras job and read its result in pool threads; wait for it without one."""
         if image is None:
-            return gr.skip(), "", error_update("**image**: drop an image to upscale")
+            return gr.skip(), "", error_update(error_md(FieldError("image", "drop an image to upscale")))
         fields = {name: cast(v) for (name, cast), v in zip(EXTRAS_FIELDS.values(), values, strict=True)}
         backend = get()
         try:
@@ -224,7 +225,10 @@ def wire_history(get: GetBackend, h: dict[str, Any]) -> None:
 
     def delete(page: float | None, job_id: str | None) -> tuple[Any, ...]:
         if not job_id:
-            return (*load(page)[:-1], error_update("**job**: select an image of the job to delete"))
+            return (
+                *load(page)[:-1],
+                error_update(error_md(FieldError("job", "select an image of the job to delete"))),
+            )
         try:
             get().delete_job(job_id)
         except FieldError as e:

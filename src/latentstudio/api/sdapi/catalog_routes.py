@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from latentstudio import infotext
-from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.sdapi import extras, listing
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import PngInfoRequest, PngInfoResponse
 from latentstudio.api.state import ServicesDep
+from latentstudio.core import FieldError
 
 router = APIRouter(tags=["A1111 compatible"])
 _REFUSED: dict[int | str, dict[str, Any]] = {
@@ -40,7 +40,7 @@ def png_info(req: PngInfoRequest, svc: ServicesDep) -> PngInfoResponse:
 
 @router.post("/interrogate", responses=_REFUSED, summary="Not supported (422)")
 def interrogate() -> None:
-    raise InputError("model", "interrogation (CLIP / DeepDanbooru captions) is not supported")
+    raise FieldError("model", "interrogation (CLIP / DeepDanbooru captions) is not supported")
 
 
 @router.get("/samplers", summary="Samplers")

@@ -20,11 +20,11 @@ from typing import Any
 
 from PIL import Image
 
-from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
-from latentstudio.pipeline.params import GenerationParams, ParamError, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.prompts.parser import PromptError, extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
 from latentstudio.samplers import SAMPLER_INFO, resolve_sampler, resolve_scheduler
@@ -69,7 +69,7 @@ class ServerCatalog:
             if query in ref.aliases or query.replace("\\", "/") in ref.aliases:
                 return ref
         titles = ", ".join(ref.title for ref in self.checkpoints[:50]) or "none"
-        raise InputError(field_name, f"unknown checkpoint {query!r}; available: {titles}")
+        raise FieldError(field_name, f"unknown checkpoint {query!r}; available: {titles}")
 
     def check_models(self, values: Mapping[str, opts.Value], prefix: str) -> dict[str, opts.Value]:
         """``values`` with ``sd_model_checkpoint`` as the checkpoint's name; unknown models refused."""
@@ -80,7 +80,7 @@ class ServerCatalog:
         vae = values.get("sd_vae")
         if isinstance(vae, str) and vae not in ("Automatic", "None", *self.vaes):
             allowed = ", ".join(["Automatic", "None", *self.vaes[:50]])
-            raise InputError(f"{prefix}sd_vae", f"unknown VAE {vae!r}; allowed: {allowed}")
+            raise FieldError(f"{prefix}sd_vae", f"unknown VAE {vae!r}; allowed: {allowed}")
         return out
 
 
@@ -114,11 +114,11 @@ def sampler_and_scheduler(name: str | None, index: str, scheduler: str | None) -
     try:
         sampler, from_name = resolve_sampler(name or index or DEFAULT_SAMPLER)
     except ValueError as e:
-        raise InputError(field_name, str(e)) from None
+        raise FieldError(field_name, str(e)) from None
     try:
         label = resolve_scheduler(from_name or scheduler or "Automatic")
     except ValueError as e:
-        raise InputError("scheduler", str(e)) from None
+        raise FieldError("scheduler", str(e)) from None
     if label == SAMPLER_INFO[sampler].scheduler:
         label = "Automatic"
     return sampler, label
@@ -161,16 +161,16 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
         ]
     for refused, field_name, message in refusals:
         if refused:
-            raise InputError(field_name, message)
+            raise FieldError(field_name, message)
     for name in req.alwayson_scripts:
-        raise InputError(f"alwayson_scripts.{name}", f"Script '{name}' not found (no scripts here)")
+        raise FieldError(f"alwayson_scripts.{name}", f"Script '{name}' not found (no scripts here)")
 
 
 def _styled(req: GenerationRequest, styles: Mapping[str, Style]) -> tuple[str, str]:
     try:
         return apply_styles(req.prompt, req.negative_prompt, styles, req.styles or [])
     except PromptError as e:
-        raise InputError("styles", str(e)) from None
+        raise FieldError("styles", str(e)) from None
 
 
 def _eta(sampler: str, eta: float | None, options: Mapping[str, opts.Value]) -> float | None:
@@ -201,11 +201,11 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: Serv
             sampler, named = resolve_sampler(str(req.hr_sampler_name))
             scheduler = named or scheduler
     except ValueError as e:
-        raise InputError("hr_sampler_name", str(e)) from None
+        raise FieldError("hr_sampler_name", str(e)) from None
     try:
         scheduler = resolve_scheduler(scheduler) if scheduler is not None else None
     except ValueError as e:
-        raise InputError("hr_scheduler", str(e)) from None
+        raise FieldError("hr_scheduler", str(e)) from None
     return {
         "enable_hr": True, "hr_scale": req.hr_scale, "hr_resize_x": req.hr_resize_x,
         "hr_resize_y": req.hr_resize_y, "hr_second_pass_steps": req.hr_second_pass_steps,
@@ -238,12 +238,12 @@ def generation_params(
     for side in ("width", "height"):
         value = getattr(req, side)
         if value > catalog.max_side or value % 8:
-            raise InputError(side, f"must be a multiple of 8 in [8, {catalog.max_side}], got {value}")
+            raise FieldError(side, f"must be a multiple of 8 in [8, {catalog.max_side}], got {value}")
     sampler, scheduler = sampler_and_scheduler(req.sampler_name, req.sampler_index, req.scheduler)
     refuse_unsupported(req, options, sampler)
     prompt, negative = _styled(req, catalog.styles)
     if req.disable_extra_networks and any(extract_networks(text)[1] for text in (prompt, negative)):
-        raise InputError("disable_extra_networks", "not supported: remove the <lora:…> tags instead")
+        raise FieldError("disable_extra_networks", "not supported: remove the <lora:…> tags instead")
     resize = req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
     s_noise = req.s_noise if req.s_noise is not None else float(options["s_noise"])  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
@@ -274,8 +274,8 @@ def generation_params(
     )  # fmt: skip
     try:
         return params.resolved()
-    except ParamError as e:
-        raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
+    except FieldError as e:
+        raise FieldError(request_field(e.field), e.message) from None
 
 
 def flatten(image: Image.Image, background: str) -> Image.Image:
@@ -308,16 +308,16 @@ def prepare(
 ) -> Prepared:
     """Everything a txt2img / img2img request needs to be queued (``init_images`` decoded by the caller).
 
-    Raises :class:`InputError` naming the field for anything refused.
+    Raises :class:`FieldError` naming the field for anything refused.
     """
     options, overrides = effective_options(stored, req.override_settings, catalog)
     init = None
     if isinstance(req, Img2ImgRequest):
         if not init_images:
-            raise InputError("init_images", "Init image not found")
+            raise FieldError("init_images", "Init image not found")
         init = flatten(init_images[0], str(options["img2img_background_color"]))
         if req.mask and mask is None:
-            raise InputError("mask", "the mask image could not be read")
+            raise FieldError("mask", "the mask image could not be read")
     params = generation_params(req, options, catalog, init, mask)
     checkpoint = options["sd_model_checkpoint"]
     spec = JobSpec(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from latentstudio.api.errors import InputError
+from latentstudio.core import FieldError
 from latentstudio.storage import private_dir, private_file
 
 OPTIONS_FILE = "sdapi-options.json"
@@ -47,10 +47,10 @@ class OptionSpec:
     pattern: str | None = None
 
     def check(self, value: object, field: str) -> Value:
-        """``value`` converted to this option's type; :class:`InputError` naming ``field`` otherwise."""
+        """``value`` converted to this option's type; :class:`FieldError` naming ``field`` otherwise."""
         checked = _typed(self, value, field)
         if self.kind == "fixed" and checked != self.default:
-            raise InputError(field, f"only {self.default!r} is supported (this server does not implement it)")
+            raise FieldError(field, f"only {self.default!r} is supported (this server does not implement it)")
         return checked
 
 
@@ -58,22 +58,22 @@ def _typed(spec: OptionSpec, value: object, field: str) -> Value:
     default = spec.default
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise InputError(field, f"must be true or false, got {value!r}")
+            raise FieldError(field, f"must be true or false, got {value!r}")
         return value
     if isinstance(default, int | float):
         return _number(spec, value, field)
     if isinstance(default, list):
         if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 200 for v in value):
-            raise InputError(field, "must be a list of strings")
+            raise FieldError(field, "must be a list of strings")
         return list(value)
     if value is None and default is None:
         return None
     if not isinstance(value, str) or len(value) > 1000:
-        raise InputError(field, f"must be a string (at most 1000 characters), got {type(value).__name__}")
+        raise FieldError(field, f"must be a string (at most 1000 characters), got {type(value).__name__}")
     if spec.choices and value not in spec.choices:
-        raise InputError(field, f"unknown value {value!r}; allowed: {', '.join(spec.choices)}")
+        raise FieldError(field, f"unknown value {value!r}; allowed: {', '.join(spec.choices)}")
     if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
-        raise InputError(field, f"{value!r} does not match {spec.pattern}")
+        raise FieldError(field, f"{value!r} does not match {spec.pattern}")
     return value
 
 
@@ -81,15 +81,15 @@ def _number(spec: OptionSpec, value: object, field: str) -> int | float:
     """A finite number in the option's range; integral floats accepted for int options (A1111 serves
     them as floats, so a client posting back what it read sends ``80.0``)."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise InputError(field, f"must be a finite number, got {value!r}")
+        raise FieldError(field, f"must be a finite number, got {value!r}")
     number: int | float = value
     if isinstance(spec.default, int):
         if number != int(number):
-            raise InputError(field, f"must be an integer, got {value!r}")
+            raise FieldError(field, f"must be an integer, got {value!r}")
         number = int(number)
     low, high = spec.low, spec.high
     if (low is not None and number < low) or (high is not None and number > high):
-        raise InputError(field, f"must be in [{low}, {high}], got {value!r}")
+        raise FieldError(field, f"must be in [{low}, {high}], got {value!r}")
     return number
 
 
@@ -214,13 +214,13 @@ def check(values: Mapping[str, object], prefix: str = "") -> dict[str, Value]:
     """Validate a ``{key: value}`` set of options (``prefix`` + key names a field in errors).
 
     Unknown keys, wrong types, out-of-range numbers and non-default values of ``fixed`` options are refused
-    with :class:`InputError`. Model names are checked by the caller (it knows the models folder).
+    with :class:`FieldError`. Model names are checked by the caller (it knows the models folder).
     """
     checked: dict[str, Value] = {}
     for key, value in values.items():
         spec = CATALOG.get(key)
         if spec is None:
-            raise InputError(
+            raise FieldError(
                 f"{prefix}{key}", "unknown option (see GET /sdapi/v1/options for the known keys)"
             )
         checked[key] = spec.check(value, f"{prefix}{key}")
@@ -243,7 +243,7 @@ class OptionsStore:
                 continue
             try:
                 values[key] = spec.check(value, key)
-            except InputError:
+            except FieldError:
                 continue
         return values
 

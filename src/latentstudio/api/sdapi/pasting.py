@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from latentstudio import infotext
-from latentstudio.api.errors import InputError
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Txt2ImgRequest
+from latentstudio.core import FieldError
 
 R = TypeVar("R", bound=GenerationRequest)
 Cast = Callable[[object], object]
@@ -134,7 +134,7 @@ def _settings(parsed: Mapping[str, object], current: Mapping[str, opts.Value]) -
 def apply_infotext(req: R, current: Mapping[str, opts.Value]) -> R:
     """``req`` with its ``infotext`` pasted (unchanged when there is none); ``current``: the stored options.
 
-    Raises :class:`InputError` (field ``infotext``) when a value cannot be converted or breaks a limit.
+    Raises :class:`FieldError` (field ``infotext``) when a value cannot be converted or breaks a limit.
     """
     if not req.infotext:
         return req
@@ -143,7 +143,7 @@ def apply_infotext(req: R, current: Mapping[str, opts.Value]) -> R:
         updates = _fields(parsed, req)
         pasted = _settings(parsed, current)
     except ValueError as e:
-        raise InputError("infotext", f"a value cannot be used: {e}") from None
+        raise FieldError("infotext", f"a value cannot be used: {e}") from None
     overrides = {**pasted, **(req.override_settings or {})}
     data = {**req.model_dump(), **updates, "override_settings": overrides or req.override_settings}
     try:
@@ -151,4 +151,4 @@ def apply_infotext(req: R, current: Mapping[str, opts.Value]) -> R:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        raise InputError("infotext", f"pasted {where}: {first.get('msg', 'invalid')}") from None
+        raise FieldError("infotext", f"pasted {where}: {first.get('msg', 'invalid')}") from None

@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from latentstudio.api.common import ExtrasBase, extras_spec
-from latentstudio.api.errors import InputError
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
@@ -38,7 +37,8 @@ from latentstudio.api.sdapi.models import (
 )
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.api.state import Services, ServicesDep
-from latentstudio.jobs import JobRecord, JobSpec, JobSpecError, JobStatus
+from latentstudio.core import FieldError
+from latentstudio.jobs import JobRecord, JobSpec, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
 T = TypeVar("T")
@@ -88,8 +88,8 @@ def _queue(
     prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images, mask)
     try:
         record = svc.jobs.submit(prepared.spec)
-    except JobSpecError as e:  # the models the spec names, checked by the service: A1111's field names
-        raise InputError(request_field(e.field), str(e).split(": ", 1)[-1]) from None
+    except FieldError as e:  # the models the spec names, checked by the service: A1111's field names
+        raise FieldError(request_field(e.field), e.message) from None
     store.update(prepared.persist)
     return prepared, record.id, req
 
@@ -167,7 +167,7 @@ async def extra_single_image(
 async def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> ExtrasBatchResponse | JSONResponse:
     """One extras job for all the images, processed in order with the same options."""
     if not req.imageList:
-        raise InputError("imageList", "no images to process")
+        raise FieldError("imageList", "no images to process")
     limit = svc.settings.max_image_pixels
 
     def decode() -> list[Image.Image]:
