@@ -48,7 +48,7 @@ MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
     "cli": f"{_BOTTOM} pipeline train server",  # generate runs the pipeline directly; serve via server
 }
 
-_BASE = {"core", "config", "storage"}
+_BASE = {"core", "config", "storage", "asgi"}  # asgi: middleware helpers, base too
 _API_SHARED = {"errors", "imageio", "state", "security", "common"}
 
 

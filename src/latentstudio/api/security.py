@@ -13,7 +13,9 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from latentstudio.asgi import replay_body
 
 
 class CredentialsError(ValueError):
@@ -125,20 +127,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # after the body: disconnect notifications
-
-    return replay
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -22,6 +22,8 @@ from gradio.route_utils import API_PREFIX
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from latentstudio.asgi import replay_body
+
 # The POST routes that name an event: by api_name in the path, or by fn_index in the body
 _NAMED = re.compile(rf"^{re.escape(API_PREFIX)}/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)/?$")
 _DIRECT = ("run", "api")  # the routes that answer with the event's result (or its error) in the response
@@ -82,7 +84,7 @@ class EventRouteGuard:
             await answer(scope, receive, send)
             return
         direct = named is not None and named["route"] in _DIRECT
-        await self.app(scope, _replay(body, receive), _refusals_as_422(send) if direct else send)
+        await self.app(scope, replay_body(body, receive), _refusals_as_422(send) if direct else send)
 
     def _api_names(self) -> set[str]:
         return {fn.api_name for fn in self.blocks.fns.values() if isinstance(fn.api_name, str)}
@@ -137,20 +139,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives ``body`` once, then what the client sends next (its disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 __all__ = ["EventRouteGuard", "validation_error"]
