@@ -102,6 +102,35 @@ def model_card(
 ) -> str:
     """The built-in model's card (Markdown): architecture, file, the exact configs, loss curves and the
     ``eval shapes`` accuracy ``accuracy`` (:meth:`Accuracy.as_dict`) (sampling settings below)."""
+    return (
+        _CARD_INTRO
+        + _file_section(checkpoint)
+        + _training_section(recipe, notes)
+        + _evaluation_section(accuracy, steps=steps, sampler=sampler, cfg_scale=cfg_scale)
+        + _CARD_LIMITS
+    )
+
+
+_CARD_INTRO = """# latentstudio-shapes — the built-in model
+
+A tiny text-to-image latent diffusion model of flat shapes, trained from scratch on the procedural
+shapes set (`latentstudio.train.shapes`: circle, square, triangle, star; 8 colours; 3 sizes; 9 positions;
+a background of another colour). It ships so that `latentstudio serve` and `latentstudio generate` make real
+pictures on a fresh install with no download. It is the default only when the models folder has no
+checkpoint (`Settings.builtin_model`, on by default).
+
+"""
+
+_CARD_LIMITS = """## Limits
+
+It draws one flat shape on a flat background at 64 × 64 and knows only the words of its captions; anything
+else gives a plausible-looking shape picture. Not a general model; meant for trying the product, for tests
+and as a training example.
+"""
+
+
+def _parameter_counts(checkpoint: Path) -> tuple[int, int, int, int]:
+    """``(tensor count, UNet, VAE, text encoder parameters)`` of a single-file checkpoint, from its header."""
     from safetensors import safe_open
 
     with safe_open(str(checkpoint), "pt") as f:
@@ -112,26 +141,16 @@ def model_card(
                 if key.startswith(prefix):
                     counts[prefix] += _numel(f.get_slice(key).get_shape())
     unet, vae, text = counts.values()
+    return len(keys), unet, vae, text
+
+
+def _file_section(checkpoint: Path) -> str:
+    """The card's ``## File`` section: size, layout and parameter counts of ``checkpoint``."""
+    tensors, unet, vae, text = _parameter_counts(checkpoint)
     size_mb = checkpoint.stat().st_size / 1e6
-    vae_cfg = json.dumps(dataclasses.asdict(recipe.vae), indent=2)
-    model_cfg = json.dumps(dataclasses.asdict(recipe.model), indent=2)
+    return f"""## File
 
-    def curve(run: str) -> str:
-        rows = loss_curve(Path(run))
-        return "\n".join(f"| {step} | {loss:.4f} |" for step, loss in rows)
-
-    n = int(accuracy["count"])
-    return f"""# latentstudio-shapes — the built-in model
-
-A tiny text-to-image latent diffusion model of flat shapes, trained from scratch on the procedural
-shapes set (`latentstudio.train.shapes`: circle, square, triangle, star; 8 colours; 3 sizes; 9 positions;
-a background of another colour). It ships so that `latentstudio serve` and `latentstudio generate` make real
-pictures on a fresh install with no download. It is the default only when the models folder has no
-checkpoint (`Settings.builtin_model`, on by default).
-
-## File
-
-- `{checkpoint.name}`: {size_mb:.2f} MB, fp16, SD1 single-file (LDM) layout, {len(keys)} tensors; the
+- `{checkpoint.name}`: {size_mb:.2f} MB, fp16, SD1 single-file (LDM) layout, {tensors} tensors; the
   architecture (diffusers / transformers configs, JSON only) in the safetensors metadata
   `latentstudio.architecture`, so the ordinary checkpoint loader builds it from the file alone.
 - UNet {unet / 1e6:.2f} M parameters (cross-attention, SD1 blocks), VAE {vae / 1e6:.2f} M (AutoencoderKL,
@@ -139,7 +158,19 @@ checkpoint (`Settings.builtin_model`, on by default).
   tokenizer, 49 408 × 64 token embeddings — most of it).
 - Native size 64 × 64 (8 × 8 latents); ε-prediction on SD's scaled-linear schedule (1000 steps).
 
-## How it was trained
+"""
+
+
+def _curve_rows(run_dir: str) -> str:
+    """A run's :func:`loss_curve` as Markdown table rows ``| step | loss |``."""
+    return "\n".join(f"| {step} | {loss:.4f} |" for step, loss in loss_curve(Path(run_dir)))
+
+
+def _training_section(recipe: ShapesRecipe, notes: str) -> str:
+    """The card's ``## How it was trained`` section: both stages' configs (JSON) and loss curves."""
+    vae_cfg = json.dumps(dataclasses.asdict(recipe.vae), indent=2)
+    model_cfg = json.dumps(dataclasses.asdict(recipe.model), indent=2)
+    return f"""## How it was trained
 
 `latentstudio train shapes --output-dir runs/shapes --ship` runs the two stages below (each resumable) and
 copies the checkpoint here. Data: pure functions of (seed, index), nothing downloaded; VAE data seed
@@ -153,7 +184,7 @@ copies the checkpoint here. Data: pure functions of (seed, index), nothing downl
 
 | step | loss (L1 + L2 + KL) |
 |---|---|
-{curve(recipe.vae.output_dir)}
+{_curve_rows(recipe.vae.output_dir)}
 
 ### Stage 2: UNet + text encoder (`train model`)
 
@@ -163,9 +194,15 @@ copies the checkpoint here. Data: pure functions of (seed, index), nothing downl
 
 | step | loss (min-SNR-weighted ε MSE) |
 |---|---|
-{curve(recipe.model.output_dir)}
+{_curve_rows(recipe.model.output_dir)}
 
-## Evaluation (`latentstudio eval shapes --subset {n}`)
+"""
+
+
+def _evaluation_section(accuracy: dict[str, float], *, steps: int, sampler: str, cfg_scale: float) -> str:
+    """The card's ``## Evaluation`` section: the ``eval shapes`` accuracy and the sampling settings."""
+    n = int(accuracy["count"])
+    return f"""## Evaluation (`latentstudio eval shapes --subset {n}`)
 
 {n} fixed prompts naming every attribute (prompt *i* uses seed *i*), {steps} steps
 {sampler}, CFG {cfg_scale}, read by the deterministic
@@ -178,11 +215,6 @@ pixel classifier of `latentstudio.train.eval_shapes` (exact on the generator's o
 Goal (issue 8): foreground ≥ 95 %, background ≥ 95 %, shape ≥ 85 %. CI checks a smaller subset
 (tests/test_builtin_model.py).
 
-## Limits
-
-It draws one flat shape on a flat background at 64 × 64 and knows only the words of its captions; anything
-else gives a plausible-looking shape picture. Not a general model; meant for trying the product, for tests
-and as a training example.
 """
 
 
