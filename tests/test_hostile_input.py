@@ -28,7 +28,10 @@ from latentstudio.api.sdapi.models import Img2ImgRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.config import Settings
 from latentstudio.core import FieldError
-from latentstudio.prompts.parser import PromptError, check_prompt, extract_networks, parse_attention
+from latentstudio.prompts.attention import parse_attention
+from latentstudio.prompts.errors import PromptError
+from latentstudio.prompts.networks import extract_networks
+from latentstudio.prompts.parser import check_prompt
 from tests.serving import Served, serve
 
 KEYS = [

@@ -16,21 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latentstudio.prompts.parser import (
-    MAX_PROMPT_CHARS,
-    HypernetTag,
-    LoraTag,
-    PromptError,
-    extract_networks,
-    hypernet_tags,
-    lora_tags,
-    multicond_prompt_list,
-    parse_attention,
-    prompt_schedules,
-    schedules,
-    split_and,
-    strip_comments,
-)
+from latentstudio.prompts.attention import parse_attention
+from latentstudio.prompts.editing import prompt_schedules, schedules
+from latentstudio.prompts.errors import MAX_PROMPT_CHARS, PromptError
+from latentstudio.prompts.networks import HypernetTag, LoraTag, extract_networks, hypernet_tags, lora_tags
+from latentstudio.prompts.parser import multicond_prompt_list, split_and, strip_comments
 
 
 def g(prompt: str, steps: int = 10, hires: int | None = None, old: bool = False) -> list[list[object]]:

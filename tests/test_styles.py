@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from latentstudio.prompts.parser import PromptError
+from latentstudio.prompts.errors import PromptError
 from latentstudio.prompts.styles import (
     Style,
     apply_styles,

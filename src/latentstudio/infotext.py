@@ -30,7 +30,8 @@ from typing import TypeVar
 
 from packaging import version as pkg_version
 
-from latentstudio.prompts.parser import PromptError, parse_attention
+from latentstudio.prompts.attention import parse_attention
+from latentstudio.prompts.errors import PromptError
 
 _log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from enum import IntEnum
 from PIL import Image
 
 from latentstudio.core import FieldError
-from latentstudio.prompts.parser import PromptError, check_prompt
+from latentstudio.prompts.errors import PromptError
+from latentstudio.prompts.parser import check_prompt
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULERS, resolve_sampler
 from latentstudio.samplers.noise import RngSource, resolve_seed
 

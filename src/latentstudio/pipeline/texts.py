@@ -18,7 +18,9 @@ from latentstudio.models.lora import LoraRequest
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.prompts.chunks import EmbeddingFinder
 from latentstudio.prompts.conditioning import ConditioningCache, Emphasis, TextOptions, encode_prompts
-from latentstudio.prompts.parser import extract_networks, lora_tags, schedules, split_and, strip_comments
+from latentstudio.prompts.editing import schedules
+from latentstudio.prompts.networks import extract_networks, lora_tags
+from latentstudio.prompts.parser import split_and, strip_comments
 from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.wrappers import ScheduledConditioning
 

@@ -26,8 +26,8 @@ import torch
 from latentstudio.core import Conditioning
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
+from latentstudio.prompts.attention import parse_attention
 from latentstudio.prompts.chunks import Chunk, EmbeddingFinder, SpecialTokens, token_target, tokenize_line
-from latentstudio.prompts.parser import parse_attention
 
 
 class Emphasis(StrEnum):

@@ -12,15 +12,12 @@ from __future__ import annotations
 from typing import cast
 
 from latentstudio.models.tokenizer import clip_tokenizer
+from latentstudio.prompts.attention import parse_attention
 from latentstudio.prompts.chunks import SpecialTokens, token_target, tokenize_line
-from latentstudio.prompts.parser import (
-    PromptError,
-    extract_networks,
-    parse_attention,
-    schedules,
-    split_and,
-    strip_comments,
-)
+from latentstudio.prompts.editing import schedules
+from latentstudio.prompts.errors import PromptError
+from latentstudio.prompts.networks import extract_networks
+from latentstudio.prompts.parser import split_and, strip_comments
 
 
 def count_tokens(prompt: str, steps: int = 20) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from latentstudio.prompts.parser import PromptError
+from latentstudio.prompts.errors import PromptError
 
 PLACEHOLDER = "{prompt}"
 

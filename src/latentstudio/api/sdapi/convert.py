@@ -25,7 +25,8 @@ from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
-from latentstudio.prompts.parser import PromptError, extract_networks
+from latentstudio.prompts.errors import PromptError
+from latentstudio.prompts.networks import extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
 from latentstudio.samplers import SAMPLER_INFO, resolve_sampler, resolve_scheduler
 from latentstudio.samplers.noise import RngSource
