@@ -13,16 +13,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from latentstudio.models.embeddings import (
+from latentstudio.models.embedding_files import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     Embedding,
-    EmbeddingDatabase,
-    clip_token_ids,
     read_embedding,
     scan_embeddings,
-    ti_hashes,
 )
+from latentstudio.models.embeddings import EmbeddingDatabase, clip_token_ids, ti_hashes
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.hashes import HashCache
 

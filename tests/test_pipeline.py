@@ -279,7 +279,8 @@ def test_and_parts_comments_and_unknown_networks(sd1: loader.Components) -> None
 def test_textual_inversion_changes_the_image_and_records_its_hash(sd1: loader.Components) -> None:
     from pathlib import Path
 
-    from latentstudio.models.embeddings import Embedding, EmbeddingDatabase
+    from latentstudio.models.embedding_files import Embedding
+    from latentstudio.models.embeddings import EmbeddingDatabase
 
     vectors = {"text_encoder": torch.randn(2, 64, generator=torch.Generator().manual_seed(1))}
     embedding = Embedding("shinystyle", vectors, Path("shinystyle.pt"), hash="0123456789ab")

@@ -12,7 +12,8 @@ from functools import partial
 import torch
 
 from latentstudio.core import Conditioning
-from latentstudio.models.embeddings import Embedding, EmbeddingDatabase, ti_hashes
+from latentstudio.models.embedding_files import Embedding
+from latentstudio.models.embeddings import EmbeddingDatabase, ti_hashes
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import LoraRequest
 from latentstudio.pipeline.params import GenerationParams
