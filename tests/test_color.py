@@ -131,5 +131,5 @@ def test_inpainting_with_correction_keeps_unmasked_pixels(sd1: loader.Components
 
 def test_color_correction_is_img2img_only() -> None:
     with pytest.raises(FieldError, match="img2img option") as info:
-        GenerationParams(prompt="x", color_correction=True).validate()
+        GenerationParams(prompt="x", color_correction=True).resolved()
     assert info.value.field == "color_correction"

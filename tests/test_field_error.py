@@ -47,7 +47,7 @@ def test_a_field_error_from_the_pipeline_reaches_a_client_as_that_422() -> None:
 
     @app.post("/check")
     async def check() -> None:
-        GenerationParams(prompt="a", steps=0).validate()
+        GenerationParams(prompt="a", steps=0).resolved()
 
     with TestClient(app) as client:
         answer = client.post("/check")

@@ -106,5 +106,5 @@ def test_infotext_keys_in_a1111_order() -> None:
 )
 def test_bad_hires_fields_name_the_field(kw: dict[str, object], field: str, message: str) -> None:
     with pytest.raises(FieldError, match=message) as info:
-        _params(**kw).validate()
+        _params(**kw).resolved()
     assert info.value.field == field

@@ -123,8 +123,10 @@ def test_infotext_records_resolved_schedule_and_variation(sd1: loader.Components
     parsed = infotext.parse(result.infotexts[0])
     assert parsed["Schedule type"] == "Karras"  # A1111 writes what Automatic resolved to
     assert (parsed["Variation seed"], parsed["Variation seed strength"]) == ("5", "0.3")
-    combined = _params(sampler="DPM++ 2M Karras")
-    assert (combined.sampler, combined.scheduler) == ("DPM++ 2M", "Karras")
+    combined = _params(sampler="DPM++ 2M Karras")  # A1111: the sampler's own schedule is "Automatic"
+    assert (combined.sampler, combined.scheduler) == ("DPM++ 2M", "Automatic")
+    other = _params(sampler="DPM++ 2M Exponential", scheduler="Karras")  # a schedule in the name wins
+    assert (other.sampler, other.scheduler) == ("DPM++ 2M", "Exponential")
 
 
 def test_variation_and_seed_resize_change_the_image(sd1: loader.Components) -> None:
@@ -248,7 +250,7 @@ def test_bad_parameters_name_the_field_and_the_allowed_values(
     field: str, value: object, message: str
 ) -> None:
     with pytest.raises(FieldError, match=message) as info:
-        GenerationParams(**{"prompt": "x", field: value}).validate()  # type: ignore[arg-type]
+        GenerationParams(**{"prompt": "x", field: value}).resolved()  # type: ignore[arg-type]
     assert info.value.field == field
 
 
@@ -459,12 +461,12 @@ def test_outpainting_grows_the_canvas_and_keeps_the_original(sd1: loader.Compone
 
 
 def test_decode_tiles_when_memory_is_short(sd1: loader.Components, monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentstudio.pipeline import run as run_module
+    from latentstudio.pipeline import vae as vae_module
 
     latents = torch.randn(1, 4, 40, 40, generator=torch.Generator().manual_seed(0))
-    whole = run_module._decode(sd1, latents)
-    monkeypatch.setattr(run_module, "_free_memory", lambda _device: 2_000_000)  # forces 16–24 px tiles
-    tiled = run_module._decode(sd1, latents)
+    whole = vae_module.decode(sd1, latents)
+    monkeypatch.setattr(vae_module, "free_memory", lambda _device: 2_000_000)  # forces 16–24 px tiles
+    tiled = vae_module.decode(sd1, latents)
     assert tiled.shape == whole.shape == (1, 3, 320, 320)
     assert not torch.equal(tiled, whole)  # the tiled path ran
     assert (tiled - whole).abs().mean() < 0.05  # per-tile GroupNorm statistics: a small, smooth difference

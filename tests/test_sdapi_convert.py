@@ -13,13 +13,12 @@ from latentstudio.api.sdapi.convert import (
     CheckpointRef,
     ServerCatalog,
     echo,
-    flatten,
     prepare,
-    sampler_and_scheduler,
 )
 from latentstudio.api.sdapi.models import Img2ImgRequest, Txt2ImgRequest
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind
+from latentstudio.pipeline.images import flatten
 from latentstudio.prompts.styles import Style
 from latentstudio.samplers.noise import RngSource
 
@@ -119,7 +118,10 @@ def test_default_job_is_euler_50_steps_cfg_7_at_512() -> None:
 def test_sampler_resolution(
     name: str | None, index: str, scheduler: str | None, expected: tuple[str, str]
 ) -> None:
-    assert sampler_and_scheduler(name, index, scheduler) == expected
+    params = prepare(
+        _txt(sampler_name=name, sampler_index=index, scheduler=scheduler), STORED, CATALOG
+    ).spec.params
+    assert (params.sampler, params.scheduler) == expected
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
         from latentstudio.pipeline.hires import HiresModel, check_model
         from latentstudio.pipeline.infotexts import model_identity
-        from latentstudio.pipeline.params import GenerationParams
+        from latentstudio.pipeline.params import GenerationParams, Policy
         from latentstudio.samplers.noise import RngSource
 
     try:
@@ -199,31 +199,28 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     except ValueError:
         raise _refused(FieldError("--rng", f"{rng!r} is not one of cpu, gpu, nv")) from None
     try:
-        image = Image.open(init_image).convert("RGB") if init_image is not None else None
-        mask_image = Image.open(mask) if mask is not None else None
-        params = GenerationParams(
-            prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
-            cfg_scale=cfg_scale, seed=seed, width=width or 512, height=height or 512, batch_size=batch_size,
-            n_iter=n_iter, clip_skip=clip_skip, rng=source, init_image=image,
-            denoising_strength=denoising_strength, mask=mask_image, mask_blur=mask_blur, hr_scale=hr_scale,
-            enable_hr=hr_scale != 1.0, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps,
-            hr_checkpoint=hr_checkpoint, color_correction=color_correction,
-        )  # fmt: skip
-        params.validate()  # before any model work
-        if hr_checkpoint is not None and not params.enable_hr:
-            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
         settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
         manager = ModelManager(settings)
         info = manager.default_checkpoint() if model is None else manager.find(model)
+        native = manager.family(info).native_size  # from the file's header: nothing is loaded yet
+        params = GenerationParams(
+            prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
+            cfg_scale=cfg_scale, seed=seed, width=width or native, height=height or native,
+            batch_size=batch_size, n_iter=n_iter, clip_skip=clip_skip, rng=source,
+            init_image=Image.open(init_image) if init_image is not None else None,
+            denoising_strength=denoising_strength, mask=Image.open(mask) if mask is not None else None,
+            mask_blur=mask_blur, hr_scale=hr_scale, enable_hr=hr_scale != 1.0, hr_upscaler=hr_upscaler,
+            hr_second_pass_steps=hr_steps, hr_checkpoint=hr_checkpoint, color_correction=color_correction,
+        ).resolved(Policy(max_side=settings.max_side))  # fmt: skip
+        if hr_checkpoint is not None and not params.enable_hr:
+            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
         components = manager.load(info)
-        native = components.info.native_size
-        params = dataclasses.replace(params, width=width or native, height=height or native).resolved()
         hires_model = None
         if hr_checkpoint is not None:
             hr_info = manager.find(hr_checkpoint)
             hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
             check_model(params, components, hires_model)  # the same family
-    except FieldError as e:  # a parameter (GenerationParams.validate) or an option the pipeline refuses
+    except FieldError as e:  # a parameter (GenerationParams.resolved) or an option the pipeline refuses
         raise _refused(e) from None
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None

@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The hard limits of one request: every door's schema and the one parameter builder
+# (pipeline.params.GenerationParams.resolved) use these.
+MAX_SIDE = 2048  # largest width, height or hires target side of a request (Settings.max_side may lower it)
+MAX_STEPS = 150  # sampling steps of one pass
+MAX_IMAGES = 64  # batch_size, n_iter (and their product) of one request; images of one extras job
+
 if TYPE_CHECKING:  # torch is imported by the functions that need it: commands without models never load it
     import torch
 
@@ -66,7 +72,12 @@ class Settings(BaseSettings):
     preview_every: int = Field(
         default=5, ge=0, le=1000, description="Step events carry a small preview every N steps (0: never)."
     )
-    max_side: int = Field(default=2048, ge=64, le=2048, description="Largest width/height a request may ask.")
+    max_side: int = Field(
+        default=MAX_SIDE,
+        ge=64,
+        le=MAX_SIDE,
+        description="Largest width/height (hires target too) a request may ask.",
+    )
     max_body_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     max_image_pixels: int = Field(
         default=40_000_000, ge=1, le=89_478_485, description="Largest decoded input image (pixels)."

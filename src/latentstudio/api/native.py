@@ -36,7 +36,7 @@ from latentstudio.api.schemas import (
 from latentstudio.api.state import Services, ServicesDep
 from latentstudio.core import FieldError
 from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobStatus
-from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, Policy, ResizeMode
 from latentstudio.samplers.noise import RngSource
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -50,9 +50,6 @@ def job_spec(
     """A validated request → a frozen spec with every default and both seeds resolved; a size left out is
     ``native_size`` (the checkpoint's)."""
     width, height = payload.width or native_size, payload.height or native_size
-    for field, value in (("width", width), ("height", height)):
-        if value > max_side:
-            raise FieldError(field, f"must be at most {max_side} on this server")
     init = None
     extra: dict[str, object] = {}
     if isinstance(payload, Img2ImgJob):
@@ -86,7 +83,7 @@ def job_spec(
         clip_skip=payload.clip_skip, eta=payload.eta, s_noise=payload.s_noise, rng=RngSource(payload.rng),
         eta_noise_seed_delta=payload.eta_noise_seed_delta, emphasis=payload.emphasis, init_image=init,
         **extra,  # type: ignore[arg-type]
-    ).resolved()  # fmt: skip
+    ).resolved(Policy(max_side=max_side))  # fmt: skip
     kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
     return JobSpec(kind, params, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
 

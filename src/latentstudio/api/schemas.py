@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from latentstudio.api.common import Base64Image, ExtrasBase
+from latentstudio.config import MAX_IMAGES, MAX_SIDE, MAX_STEPS
 from latentstudio.jobs import JobKind, JobStatus
 
 MAX_PROMPT = 20_000
-MAX_IMAGES = 64
-Side = Annotated[int, Field(ge=8, le=2048, multiple_of=8, description="Pixels, a multiple of 8.")]
+Side = Annotated[int, Field(ge=8, le=MAX_SIDE, multiple_of=8, description="Pixels, a multiple of 8.")]
 # A size left out (or null) is the checkpoint's native one: 64 for the built-in model, 512 for SD1, 768 for
 # SD2-v, 1024 for SDXL (A1111's /sdapi/v1 keeps its fixed 512 default; clients depend on it).
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (the job records the one used).")]
@@ -33,13 +33,13 @@ class GenerationFields(BaseModel):
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT)
     sampler: Name = Field(default="DPM++ 2M", description="A1111 sampler name, e.g. 'Euler a'.")
     scheduler: Name = Field(default="Automatic", description="A1111 schedule type, e.g. 'Karras'.")
-    steps: int = Field(default=20, ge=1, le=150)
+    steps: int = Field(default=20, ge=1, le=MAX_STEPS)
     cfg_scale: Finite = Field(default=7.0, ge=0.0, le=100.0)
     seed: Seed = -1
     subseed: Seed = -1
     subseed_strength: Finite = Field(default=0.0, ge=0.0, le=1.0)
-    seed_resize_from_w: int = Field(default=0, ge=0, le=2048)
-    seed_resize_from_h: int = Field(default=0, ge=0, le=2048)
+    seed_resize_from_w: int = Field(default=0, ge=0, le=MAX_SIDE)
+    seed_resize_from_h: int = Field(default=0, ge=0, le=MAX_SIDE)
     width: Side | None = Field(default=None, description="null: the checkpoint's native size.")
     height: Side | None = Field(default=None, description="null: the checkpoint's native size.")
     batch_size: int = Field(default=1, ge=1, le=MAX_IMAGES)
@@ -70,10 +70,14 @@ class HiresFields(BaseModel):
     scale: Finite = Field(
         default=2.0, ge=1.0, le=8.0, description="Upscale by (ignored when resize_x/y set)."
     )
-    resize_x: int = Field(default=0, ge=0, le=2048, description="Target width (0: from the aspect ratio).")
-    resize_y: int = Field(default=0, ge=0, le=2048, description="Target height (0: from the aspect ratio).")
+    resize_x: int = Field(
+        default=0, ge=0, le=MAX_SIDE, description="Target width (0: from the aspect ratio)."
+    )
+    resize_y: int = Field(
+        default=0, ge=0, le=MAX_SIDE, description="Target height (0: from the aspect ratio)."
+    )
     upscaler: Name = Field(default="Latent", description="A latent mode ('Latent', …) or a pixel upscaler.")
-    steps: int = Field(default=0, ge=0, le=150, description="Second-pass steps (0: as the first pass).")
+    steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="Second-pass steps (0: as the first pass).")
     sampler: Name | None = Field(default=None, description="Second-pass sampler (null: the first pass's).")
     scheduler: Name | None = Field(default=None, description="Second-pass schedule (null: the first's).")
     prompt: str = Field(default="", max_length=MAX_PROMPT, description="'' means the first pass's prompt.")
@@ -108,7 +112,7 @@ class Img2ImgJob(GenerationFields):
     mask_blur: int = Field(default=4, ge=0, le=64)
     inpainting_fill: int = Field(default=1, ge=0, le=3, description="0 fill, 1 original, 2 noise, 3 nothing.")
     inpaint_full_res: bool = Field(default=False, description="Only masked: process the mask's crop.")
-    inpaint_full_res_padding: int = Field(default=32, ge=0, le=2048)
+    inpaint_full_res_padding: int = Field(default=32, ge=0, le=MAX_SIDE)
     inpainting_mask_invert: bool = False
     color_correction: bool = Field(
         default=False, description="Match the output's colours to the init image's (A1111 colour correction)."

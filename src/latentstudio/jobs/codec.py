@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from latentstudio.pipeline.images import png_bytes, read_infotext
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.pipeline.params import GenerationParams, ResolvedParams
 from latentstudio.postprocess.extras import ExtrasOptions
 
 _EXTRAS_IMAGE = "images."  # input field prefix of an extras job's images (then the index)
@@ -41,12 +41,12 @@ def params_to_json(params: GenerationParams | ExtrasOptions) -> str:
     return json.dumps(data, ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
-def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None) -> GenerationParams:
+def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None) -> ResolvedParams:
     """The inverse of :func:`params_to_json` plus :func:`input_pngs` (decoded); fields missing from older
-    rows take their defaults."""
+    rows take their defaults. The store holds only resolved parameters, so they come back as such."""
     values = _values(GenerationParams, text, set(images or {}))
     values.update(images or {})
-    return GenerationParams(**values)
+    return ResolvedParams(**values)
 
 
 def extras_from_json(text: str) -> ExtrasOptions:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from PIL import Image
 
 from latentstudio.core import FieldError
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.pipeline.params import ResolvedParams
 from latentstudio.postprocess.extras import ExtrasOptions
 
 VAE_AUTOMATIC = "Automatic"
@@ -68,14 +68,14 @@ class QueueFullError(JobError):
 class JobSpec:
     """Everything that determines a job's output, with every default and the seed resolved.
 
-    ``params`` must be :meth:`GenerationParams.resolved` (the service checks the seeds are fixed).
+    ``params``: made by :meth:`GenerationParams.resolved`, the one place a request is validated.
     ``checkpoint``: a :meth:`ModelManager.find` query among discovered checkpoints, ``None`` = the
     server default. ``vae``: ``Automatic``, ``None`` or a VAE name from ``ModelManager.vaes``.
     Every job's PNGs are written to the data dir and indexed (the A1111 layer reads them back).
     """
 
     kind: JobKind
-    params: GenerationParams
+    params: ResolvedParams
     checkpoint: str | None = None
     vae: str = VAE_AUTOMATIC
     source: str = "api"  # who submitted it ("api", "sdapi", "ui"): shown in listings only
@@ -87,9 +87,8 @@ class JobSpec:
             raise FieldError(
                 "init_image", f"a {self.kind} job {'needs' if self.params.is_img2img else 'has'}"
             )
-        for name in ("seed", "subseed"):
-            if getattr(self.params, name) < 0:
-                raise FieldError(name, "must be resolved (GenerationParams.resolved()) before queueing")
+        if not isinstance(self.params, ResolvedParams):
+            raise TypeError("a JobSpec takes GenerationParams.resolved(), not a GenerationParams")
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class JobService:
 
     # -- submitting ------------------------------------------------------------------------------------
     def submit(self, spec: AnySpec) -> JobRecord:
-        """Queue a job; raises :class:`FieldError` (unknown checkpoint/VAE/upscaler, bad parameters, a
+        """Queue a job; raises :class:`FieldError` (unknown checkpoint/VAE/upscaler, a
         too large extras result) or :class:`QueueFullError`. The job is durable once this returns."""
         if isinstance(spec, ExtrasSpec):
             check_extras(
@@ -123,8 +123,7 @@ class JobService:
             )
             inputs = extras_input_pngs(spec.images)
         else:
-            spec.params.validate()  # a FieldError naming the parameter
-            self._check_models(spec)
+            self._check_models(spec)  # the parameters themselves were checked by GenerationParams.resolved
             inputs = input_pngs(spec.params)
         record = JobRecord(uuid.uuid4().hex, JobStatus.QUEUED, spec, self.clock())
         if not self.store.insert(record, inputs, max_queued=self.settings.max_queue):

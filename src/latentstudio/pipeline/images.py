@@ -34,6 +34,18 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
+def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """An init image as RGB: A1111 ``images.flatten`` composites a transparent image onto
+    ``img2img_background_color`` (``background``, "#rrggbb"); any mode with transparency is composited
+    (LA and palette images too, which A1111 converts with their hidden colours showing)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background)
+        canvas.paste(rgba, mask=rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
 def from_pil(image: Image.Image) -> torch.Tensor:
     """RGB PIL image → ``[1, 3, H, W]`` float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0

@@ -195,22 +195,12 @@ class Prepared:
     warnings: list[str]
 
 
-def flatten(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """A1111 ``images.flatten``: transparent init images over ``img2img_background_color`` (white)."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (*background, 255))
-        base.alpha_composite(rgba)
-        return base.convert("RGB")
-    return image.convert("RGB")
-
-
 def prepare(params: GenerationParams) -> Prepared:
     """A1111 ``StableDiffusionProcessingImg2Img.init`` for one init image: mask (alpha or greyscale,
     inverted, blurred), "only masked" crop or whole picture, the overlay, and the masked-content fill."""
     assert params.init_image is not None
     width, height = params.width, params.height
-    init = flatten(params.init_image)
+    init = params.init_image  # flattened to RGB by GenerationParams.resolved
     if params.mask is None:
         if params.resize_mode is not ResizeMode.LATENT_UPSCALE:
             init = resize_image(init, width, height, params.resize_mode)

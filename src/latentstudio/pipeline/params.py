@@ -1,7 +1,13 @@
-"""GenerationParams: one frozen description of a txt2img / img2img request, validated at the edge.
+"""GenerationParams: one frozen description of a txt2img / img2img request, and its one builder.
 
-Defaults are A1111's UI defaults (DPM++ 2M, Automatic schedule, 20 steps, CFG 7, 512×512). ``validate``
-raises :class:`FieldError` naming the field and the allowed values before any model work happens.
+Every door (the A1111 API, the native API, the CLI, the UI through the A1111 converter) fills a
+:class:`GenerationParams` in its own vocabulary and calls :meth:`GenerationParams.resolved` once, with the
+server's :class:`Policy`: that validates every field (a :class:`FieldError` naming it and the allowed values,
+before any model work), resolves sampler and schedule names, both seeds and the sampler-specific options,
+and flattens a transparent init image. The result, a :class:`ResolvedParams`, is what the job service, the
+worker and :func:`~latentstudio.pipeline.run.run` take as it is; they never validate again.
+
+Defaults are A1111's UI defaults (DPM++ 2M, Automatic schedule, 20 steps, CFG 7, 512×512).
 """
 
 from __future__ import annotations
@@ -13,16 +19,35 @@ from enum import IntEnum
 
 from PIL import Image
 
+from latentstudio.config import MAX_IMAGES, MAX_SIDE, MAX_STEPS
 from latentstudio.core import FieldError
+from latentstudio.pipeline.images import flatten
 from latentstudio.prompts.errors import PromptError
 from latentstudio.prompts.parser import check_prompt
-from latentstudio.samplers import SAMPLER_INFO, SCHEDULERS, resolve_sampler
+from latentstudio.samplers import (
+    SAMPLER_INFO,
+    SCHEDULERS,
+    resolve_sampler,
+    resolve_scheduler,
+    sampler_and_scheduler,
+)
 from latentstudio.samplers.noise import RngSource, resolve_seed
 
-MAX_SIDE = 2048
-MAX_STEPS = 150
 SAMPLER_NAMES = tuple(SAMPLER_INFO)
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # prompts.conditioning.Emphasis values
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the server decides for every request it resolves: its size limit (``Settings.max_side``) and
+    the A1111 options that fill fields a request leaves out (``eta_ddim``/``eta_ancestral``: the eta of
+    timestep / other samplers when ``eta`` is None, None keeping the sampler's own; ``background``:
+    ``img2img_background_color``, what a transparent init image is flattened onto)."""
+
+    max_side: int = MAX_SIDE
+    eta_ddim: float | None = None
+    eta_ancestral: float | None = None
+    background: str = "#ffffff"
 
 
 class ResizeMode(IntEnum):
@@ -89,28 +114,36 @@ class GenerationParams:
     def is_img2img(self) -> bool:
         return self.init_image is not None
 
-    def resolved(self) -> GenerationParams:
-        """A copy with -1 seeds replaced by recorded random ones and the sampler name split (A1111 accepts
-        ``DPM++ 2M Karras``)."""
-        self.validate()
-        sampler, scheduler = resolve_sampler(self.sampler)
-        if scheduler is not None and self.scheduler not in ("Automatic", scheduler):
-            raise FieldError("scheduler", f"{self.sampler!r} already names the schedule {scheduler!r}")
-        return dataclasses.replace(
-            self,
-            sampler=sampler,
-            scheduler=scheduler or self.scheduler,
-            seed=resolve_seed(self.seed),
-            subseed=resolve_seed(self.subseed),
-        )
+    def resolved(self, policy: Policy = Policy()) -> ResolvedParams:
+        """The one builder: validated under ``policy``, names resolved, images flattened, seeds fixed.
 
-    def validate(self) -> None:
-        """Raise :class:`FieldError` for the first invalid field."""
-        _check_size("width", self.width)
-        _check_size("height", self.height)
+        ``sampler`` may name its schedule ("DPM++ 2M Karras" wins over ``scheduler``, A1111's rule) and the
+        sampler's own schedule becomes "Automatic"; ``hr_sampler``/``hr_scheduler`` likewise. ``eta`` and
+        ``s_noise`` are kept only for samplers that take them (A1111 ignores them elsewhere, infotext too);
+        a missing ``eta`` is the policy's. -1 seeds become recorded random ones. Raises :class:`FieldError`.
+        """
+        sampler, scheduler = sampler_and_scheduler(self.sampler, self.scheduler)
+        info = SAMPLER_INFO[sampler]
+        eta = self.eta if self.eta is not None else policy.eta_ddim if info.timestep else policy.eta_ancestral
+        hr_sampler, hr_scheduler = self.hr_sampler, self.hr_scheduler
+        if self.enable_hr:
+            hr_sampler, hr_scheduler = _hires_names(hr_sampler, hr_scheduler)
+        init = None if self.init_image is None else flatten(self.init_image, policy.background)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(sampler=sampler, scheduler=scheduler, hr_sampler=hr_sampler, hr_scheduler=hr_scheduler)
+        fields.update(eta=eta if info.takes("eta") else None, init_image=init)
+        fields.update(s_noise=self.s_noise if info.takes("s_noise") else 1.0)
+        resolved = ResolvedParams(**fields)
+        resolved._validate(policy.max_side)
+        return dataclasses.replace(resolved, seed=resolve_seed(self.seed), subseed=resolve_seed(self.subseed))
+
+    def _validate(self, max_side: int) -> None:
+        """Raise :class:`FieldError` for the first invalid field (names already resolved)."""
+        _check_size("width", self.width, max_side)
+        _check_size("height", self.height, max_side)
         _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_int("batch_size", self.batch_size, 1, 64)
-        _check_int("n_iter", self.n_iter, 1, 64)
+        _check_int("batch_size", self.batch_size, 1, MAX_IMAGES)
+        _check_int("n_iter", self.n_iter, 1, MAX_IMAGES)
         _check_int("clip_skip", self.clip_skip, 1, 12)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
@@ -122,10 +155,6 @@ class GenerationParams:
             _check_int(field, getattr(self, field), -1, 2**32 - 1)
         for field in ("seed_resize_from_w", "seed_resize_from_h"):
             _check_int(field, getattr(self, field), 0, MAX_SIDE)
-        try:
-            resolve_sampler(self.sampler)
-        except ValueError as e:
-            raise FieldError("sampler", str(e)) from None
         for field in ("prompt", "negative_prompt"):
             text = getattr(self, field)
             try:
@@ -137,7 +166,7 @@ class GenerationParams:
             except PromptError as e:
                 raise FieldError(field, str(e)) from None
         if self.enable_hr:
-            self._validate_hires()
+            self._validate_hires(max_side)
         if self.mask is not None:
             self._validate_inpainting()
         if self.color_correction and not self.is_img2img:
@@ -158,7 +187,7 @@ class GenerationParams:
         _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
         _check_float("inpainting_mask_weight", self.inpainting_mask_weight, 0.0, 1.0)
 
-    def _validate_hires(self) -> None:
+    def _validate_hires(self, max_side: int) -> None:
         """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""
         if self.is_img2img:
             raise FieldError("enable_hr", "hires fix is a txt2img option; img2img has no second pass")
@@ -170,24 +199,27 @@ class GenerationParams:
             raise FieldError(
                 "hr_checkpoint", "a checkpoint name (at most 1000 characters), or None for the same"
             )
-        for field, name in (("hr_sampler", self.hr_sampler), ("hr_scheduler", self.hr_scheduler)):
-            if name is not None and name not in (SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES):
-                allowed = SCHEDULERS if field == "hr_scheduler" else SAMPLER_NAMES
-                raise FieldError(field, f"unknown {name!r}; allowed: {', '.join(allowed)}")
         for field in ("hr_prompt", "hr_negative_prompt"):
             try:
                 check_prompt(getattr(self, field), self.hr_second_pass_steps or self.steps)
             except PromptError as e:
                 raise FieldError(field, str(e)) from None
         to_x, to_y, _, _ = target_size(self)
-        for field, value in (("hr_scale", to_x), ("hr_scale", to_y)):
-            if not 64 <= value <= MAX_SIDE:
-                raise FieldError(field, f"the hires target {to_x}x{to_y} must be within [64, {MAX_SIDE}]")
+        if not (64 <= to_x <= max_side and 64 <= to_y <= max_side):
+            raise FieldError("hr_scale", f"the hires target {to_x}x{to_y} must be within [64, {max_side}]")
+
+
+@dataclass(frozen=True)
+class ResolvedParams(GenerationParams):
+    """A :class:`GenerationParams` made by :meth:`GenerationParams.resolved` (or read back from the job
+    store, which only holds those): valid, names resolved, seeds fixed, the init image flattened to RGB.
+    The job service, the worker and the pipeline take it as it is. Change one with ``dataclasses.replace``
+    only to call :meth:`~GenerationParams.resolved` on the result."""
 
 
 def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
     """The hires fix's upscaled size, A1111 ``calculate_target_resolution``: ``(to_x, to_y, truncate_x,
-    truncate_y)``. Here, not in :mod:`~latentstudio.pipeline.hires`, because :meth:`GenerationParams.validate`
+    truncate_y)``. Here, not in :mod:`~latentstudio.pipeline.hires`, because :meth:`GenerationParams.resolved`
     bounds it and hires imports this module."""
     width, height, rx, ry = params.width, params.height, params.hr_resize_x, params.hr_resize_y
     if rx == 0 and ry == 0:
@@ -203,8 +235,23 @@ def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
     return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
 
 
-def _check_size(field: str, value: int) -> None:
-    _check_int(field, value, 8, MAX_SIDE)
+def _hires_names(sampler: str | None, scheduler: str | None) -> tuple[str | None, str | None]:
+    """The hires pass's own sampler and schedule (None: the first pass's), by A1111 name or alias; a
+    schedule in the sampler's name wins."""
+    if sampler is not None:
+        try:
+            sampler, named = resolve_sampler(sampler)
+        except ValueError as e:
+            raise FieldError("hr_sampler", str(e)) from None
+        scheduler = named or scheduler
+    try:
+        return sampler, None if scheduler is None else resolve_scheduler(scheduler)
+    except ValueError as e:
+        raise FieldError("hr_scheduler", str(e)) from None
+
+
+def _check_size(field: str, value: int, max_side: int) -> None:
+    _check_int(field, value, 8, max_side)
     if value % 8:
         raise FieldError(field, f"{value} is not a multiple of 8")
 

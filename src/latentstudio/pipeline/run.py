@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import psutil
 import torch
 from PIL import Image
 
@@ -22,13 +21,12 @@ from latentstudio import infotext
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
-from latentstudio.pipeline import color, hires, infotexts, inpaint, texts
+from latentstudio.pipeline import color, hires, infotexts, inpaint, texts, vae
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
-from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, ResolvedParams
 from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
-from latentstudio.postprocess import tiled_vae
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import ImageRNG, all_seeds
@@ -72,83 +70,12 @@ class GenerationResult:
     inpainting_conditioning: bool = False
 
 
-def _img2img_latents(
-    components: Components, params: GenerationParams, prepared: inpaint.Prepared, seeds: list[int]
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """The init latent ``[1 or B, C, H/8, W/8]`` (the VAE distribution's mean) and, when inpainting, the
-    ``(init, keep, repaint)`` blend; "latent noise"/"latent nothing" replace the masked area first."""
-    latent = _vae_encode(components, from_pil(prepared.image))
-    if params.resize_mode is ResizeMode.LATENT_UPSCALE:  # A1111: encode as is, resize the latent
-        size = (params.height // 8, params.width // 8)
-        latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear")
-    if prepared.mask is None:
-        return latent, None
-    keep, repaint = (m.to(latent) for m in inpaint.latent_masks(prepared.mask, latent))
-    if params.inpainting_fill == inpaint.MaskedContent.LATENT_NOISE:  # A1111: the first batch's seeds
-        shape = (latent.shape[1], latent.shape[2], latent.shape[3])
-        noise = ImageRNG(
-            shape, seeds[: params.batch_size], source=params.rng, device=components.device
-        ).first()
-        latent = latent * keep + noise.to(latent) * repaint
-    elif params.inpainting_fill == inpaint.MaskedContent.LATENT_NOTHING:
-        latent = latent * keep
-    return latent, (latent, keep, repaint)
-
-
-def _image_conditioning(
-    components: Components, prepared: inpaint.Prepared | None, weight: float, size: tuple[int, int]
-) -> torch.Tensor:
-    """An inpainting checkpoint's extra UNet input ``[1, 5, h, w]``: the mask and the VAE latent of the
-    masked image (a grey image and an all-ones mask without one, as A1111); ``size`` is ``(width, height)``.
-    """
-    image = prepared.image if prepared is not None and prepared.mask is not None else None
-    if image is not None and image.size != size:  # resize mode 3: stretched like the init latent
-        image = image.resize(size, resample=Image.Resampling.LANCZOS)
-    mask = prepared.mask if prepared is not None else None
-    cond_mask, pixels = inpaint.masked_image_conditioning(image, mask, weight, size)
-    latent = _vae_encode(components, pixels)
-    small = torch.nn.functional.interpolate(cond_mask, size=latent.shape[-2:]).to(latent)
-    return torch.cat([small, latent], dim=1)
-
-
-def _vae_encode(components: Components, pixels: torch.Tensor) -> torch.Tensor:
-    """Images ``[B, 3, H, W]`` in [-1, 1] → latents ``[B, C, H/8, W/8]`` (fp32; the distribution's mean)."""
-    vae = components.vae
-    with torch.inference_mode():
-        latent: torch.Tensor = vae.encode(pixels.to(components.device, components.dtype)).latent_dist.mean
-    return (latent * float(vae.config.scaling_factor)).float()
-
-
-def _decode(components: Components, latents: torch.Tensor) -> torch.Tensor:
-    """Latents → images ``[B, 3, H, W]`` in [-1, 1]; tiled when the decode would not fit in half of the free
-    memory (large hires results); retries the VAE in fp32 if half precision gives NaN."""
-    vae = components.vae
-    scaled = latents / vae.config.scaling_factor
-    budget = _free_memory(components.device) // 2 // max(latents.shape[0], 1)
-    try:
-        tile = tiled_vae.auto_tile(vae, tuple(latents.shape), budget, dtype=components.dtype)
-    except ValueError:  # not even the smallest tile fits the estimate: try the smallest anyway
-        tile = tiled_vae.VaeTile(size=16, overlap=4)
-    images = tiled_vae.decode(vae, scaled.to(components.dtype), tile=tile)
-    if not torch.isfinite(images).all() and components.dtype != torch.float32:
-        images = tiled_vae.decode(vae.float(), scaled.float(), tile=tile)
-        vae.to(components.dtype)
-    return images.float()
-
-
-def _free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` (CUDA: the driver's count; otherwise available RAM)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
-
-
 def _batch_seeds(params: GenerationParams) -> tuple[list[int], list[int]]:
     return all_seeds(params.seed, params.subseed, params.subseed_strength, params.batch_size * params.n_iter)
 
 
 def run(
-    params: GenerationParams,
+    params: ResolvedParams,
     components: Components,
     *,
     identity: ModelIdentity,
@@ -160,7 +87,7 @@ def run(
     upscaler: PixelUpscaler = hires.resize_pixels,
     hires_model: HiresModel | None = None,
 ) -> GenerationResult:
-    """Generate ``batch_size × n_iter`` images. ``params`` must be :meth:`GenerationParams.resolved`.
+    """Generate ``batch_size × n_iter`` images of ``params``, made by :meth:`GenerationParams.resolved`.
 
     ``embeddings``: textual inversions usable by name in the prompts (their hashes go to the infotext).
     ``cache``: encoded prompts kept across jobs (the worker's); without one, each distinct text of this
@@ -171,8 +98,9 @@ def run(
     knows A1111's built-in None, Lanczos and Nearest.
     ``hires_model``: the checkpoint ``params.hr_checkpoint`` names (required with it, refused without).
     """
-    # 1. check
-    params.validate()
+    # 1. check (the parameters were validated once, by GenerationParams.resolved)
+    if not isinstance(params, ResolvedParams):
+        raise TypeError("run() takes GenerationParams.resolved(), not a GenerationParams")
     hires.check_model(params, components, hires_model)
     # 2. networks: the prompt's LoRAs, in force until this job returns
     requests, warnings = texts.network_requests(params, have_loras=loras is not None)
@@ -241,7 +169,7 @@ def _generate(
     seeds, subseeds = _batch_seeds(params)
     # 3. encode and 4. sigmas, per pass (once: every batch shares them)
     prepared = inpaint.prepare(params) if params.is_img2img else None
-    init, blend = _img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
+    init, blend = vae.img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
     warnings.extend(prepared.warnings if prepared is not None else ())
     first = _first_stage(components, params, text, prepared, blend)
     second = _hires_stage(components, params, text, hires_model, switch) if params.enable_hr else None
@@ -265,7 +193,7 @@ def _generate(
         interrupted = interrupted or stopped
         extra_info.update(dict.fromkeys(sorted(padded), True))
         # 7. decode; A1111 order: colour correction, then the inpainting overlay
-        decoded = to_pil(_decode(decoder, latents))
+        decoded = to_pil(vae.decode(decoder, latents))
         if target is not None:
             decoded = [color.apply_color_correction(target, image) for image in decoded]
         images.extend(decoded if overlay is None else [inpaint.apply_overlay(i, overlay) for i in decoded])
@@ -305,7 +233,7 @@ def _sample_batch(
     """One batch through the first pass and, unless stopped, the hires pass: ``(latents, stopped, padding
     used, the checkpoint whose VAE decodes them)``. ``rng``: the batch's noise at a latent shape."""
     switch.use(first.components)
-    noise = rng(_latent_shape(first.components, params))
+    noise = rng(vae.latent_shape(first.components, params))
     latents, stopped, padded = run_pass(
         first.sampling, first.denoiser, params, control, noise, init, progress
     )
@@ -348,7 +276,7 @@ def _first_stage(
     concat = None
     if components.info.inpainting:
         weight, full = params.inpainting_mask_weight, (params.width, params.height)
-        concat = _image_conditioning(components, prepared, weight, full)
+        concat = vae.image_conditioning(components, prepared, weight, full)
     return _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
 
 
@@ -380,7 +308,7 @@ def _hires_stage(
     sampling = Pass(plan.sampler, sigmas, vp_terminal, label, conds, uncond, pad)
     concat = None
     if components.info.inpainting:
-        concat = _image_conditioning(components, None, 1.0, (plan.width, plan.height))
+        concat = vae.image_conditioning(components, None, 1.0, (plan.width, plan.height))
     stage = _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
     title = model.title if model is not None else None
     return _Hires(plan, stage, title, activation.warnings if activation is not None else ())
@@ -421,17 +349,11 @@ def _upscale_for_hires(
     if plan.latent_mode is not None:
         return hires.truncate(hires.upscale_latents(latents, plan), plan)
     upscaled = [
-        upscaler(image, plan.upscaler, plan.width, plan.height) for image in to_pil(_decode(first, latents))
+        upscaler(image, plan.upscaler, plan.width, plan.height)
+        for image in to_pil(vae.decode(first, latents))
     ]
-    encoded = torch.cat([_vae_encode(second, from_pil(image)) for image in upscaled])
+    encoded = torch.cat([vae.vae_encode(second, from_pil(image)) for image in upscaled])
     return hires.truncate(encoded, plan)
-
-
-def _latent_shape(components: Components, params: GenerationParams) -> tuple[int, int, int]:
-    """``(C, H/f, W/f)`` with f the VAE's downscale factor (8 for every SD family)."""
-    config = components.vae.config
-    factor = 2 ** (len(config.block_out_channels) - 1)
-    return (int(config.latent_channels), params.height // factor, params.width // factor)
 
 
 def _denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None) -> Denoiser:

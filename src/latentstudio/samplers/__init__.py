@@ -18,6 +18,7 @@ from latentstudio.samplers.registry import (
     automatic_scheduler,
     resolve_sampler,
     resolve_scheduler,
+    sampler_and_scheduler,
     sigmas_for,
 )
 from latentstudio.samplers.schedules import (
@@ -44,6 +45,7 @@ __all__ = [
     "model_sigmas_from_alphas",
     "resolve_sampler",
     "resolve_scheduler",
+    "sampler_and_scheduler",
     "scaled_linear_alphas_cumprod",
     "sigma_to_t",
     "sigmas_for",

@@ -9,6 +9,7 @@ listing the valid names.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from latentstudio.core import FieldError
 from latentstudio.samplers import dpm_solver, dpmpp, euler, heun, lcm, lms, restart, timestep, unipc
 from latentstudio.samplers.schedules import (
     Schedule,
@@ -125,6 +127,10 @@ class SamplerInfo:
     def automatic(self) -> str:
         """The schedule label "Automatic" resolves to for this sampler."""
         return self.native_schedule if self.scheduler is None else self.scheduler
+
+    def takes(self, option: str) -> bool:
+        """Whether the sampler function has the keyword ``option`` (``eta``, ``s_noise``, ``s_churn``…)."""
+        return option in inspect.signature(self.function).parameters
 
     @property
     def options(self) -> dict[str, str | bool]:
@@ -259,6 +265,25 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
                 if found is not None:
                     return found, info.label
     raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_INFO)} (optionally + scheduler)")
+
+
+def sampler_and_scheduler(name: str, scheduler: str = "Automatic") -> tuple[str, str]:
+    """A1111 ``get_sampler_and_scheduler``: ``(sampler name, schedule label)`` for a sampler name or alias
+    and a schedule label, name or alias. A schedule named in the sampler's name ("DPM++ 2M Karras") wins
+    over ``scheduler``, and the sampler's own default schedule is "Automatic" (what A1111 writes).
+
+    Unlike A1111 (which falls back to DPM++ 2M / Automatic), unknown names raise :class:`FieldError`
+    naming ``sampler`` or ``scheduler``.
+    """
+    try:
+        sampler, from_name = resolve_sampler(name)
+    except ValueError as e:
+        raise FieldError("sampler", str(e)) from None
+    try:
+        label = resolve_scheduler(from_name or scheduler)
+    except ValueError as e:
+        raise FieldError("scheduler", str(e)) from None
+    return sampler, "Automatic" if label == SAMPLER_INFO[sampler].scheduler else label
 
 
 def automatic_scheduler(sampler: str) -> str:

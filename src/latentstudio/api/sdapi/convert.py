@@ -13,7 +13,6 @@ checkpoints (``hr_checkpoint_name`` too), VAEs and options.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +23,11 @@ from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
-from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, Policy, ResizeMode, ResolvedParams
 from latentstudio.prompts.errors import PromptError
 from latentstudio.prompts.networks import extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
-from latentstudio.samplers import SAMPLER_INFO, resolve_sampler, resolve_scheduler
+from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import RngSource
 
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
@@ -105,30 +104,6 @@ def effective_options(
     return {**stored, **checked}, checked
 
 
-def sampler_and_scheduler(name: str | None, index: str, scheduler: str | None) -> tuple[str, str]:
-    """A1111 ``get_sampler_and_scheduler``: ``sampler_name or sampler_index``, a trailing scheduler in the
-    name ("DPM++ 2M Karras") wins over ``scheduler``, and the sampler's own default becomes "Automatic".
-
-    Unlike A1111 (which silently falls back to DPM++ 2M / Automatic), unknown names are refused.
-    """
-    field_name = "sampler_name" if name else "sampler_index"
-    try:
-        sampler, from_name = resolve_sampler(name or index or DEFAULT_SAMPLER)
-    except ValueError as e:
-        raise FieldError(field_name, str(e)) from None
-    try:
-        label = resolve_scheduler(from_name or scheduler or "Automatic")
-    except ValueError as e:
-        raise FieldError("scheduler", str(e)) from None
-    if label == SAMPLER_INFO[sampler].scheduler:
-        label = "Automatic"
-    return sampler, label
-
-
-def _takes(sampler: str, option: str) -> bool:
-    return option in inspect.signature(SAMPLER_INFO[sampler].function).parameters
-
-
 def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value], sampler: str) -> None:
     """422 for every field that would make the picture differ from A1111's (see the module docstring)."""
     restore = req.restore_faces if req.restore_faces is not None else options["face_restoration"]
@@ -141,7 +116,7 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
         (req.firstpass_image is not None, "firstpass_image", "hires fix is not supported"),
         (bool(req.s_min_uncond), "s_min_uncond", "NGMS (s_min_uncond > 0) is not supported"),
         (
-            bool(req.s_churn) and _takes(sampler, "s_churn"),
+            bool(req.s_churn) and SAMPLER_INFO[sampler].takes("s_churn"),
             "s_churn",
             f"churn is not supported (must be 0 for {sampler})",
         ),
@@ -174,17 +149,6 @@ def _styled(req: GenerationRequest, styles: Mapping[str, Style]) -> tuple[str, s
         raise FieldError("styles", str(e)) from None
 
 
-def _eta(sampler: str, eta: float | None, options: Mapping[str, opts.Value]) -> float | None:
-    """A1111: the request's eta, else ``eta_ddim`` (timestep samplers) or ``eta_ancestral``; only for
-    samplers that take an eta (others ignore it, and so does their infotext)."""
-    if not _takes(sampler, "eta"):
-        return None
-    if eta is not None:
-        return eta
-    key = "eta_ddim" if SAMPLER_INFO[sampler].timestep else "eta_ancestral"
-    return float(options[key])  # type: ignore[arg-type]
-
-
 def request_field(field_name: str) -> str:
     """The A1111 request field (or option) a :class:`GenerationParams` field comes from."""
     return _PARAM_FIELDS.get(field_name, field_name)
@@ -196,17 +160,8 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: Serv
     checkpoint = None
     if req.hr_checkpoint_name not in same:
         checkpoint = catalog.checkpoint(str(req.hr_checkpoint_name), "hr_checkpoint_name").name
-    sampler, scheduler = None, None if req.hr_scheduler in same else req.hr_scheduler
-    try:
-        if req.hr_sampler_name not in same:
-            sampler, named = resolve_sampler(str(req.hr_sampler_name))
-            scheduler = named or scheduler
-    except ValueError as e:
-        raise FieldError("hr_sampler_name", str(e)) from None
-    try:
-        scheduler = resolve_scheduler(scheduler) if scheduler is not None else None
-    except ValueError as e:
-        raise FieldError("hr_scheduler", str(e)) from None
+    sampler = None if req.hr_sampler_name in same else req.hr_sampler_name
+    scheduler = None if req.hr_scheduler in same else req.hr_scheduler
     return {
         "enable_hr": True, "hr_scale": req.hr_scale, "hr_resize_x": req.hr_resize_x,
         "hr_resize_y": req.hr_resize_y, "hr_second_pass_steps": req.hr_second_pass_steps,
@@ -234,14 +189,8 @@ def generation_params(
     catalog: ServerCatalog,
     init: Image.Image | None,
     mask: Image.Image | None = None,
-) -> GenerationParams:
-    """The resolved :class:`GenerationParams` (seeds fixed) of a checked request."""
-    for side in ("width", "height"):
-        value = getattr(req, side)
-        if value > catalog.max_side or value % 8:
-            raise FieldError(side, f"must be a multiple of 8 in [8, {catalog.max_side}], got {value}")
-    sampler, scheduler = sampler_and_scheduler(req.sampler_name, req.sampler_index, req.scheduler)
-    refuse_unsupported(req, options, sampler)
+) -> ResolvedParams:
+    """The request's parameters, resolved once (:meth:`GenerationParams.resolved`) under the options."""
     prompt, negative = _styled(req, catalog.styles)
     if req.disable_extra_networks and any(extract_networks(text)[1] for text in (prompt, negative)):
         raise FieldError("disable_extra_networks", "not supported: remove the <lora:…> tags instead")
@@ -258,34 +207,37 @@ def generation_params(
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
         extra = _hires(req, options, catalog)
     params = GenerationParams(
-        prompt=prompt, negative_prompt=negative, sampler=sampler, scheduler=scheduler, steps=req.steps,
+        prompt=prompt, negative_prompt=negative, scheduler=req.scheduler or "Automatic",
+        sampler=req.sampler_name or req.sampler_index or DEFAULT_SAMPLER, steps=req.steps,
         cfg_scale=req.cfg_scale, seed=req.seed, subseed=req.subseed, subseed_strength=req.subseed_strength,
         seed_resize_from_w=req.seed_resize_from_w if resize else 0,
         seed_resize_from_h=req.seed_resize_from_h if resize else 0,
         width=req.width, height=req.height, batch_size=req.batch_size, n_iter=req.n_iter,
         clip_skip=int(options["CLIP_stop_at_last_layers"]),  # type: ignore[arg-type]
-        eta=_eta(sampler, req.eta, options),
-        s_noise=s_noise if _takes(sampler, "s_noise") else 1.0,
-        rng=RngSource(str(options["randn_source"])),
+        eta=req.eta, s_noise=s_noise, rng=RngSource(str(options["randn_source"])),
         eta_noise_seed_delta=int(options["eta_noise_seed_delta"]),  # type: ignore[arg-type]
         init_image=init, emphasis=str(options["emphasis"]),
         old_prompt_editing=bool(options["use_old_scheduling"]),
         pad_conds=bool(options["pad_cond_uncond"]), pad_conds_v0=bool(options["pad_cond_uncond_v0"]),
         **extra,
     )  # fmt: skip
+    named = {**_PARAM_FIELDS, "sampler": "sampler_name" if req.sampler_name else "sampler_index"}
     try:
-        return params.resolved()
+        resolved = params.resolved(policy(options, catalog.max_side))
     except FieldError as e:
-        raise FieldError(request_field(e.field), e.message) from None
+        raise FieldError(named.get(e.field, e.field), e.message) from None
+    refuse_unsupported(req, options, resolved.sampler)
+    return resolved
 
 
-def flatten(image: Image.Image, background: str) -> Image.Image:
-    """A1111 ``images.flatten``: an RGBA image composited onto ``background`` (img2img_background_color)."""
-    if image.mode != "RGBA":
-        return image.convert("RGB")
-    canvas = Image.new("RGBA", image.size, background)
-    canvas.paste(image, mask=image)
-    return canvas.convert("RGB")
+def policy(options: Mapping[str, opts.Value], max_side: int) -> Policy:
+    """The server's limit and the A1111 options :meth:`GenerationParams.resolved` applies."""
+    return Policy(
+        max_side=max_side,
+        eta_ddim=float(options["eta_ddim"]),  # type: ignore[arg-type]
+        eta_ancestral=float(options["eta_ancestral"]),  # type: ignore[arg-type]
+        background=str(options["img2img_background_color"]),
+    )
 
 
 def echo(req: GenerationRequest) -> dict[str, Any]:
@@ -316,7 +268,7 @@ def prepare(
     if isinstance(req, Img2ImgRequest):
         if not init_images:
             raise FieldError("init_images", "Init image not found")
-        init = flatten(init_images[0], str(options["img2img_background_color"]))
+        init = init_images[0]  # flattened onto img2img_background_color by GenerationParams.resolved
         if req.mask and mask is None:
             raise FieldError("mask", "the mask image could not be read")
     params = generation_params(req, options, catalog, init, mask)

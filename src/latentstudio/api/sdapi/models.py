@@ -15,12 +15,10 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from latentstudio.api.common import Base64Image, ExtrasBase, Finite, Name, StrictModel
+from latentstudio.config import MAX_IMAGES, MAX_SIDE, MAX_STEPS
 
 MAX_PROMPT = 20_000
 MAX_NESTING = 32  # free-form JSON (script args, settings, comments): deeper is refused, never serialised
-MAX_IMAGES = 64
-MAX_SIDE = 2048
-MAX_STEPS = 150
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
 Seed = Annotated[int, Field(ge=-1, le=2**32 - 1, description="-1: random (info.seed tells the one used).")]
