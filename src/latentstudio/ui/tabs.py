@@ -45,49 +45,12 @@ EXTRAS_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 
 def extras_tab() -> dict[str, Any]:
+    """The Extras tab: source image, scaling, upscalers and face restorers, then the result."""
     with gr.Row():
         with gr.Column():
             image = gr.Image(type="pil", label="Source", elem_id="extras_image", format="png")
-            with gr.Tabs():
-                with gr.Tab("Scale by", id="by") as by:
-                    factor = gr.Slider(
-                        1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize"
-                    )
-                with gr.Tab("Scale to", id="to") as to:
-                    with gr.Row():
-                        width = gr.Slider(
-                            64, 8192, value=512, step=8, label="Width", elem_id="extras_upscaling_resize_w"
-                        )
-                        height = gr.Slider(
-                            64, 8192, value=512, step=8, label="Height", elem_id="extras_upscaling_resize_h"
-                        )
-                    crop = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
-            mode = gr.State(0)
-            by.select(lambda: 0, None, mode, queue=False)
-            to.select(lambda: 1, None, mode, queue=False)
-            upscaler_1 = gr.Dropdown(["None"], value="None", label="Upscaler 1", elem_id="extras_upscaler_1")
-            upscaler_2 = gr.Dropdown(["None"], value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
-            visibility = gr.Slider(
-                0.0,
-                1.0,
-                value=0.0,
-                step=0.01,
-                label="Upscaler 2 visibility",
-                elem_id="extras_upscaler_2_visibility",
-            )
-            # shown by the catalog when the restorer's weights are in the models folder
-            gfpgan = gr.Slider(
-                0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility", visible=False,
-                elem_id="extras_gfpgan_visibility",
-            )  # fmt: skip
-            codeformer = gr.Slider(
-                0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility", visible=False,
-                elem_id="extras_codeformer_visibility",
-            )  # fmt: skip
-            codeformer_weight = gr.Slider(
-                0.0, 1.0, value=0.0, step=0.001, label="CodeFormer weight (0 = maximum effect)",
-                visible=False, elem_id="extras_codeformer_weight",
-            )  # fmt: skip
+            scale = _extras_scale()
+            upscalers = _extras_upscalers()
             run = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column():
             error = error_box("extras_error")
@@ -97,21 +60,69 @@ def extras_tab() -> dict[str, Any]:
             info = gr.HTML("", elem_id="extras_info")
     return {
         "image": image,
-        "mode": mode,
-        "factor": factor,
-        "width": width,
-        "height": height,
-        "crop": crop,
+        **scale,
+        **upscalers,
+        "run": run,
+        "error": error,
+        "output": output,
+        "info": info,
+    }
+
+
+def _extras_scale() -> dict[str, Any]:
+    """The Scale by / Scale to sub-tabs, and the resize mode their selection sets."""
+    with gr.Tabs():
+        with gr.Tab("Scale by", id="by") as by:
+            factor = gr.Slider(
+                1.0, 8.0, value=2.0, step=0.05, label="Resize", elem_id="extras_upscaling_resize"
+            )
+        with gr.Tab("Scale to", id="to") as to:
+            with gr.Row():
+                width = gr.Slider(
+                    64, 8192, value=512, step=8, label="Width", elem_id="extras_upscaling_resize_w"
+                )
+                height = gr.Slider(
+                    64, 8192, value=512, step=8, label="Height", elem_id="extras_upscaling_resize_h"
+                )
+            crop = gr.Checkbox(True, label="Crop to fit", elem_id="extras_upscaling_crop")
+    mode = gr.State(0)
+    by.select(lambda: 0, None, mode, queue=False)
+    to.select(lambda: 1, None, mode, queue=False)
+    return {"mode": mode, "factor": factor, "width": width, "height": height, "crop": crop}
+
+
+def _extras_upscalers() -> dict[str, Any]:
+    """Upscaler 1 and 2 with the second's visibility, and the face restorers' sliders."""
+    upscaler_1 = gr.Dropdown(["None"], value="None", label="Upscaler 1", elem_id="extras_upscaler_1")
+    upscaler_2 = gr.Dropdown(["None"], value="None", label="Upscaler 2", elem_id="extras_upscaler_2")
+    visibility = gr.Slider(
+        0.0,
+        1.0,
+        value=0.0,
+        step=0.01,
+        label="Upscaler 2 visibility",
+        elem_id="extras_upscaler_2_visibility",
+    )
+    # shown by the catalog when the restorer's weights are in the models folder
+    gfpgan = gr.Slider(
+        0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility", visible=False,
+        elem_id="extras_gfpgan_visibility",
+    )  # fmt: skip
+    codeformer = gr.Slider(
+        0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility", visible=False,
+        elem_id="extras_codeformer_visibility",
+    )  # fmt: skip
+    codeformer_weight = gr.Slider(
+        0.0, 1.0, value=0.0, step=0.001, label="CodeFormer weight (0 = maximum effect)",
+        visible=False, elem_id="extras_codeformer_weight",
+    )  # fmt: skip
+    return {
         "upscaler_1": upscaler_1,
         "upscaler_2": upscaler_2,
         "visibility": visibility,
         "gfpgan": gfpgan,
         "codeformer": codeformer,
         "codeformer_weight": codeformer_weight,
-        "run": run,
-        "error": error,
-        "output": output,
-        "info": info,
     }
 
 
