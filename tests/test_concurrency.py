@@ -22,7 +22,7 @@ import pytest
 
 from latentstudio.config import Settings
 from latentstudio.jobs import JobStatus
-from latentstudio.jobs import worker as worker_module
+from latentstudio.jobs import running as running_module
 from latentstudio.models.families import Family
 from latentstudio.models.manager import ModelManager
 from latentstudio.pipeline.run import run as pipeline_run
@@ -46,7 +46,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
             raise RuntimeError("the test never opened the gate")
         return pipeline_run(*args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "run", gated_run)
+    monkeypatch.setattr(running_module, "run", gated_run)
     yield opened
     opened.set()
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import latentstudio.jobs.worker as worker_module
+import latentstudio.jobs.running as running_module
 from latentstudio.config import Settings
-from latentstudio.jobs.worker import INTERNAL_ERROR
+from latentstudio.jobs.running import INTERNAL_ERROR
 from tests.serving import Served, serve
 
 SIDE = 64
@@ -164,8 +164,8 @@ def test_an_internal_failure_is_a_stable_500_with_the_traceback_in_the_log(
     def broken(*_: object, **__: object) -> None:
         raise KeyError(f"secret {tmp_path}/weights.bin")
 
-    monkeypatch.setattr(worker_module, "run", broken)
-    with caplog.at_level(logging.ERROR, logger="latentstudio.jobs.worker"):
+    monkeypatch.setattr(running_module, "run", broken)
+    with caplog.at_level(logging.ERROR, logger="latentstudio.jobs.running"):
         response = client.post(
             "/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64}
         )
