@@ -115,7 +115,7 @@ def test_generate_applies_loras_from_the_models_folder(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--hr-scale", "0.5"), "hr_scale: must be in [1.0, 8.0], got 0.5"),
+        (("--hr-scale", "0.5"), "--hr-scale: must be in [1.0, 8.0], got 0.5"),
         (("--sampler", "Euler z"), "sampler: unknown"),
         (("--scheduler", "Fast"), "scheduler: unknown"),
         (("--width", "100"), "width: 100 is not a multiple of 8"),

@@ -19,6 +19,7 @@ from latentstudio.pipeline.color import apply_color_correction, correction_targe
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.pipeline.run import ModelIdentity, run
 from tests.conftest import MakeTiny
+from tests.params_support import flat_params, flat_replace
 
 IDENTITY = ModelIdentity("tiny", "0123456789")
 
@@ -97,7 +98,7 @@ def _lab_ab(image: Image.Image) -> np.ndarray:
 def _params(**kwargs: object) -> GenerationParams:
     base: dict[str, object] = {"prompt": "a circle", "steps": 4, "seed": 3, "width": 64, "height": 64,
                                "sampler": "Euler", "denoising_strength": 0.9}  # fmt: skip
-    return GenerationParams(**{**base, **kwargs}).resolved()  # type: ignore[arg-type]
+    return flat_params(**{**base, **kwargs}).resolved()
 
 
 def test_a_tinted_init_image_keeps_its_colour_statistics(sd1: loader.Components) -> None:
@@ -124,7 +125,7 @@ def test_inpainting_with_correction_keeps_unmasked_pixels(sd1: loader.Components
     assert np.array_equal(out[outside], before[outside])
     plain = run(dataclasses.replace(params, color_correction=False), sd1, identity=IDENTITY)
     assert not np.array_equal(np.asarray(plain.images[0])[~outside], out[~outside])  # it did correct
-    only_masked = dataclasses.replace(params, inpaint_full_res=True, inpaint_full_res_padding=4)
+    only_masked = flat_replace(params, inpaint_full_res=True, inpaint_full_res_padding=4)
     out = np.asarray(run(only_masked, sd1, identity=IDENTITY).images[0])
     assert np.array_equal(out[outside], before[outside])
 

@@ -9,11 +9,17 @@ from PIL import Image
 
 from latentstudio.core import FieldError
 from latentstudio.pipeline import hires
-from latentstudio.pipeline.params import GenerationParams, target_size
+from latentstudio.pipeline.params import GenerationParams, Hires, target_size
+from tests.params_support import flat_params
 
 
 def _params(**kw: object) -> GenerationParams:
-    return GenerationParams(**{"prompt": "a cat", "enable_hr": True, **kw})  # type: ignore[arg-type]
+    return flat_params(**{"prompt": "a cat", "enable_hr": True, **kw})
+
+
+def _plan(params: GenerationParams) -> hires.HiresPlan:
+    assert params.hires is not None
+    return hires.plan(params, params.hires)
 
 
 @pytest.mark.parametrize(
@@ -32,12 +38,14 @@ def _params(**kw: object) -> GenerationParams:
 def test_target_size_as_a1111(
     size: tuple[int, int], kw: dict[str, object], expected: tuple[int, ...]
 ) -> None:
-    assert target_size(_params(width=size[0], height=size[1], **kw)) == expected
+    fix = _params(**kw).hires
+    assert fix is not None
+    assert target_size(size[0], size[1], fix) == expected
 
 
 def test_truncate_cuts_both_sides_and_gives_the_requested_size() -> None:
     params = _params(width=512, height=768, hr_resize_x=1024, hr_resize_y=1024)
-    plan = hires.plan(params)
+    plan = _plan(params)
     latents = torch.arange(128 * 192, dtype=torch.float32).reshape(1, 1, 192, 128)
     cut = hires.truncate(latents, plan)
     assert cut.shape == (1, 1, 128, 128)
@@ -46,7 +54,7 @@ def test_truncate_cuts_both_sides_and_gives_the_requested_size() -> None:
 
 @pytest.mark.parametrize("mode", list(hires.LATENT_UPSCALE_MODES))
 def test_latent_modes(mode: str) -> None:
-    plan = hires.plan(_params(width=64, height=96, hr_scale=2.0, hr_upscaler=mode))
+    plan = _plan(_params(width=64, height=96, hr_scale=2.0, hr_upscaler=mode))
     latents = torch.randn(2, 4, 12, 8, generator=torch.Generator().manual_seed(0))
     up = hires.upscale_latents(latents, plan)
     interpolation, antialias = hires.LATENT_UPSCALE_MODES[mode]
@@ -57,9 +65,9 @@ def test_latent_modes(mode: str) -> None:
 
 
 def test_plan_defaults_to_the_first_pass() -> None:
-    plan = hires.plan(_params(sampler="Euler a", steps=25))
+    plan = _plan(_params(sampler="Euler a", steps=25))
     assert (plan.sampler, plan.scheduler, plan.steps, plan.prompt) == ("Euler a", "Automatic", 25, "a cat")
-    plan = hires.plan(_params(hr_sampler="DDIM", hr_second_pass_steps=7, hr_prompt="a dog"))
+    plan = _plan(_params(hr_sampler="DDIM", hr_second_pass_steps=7, hr_prompt="a dog"))
     assert (plan.sampler, plan.steps, plan.prompt, plan.negative_prompt) == ("DDIM", 7, "a dog", "")
 
 
@@ -76,7 +84,8 @@ def test_pixel_upscalers() -> None:
 
 def test_infotext_keys_in_a1111_order() -> None:
     params = _params(hr_second_pass_steps=10, hr_upscaler="Latent (nearest)", hr_prompt="a dog")
-    keys = hires.infotext_keys(params, hires.plan(params), "Karras", "Karras")
+    assert params.hires is not None
+    keys = hires.infotext_keys(params, params.hires, _plan(params), "Karras", "Karras")
     shown = {k: v for k, v in keys.items() if v is not None}
     assert list(shown) == ["Hires prompt", "Hires upscale", "Hires steps", "Hires upscaler"]
     assert shown == {
@@ -87,21 +96,25 @@ def test_infotext_keys_in_a1111_order() -> None:
     }
     resized = _params(hr_resize_x=1024)
     assert (
-        hires.infotext_keys(resized, hires.plan(resized), "Karras", "Exponential")["Hires resize"] == "1024x0"
+        hires.infotext_keys(resized, Hires(resize_x=1024), _plan(resized), "Karras", "Exponential")[
+            "Hires resize"
+        ]
+        == "1024x0"
     )
 
 
 @pytest.mark.parametrize(
     ("kw", "field", "message"),
     [
-        ({"hr_scale": 0.5}, "hr_scale", "in \\[1.0, 8.0\\]"),
-        ({"hr_scale": 8.0}, "hr_scale", "hires target 4096x4096"),
-        ({"hr_resize_x": 4096}, "hr_resize_x", "in \\[0, 2048\\]"),
-        ({"hr_second_pass_steps": 151}, "hr_second_pass_steps", "in \\[0, 150\\]"),
-        ({"hr_sampler": "Euler b"}, "hr_sampler", "Euler a"),
-        ({"hr_scheduler": "Fancy"}, "hr_scheduler", "Karras"),
-        ({"hr_prompt": "(a:1.2.3)"}, "hr_prompt", "invalid emphasis weight"),
-        ({"init_image": Image.new("RGB", (8, 8))}, "enable_hr", "txt2img option"),
+        ({"hr_scale": 0.5}, "hires.scale", "in \\[1.0, 8.0\\]"),
+        ({"hr_scale": 8.0}, "hires.scale", "hires target 4096x4096"),
+        ({"hr_resize_x": 4096}, "hires.resize_x", "in \\[0, 2048\\]"),
+        ({"hr_second_pass_steps": 151}, "hires.steps", "in \\[0, 150\\]"),
+        ({"hr_sampler": "Euler b"}, "hires.sampler", "Euler a"),
+        ({"hr_scheduler": "Fancy"}, "hires.scheduler", "Karras"),
+        ({"hr_prompt": "(a:1.2.3)"}, "hires.prompt", "invalid emphasis weight"),
+        ({"hr_denoising_strength": 1.5}, "hires.denoising_strength", "in \\[0.0, 1.0\\]"),
+        ({"init_image": Image.new("RGB", (8, 8))}, "hires", "txt2img option"),
     ],
 )
 def test_bad_hires_fields_name_the_field(kw: dict[str, object], field: str, message: str) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from latentstudio.pipeline.params import GenerationParams
 from latentstudio.pipeline.run import GenerationResult, HiresModel, ModelIdentity, StepInfo, run
 from tests.conftest import MakeTiny
 from tests.lora_files import LoraBuilder, weights_digest
+from tests.params_support import flat_params, flat_replace
 from tests.sdapi_support import (
     IMG2IMG_BASE,
     TXT2IMG_BASE,
@@ -58,7 +58,7 @@ def _params(**kwargs: object) -> GenerationParams:
     base: dict[str, object] = {"prompt": "a red circle", "negative_prompt": "blurry", "steps": 3, "seed": 11,
                                "width": 64, "height": 64, "sampler": "Euler", "enable_hr": True,
                                "hr_scale": 1.5, "denoising_strength": 0.6}  # fmt: skip
-    return GenerationParams(**{**base, **kwargs}).resolved()  # type: ignore[arg-type]
+    return flat_params(**{**base, **kwargs}).resolved()
 
 
 def _pixels(result: GenerationResult) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_second_pass_runs_on_the_hires_checkpoint(
 
     params = _params(hr_upscaler=upscaler)
     same = run(params, first, identity=IDENTITY, on_step=record("same"))
-    named = dataclasses.replace(params, hr_checkpoint="second")
+    named = flat_replace(params, hr_checkpoint="second")
     other = run(named, first, identity=IDENTITY, hires_model=second, on_step=record("other"))
     assert other.images[0].size == same.images[0].size == (96, 96)
     assert not np.array_equal(_pixels(other), _pixels(same))
@@ -100,9 +100,7 @@ def test_the_same_weights_as_hires_checkpoint_give_the_same_image(
     assert copy.components is not first
     params = _params(hr_upscaler="Lanczos", batch_size=2)
     plain = run(params, first, identity=IDENTITY)
-    again = run(
-        dataclasses.replace(params, hr_checkpoint="first"), first, identity=IDENTITY, hires_model=copy
-    )
+    again = run(flat_replace(params, hr_checkpoint="first"), first, identity=IDENTITY, hires_model=copy)
     assert all(
         np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain.images, again.images, strict=True)
     )
@@ -115,15 +113,15 @@ def test_hires_checkpoint_of_another_family_or_missing_is_refused(
     sd2 = HiresModel(_load(make_tiny, Family.SD2, 0), ModelIdentity("sd2"))
     with pytest.raises(FieldError, match=r"SD2\.x but the first pass runs SD1\.x") as info:
         run(_params(hr_checkpoint="sd2"), first, identity=IDENTITY, hires_model=sd2)
-    assert info.value.field == "hr_checkpoint"
+    assert info.value.field == "hires.checkpoint"
     with pytest.raises(FieldError, match="was not loaded") as info:
         run(_params(hr_checkpoint="second"), first, identity=IDENTITY)
-    assert info.value.field == "hr_checkpoint"
+    assert info.value.field == "hires.checkpoint"
     with pytest.raises(ValueError, match="only for a hires-fix job"):
         run(_params(), first, identity=IDENTITY, hires_model=second)
     with pytest.raises(FieldError) as info:
         _params(hr_checkpoint=" ")
-    assert info.value.field == "hr_checkpoint"
+    assert info.value.field == "hires.checkpoint"
 
 
 def test_loras_follow_the_pass_onto_the_hires_checkpoint(

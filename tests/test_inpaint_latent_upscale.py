@@ -21,6 +21,7 @@ from latentstudio.models.families import Family
 from latentstudio.pipeline.params import GenerationParams, ResizeMode
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
 from tests.conftest import MakeTiny
+from tests.params_support import flat_params, flat_replace
 
 IDENTITY = ModelIdentity("tiny", "0123456789")
 LANCZOS = Image.Resampling.LANCZOS
@@ -49,7 +50,7 @@ def _params(init: Image.Image, mask: Image.Image, **kwargs: object) -> Generatio
         "width": 128, "height": 96, "init_image": init, "mask": mask, "mask_blur": 0,
         "denoising_strength": 0.9, "resize_mode": LATENT,
     }  # fmt: skip
-    return GenerationParams(**{**base, **kwargs}).resolved()  # type: ignore[arg-type]
+    return flat_params(**{**base, **kwargs}).resolved()
 
 
 def _run(params: GenerationParams, model: loader.Components) -> tuple[GenerationResult, set[tuple[int, ...]]]:
@@ -79,7 +80,7 @@ def test_latent_upscale_inpainting_keeps_the_stretched_original_outside_the_mask
     assert (parsed["Denoising strength"], parsed["Masked content"]) == ("0.9", "fill")
     # Mode 0 on the crop stretches the pixels before encoding: the same kept pixels, another init latent.
     cropped = {"init_image": init.crop(crop), "mask": mask.crop(crop), "resize_mode": ResizeMode.JUST_RESIZE}
-    resized, _ = _run(dataclasses.replace(params, **cropped), sd1)
+    resized, _ = _run(flat_replace(params, **cropped), sd1)
     other = np.asarray(resized.images[0])
     assert np.array_equal(other[outside], out[outside])
     assert not np.array_equal(other[inside], out[inside])

@@ -27,7 +27,7 @@ from latentstudio.models.families import Family
 from latentstudio.models.synthetic import write_checkpoint
 from latentstudio.pipeline.images import read_infotext
 from latentstudio.pipeline.infotexts import extra_generation_params
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.pipeline.params import GenerationParams, Inpaint
 from latentstudio.pipeline.run import ModelIdentity, run
 from latentstudio.samplers.wrappers import StepControl
 from tests.conftest import MakeTiny
@@ -58,7 +58,7 @@ PRAGMA user_version = 1;
 
 
 def _record(job_id: str) -> JobRecord:
-    params = GenerationParams(prompt="x", width=64, height=64, seed=3, subseed=4)
+    params = GenerationParams(prompt="x", width=64, height=64, seed=3, subseed=4).resolved()
     return JobRecord(job_id, JobStatus.QUEUED, JobSpec(JobKind.TXT2IMG, params), created_at=1.0)
 
 
@@ -182,5 +182,6 @@ def test_an_inpainting_checkpoint_reports_its_image_conditioning(make_tiny: Make
     assert run(params, model, identity=IDENTITY).inpainting_conditioning is True
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
-    inpaint = dataclasses.replace(params, init_image=Image.new("RGB", (64, 64), (200, 10, 10)), mask=mask)
+    init = Image.new("RGB", (64, 64), (200, 10, 10))
+    inpaint = dataclasses.replace(params, init_image=init, inpaint=Inpaint(mask))
     assert run(inpaint, model, identity=IDENTITY).inpainting_conditioning is True

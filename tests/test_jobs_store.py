@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import sqlite3
 import typing
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -18,14 +20,13 @@ from latentstudio.jobs import ExtrasSpec, JobKind, JobRecord, JobSpec, JobStatus
 from latentstudio.jobs.codec import (
     extras_from_json,
     extras_input_pngs,
-    image_fields,
     input_pngs,
     params_from_json,
     params_to_json,
 )
 from latentstudio.jobs.model import ImageRef
 from latentstudio.jobs.store import JobStore, Outcome, StoredImage, StoreError
-from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, ResizeMode
 from latentstudio.postprocess.extras import ExtrasOptions
 from latentstudio.samplers.noise import RngSource
 
@@ -43,18 +44,23 @@ def _odd_params(**kwargs: object) -> GenerationParams:
     )  # fmt: skip
 
 
-def _perturbed() -> GenerationParams:
-    """Every non-image field moved off its default by its type (so a newly added field is covered too)."""
-    hints = typing.get_type_hints(GenerationParams)
+def _perturbed(cls: type = GenerationParams) -> Any:
+    """Every field moved off its default by its type (so a newly added field is covered too); a nested
+    part (``hires``, ``inpaint``) perturbed alike, an image field a small picture."""
+    hints = typing.get_type_hints(cls)
     values: dict[str, object] = {}
-    for f in dataclasses.fields(GenerationParams):
-        if f.name in image_fields():
-            continue
+    for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else ""
         hint = hints[f.name]
         options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
         kind = options[0]
-        if isinstance(default, enum.Enum):
+        if isinstance(kind, type) and issubclass(kind, Image.Image):
+            values[f.name] = Image.new(
+                "L" if f.name == "mask" else "RGB", (5, 3), 7 if f.name == "mask" else (9, 8, 7)
+            )
+        elif dataclasses.is_dataclass(kind):
+            values[f.name] = _perturbed(kind)  # type: ignore[arg-type]
+        elif isinstance(default, enum.Enum):
             values[f.name] = list(type(default))[-1]
         elif isinstance(default, bool):
             values[f.name] = not default
@@ -63,30 +69,61 @@ def _perturbed() -> GenerationParams:
         elif isinstance(default, str) or kind is str:
             values[f.name] = f'{default or ""}«{f.name}» 🐈\n"q"'
         else:
-            raise AssertionError(f"no perturbation for GenerationParams.{f.name}: {hint}")
-    return GenerationParams(**values)  # type: ignore[arg-type]
+            raise AssertionError(f"no perturbation for {cls.__name__}.{f.name}: {hint}")
+    return cls(**values)
+
+
+def _fields(params: GenerationParams) -> dict[str, object]:
+    """The fields, images as their pixels (a decoded PNG is not the same object)."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, Image.Image):
+            value = (value.mode, value.size, value.tobytes())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = _fields(value)  # type: ignore[arg-type]
+        out[f.name] = value
+    return out
+
+
+def _round_trip(params: GenerationParams) -> GenerationParams:
+    pngs = input_pngs(params)
+    return params_from_json(params_to_json(params), {k: Image.open(BytesIO(v)) for k, v in pngs.items()})
 
 
 def test_codec_round_trips_every_field_exactly() -> None:
-    for params in (_odd_params(), _perturbed(), GenerationParams(prompt="x")):
-        back = params_from_json(params_to_json(params))
-        assert back == params
+    perturbed = _perturbed()
+    for params in (_odd_params(), perturbed, GenerationParams(prompt="x")):
+        back = _round_trip(params)
+        assert _fields(back) == _fields(params)
         for f in dataclasses.fields(params):
-            assert type(getattr(back, f.name)) is type(getattr(params, f.name)), f.name
-    perturbed, defaults = _perturbed(), GenerationParams(prompt="")
-    same = [
+            value = getattr(params, f.name)
+            if not isinstance(value, Image.Image):  # an image comes back as the PNG it was stored as
+                assert type(getattr(back, f.name)) is type(value), f.name
+    defaults = GenerationParams(prompt="")
+    assert not [
         f.name
         for f in dataclasses.fields(perturbed)
         if getattr(perturbed, f.name) == getattr(defaults, f.name)
     ]
-    assert set(same) == set(image_fields())
-    init = Image.new("RGB", (5, 3), (9, 8, 7))
-    pngs = input_pngs(dataclasses.replace(perturbed, init_image=init))
-    assert set(pngs) == {"init_image"}
-    decoded = {k: Image.open(BytesIO(v)) for k, v in pngs.items()}
-    restored = params_from_json(params_to_json(perturbed), decoded)
-    assert restored.init_image is not None
-    assert restored.init_image.tobytes() == init.tobytes()
+    assert set(input_pngs(perturbed)) == {"init_image", "inpaint.mask"}
+    assert "mask" not in json.loads(params_to_json(perturbed))["inpaint"]  # images live beside the row
+
+
+def test_codec_reads_rows_stored_before_hires_and_inpaint_were_nested() -> None:
+    """Schema v2 rows had flat ``enable_hr``/``hr_*`` and mask fields (and a "mask" input image)."""
+    hires = json.dumps({"prompt": "x", "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
+                        "hr_second_pass_steps": 4, "hr_checkpoint": None,
+                        "denoising_strength": 0.6})  # fmt: skip
+    back = params_from_json(hires)
+    assert back.hires == Hires(scale=1.5, upscaler="Lanczos", steps=4, denoising_strength=0.6)
+    mask = Image.new("L", (4, 4), 255)
+    flat = json.dumps({"prompt": "x", "enable_hr": False, "hr_scale": 2.0, "mask_blur": 9,
+                       "inpainting_fill": 2, "inpaint_full_res": True, "inpaint_full_res_padding": 5,
+                       "inpainting_mask_invert": True})  # fmt: skip
+    back = params_from_json(flat, {"init_image": Image.new("RGB", (4, 4)), "mask": mask})
+    assert back.hires is None
+    assert back.inpaint == Inpaint(mask, blur=9, fill=2, only_masked=True, padding=5, invert=True)
 
 
 def test_codec_refuses_unknown_stored_fields() -> None:
@@ -173,7 +210,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_specs_must_be_resolved_and_consistent() -> None:
-    with pytest.raises(FieldError, match="seed"):
+    with pytest.raises(TypeError, match="resolved"):  # only the one builder makes a spec's parameters
         JobSpec(JobKind.TXT2IMG, GenerationParams(prompt="x"))
     with pytest.raises(FieldError, match="init_image"):
         JobSpec(JobKind.IMG2IMG, GenerationParams(prompt="x").resolved())

@@ -34,6 +34,7 @@ from latentstudio.samplers import SAMPLERS
 from latentstudio.samplers.noise import ImageRNG
 from latentstudio.samplers.wrappers import StepControl
 from tests.conftest import MakeTiny
+from tests.params_support import flat_params, flat_replace
 
 IDENTITY = ModelIdentity("tiny", "0123456789")
 SCALED_LINEAR = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -49,7 +50,7 @@ def sd1(make_tiny: MakeTiny) -> loader.Components:
 def _params(**kwargs: object) -> GenerationParams:
     base: dict[str, object] = {"prompt": "a red circle", "negative_prompt": "blurry", "steps": 6, "seed": 11,
                                "width": 64, "height": 64}  # fmt: skip
-    return GenerationParams(**{**base, **kwargs}).resolved()  # type: ignore[arg-type]
+    return flat_params(**{**base, **kwargs}).resolved()
 
 
 def _pixels(result: GenerationResult) -> list[np.ndarray]:
@@ -348,7 +349,7 @@ def test_hires_fix_two_passes(sd1: loader.Components, upscaler: str) -> None:
         upscaler,
     )
     assert parsed["Denoising strength"] == "0.6"
-    plain = run(dataclasses.replace(params, enable_hr=False), sd1, identity=IDENTITY)
+    plain = run(flat_replace(params, enable_hr=False), sd1, identity=IDENTITY)
     assert plain.images[0].size == (64, 64)
     again = run(params, sd1, identity=IDENTITY)
     assert np.array_equal(_pixels(again)[0], _pixels(result)[0])
@@ -364,7 +365,7 @@ def test_hires_fix_resize_with_truncation_and_hires_prompt(sd1: loader.Component
     parsed = infotext.parse(result.infotexts[0])
     assert (parsed["Hires resize-1"], parsed["Hires resize-2"]) == ("128", "128")
     assert parsed["Hires prompt"] == "a blue square"
-    same_prompt = run(dataclasses.replace(params, hr_prompt=""), sd1, identity=IDENTITY)
+    same_prompt = run(flat_replace(params, hr_prompt=""), sd1, identity=IDENTITY)
     assert not np.array_equal(_pixels(same_prompt)[0], _pixels(result)[0])
 
 
@@ -404,7 +405,7 @@ def test_inpainting_blur_only_reaches_its_radius_and_invert_swaps_the_areas(sd1:
     far = np.ones((96, 128), dtype=bool)
     far[30 - 11 : 62 + 11, 40 - 11 : 72 + 11] = False  # radius of a σ=4 kernel: int(2.5·4 + 0.5) = 10
     assert np.array_equal(out[far], before[far])
-    inverted = run(dataclasses.replace(params, inpainting_mask_invert=True), sd1, identity=IDENTITY)
+    inverted = run(flat_replace(params, inpainting_mask_invert=True), sd1, identity=IDENTITY)
     inside = np.zeros((96, 128), dtype=bool)
     inside[30 + 11 : 62 - 11, 40 + 11 : 72 - 11] = True
     assert np.array_equal(np.asarray(inverted.images[0])[inside], before[inside])
@@ -423,7 +424,7 @@ def test_inpainting_only_masked_processes_the_expanded_crop(sd1: loader.Componen
     assert np.array_equal(np.asarray(result.images[0])[outside], np.asarray(init)[outside])
     parsed = infotext.parse(result.infotexts[0])
     assert (parsed["Inpaint area"], parsed["Masked area padding"]) == ("Only masked", "8")
-    blank = run(dataclasses.replace(params, mask=Image.new("L", (128, 96))), sd1, identity=IDENTITY)
+    blank = run(flat_replace(params, mask=Image.new("L", (128, 96))), sd1, identity=IDENTITY)
     assert blank.warnings == [
         'Unable to perform "Only masked" because the mask is blank; switched to img2img.'
     ]

@@ -265,12 +265,14 @@ def test_seed_resize_needs_both_sides() -> None:
 def test_hires_checkpoint_by_alias_and_use_same() -> None:
     hires = {"enable_hr": True, "hr_scale": 1.5}
     params = prepare(_txt(**hires, hr_checkpoint_name="0123456789"), STORED, CATALOG).spec.params
-    assert params.hr_checkpoint == "a.safetensors"  # the checkpoint's name, as jobs name checkpoints
+    assert params.hires is not None
+    assert params.hires.checkpoint == "a.safetensors"  # the checkpoint's name, as jobs name checkpoints
     for same in (None, "", "Use same checkpoint"):
         spec = prepare(_txt(**hires, hr_checkpoint_name=same), STORED, CATALOG).spec
-        assert spec.params.hr_checkpoint is None
+        assert spec.params.hires is not None
+        assert spec.params.hires.checkpoint is None
     # without the hires fix A1111 never looks at it
-    assert prepare(_txt(hr_checkpoint_name="nope"), STORED, CATALOG).spec.params.hr_checkpoint is None
+    assert prepare(_txt(hr_checkpoint_name="nope"), STORED, CATALOG).spec.params.hires is None
 
 
 def test_color_correction_option_reaches_img2img_only() -> None:

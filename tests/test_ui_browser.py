@@ -357,7 +357,7 @@ def _draw_and_generate(page: Any, canvas: Any) -> None:
 
 def _kept_outside_the_mask(served: Served, record: Any, init_path: Path) -> tuple[Any, Any]:
     """(mask, changed) of a finished inpainting job: every pixel outside its mask is the init pixel."""
-    mask = np.asarray(record.spec.params.mask.convert("L")) > 0
+    mask = np.asarray(record.spec.params.inpaint.mask.convert("L")) > 0
     assert 0 < mask.sum() < mask.size  # the stroke, not the whole picture
     init = np.asarray(Image.open(init_path).convert("RGB")).astype(int)
     out = np.asarray(Image.open(served.jobs.image_path(record.images[0].id)).convert("RGB")).astype(int)
@@ -397,7 +397,7 @@ def test_inpaint_with_a_drawn_mask_changes_only_the_masked_region(
     assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
     again = _latest_job(served)
     assert again.id != record.id
-    assert np.array_equal(np.asarray(again.spec.params.mask.convert("L")) > 0, mask)
+    assert np.array_equal(np.asarray(again.spec.params.inpaint.mask.convert("L")) > 0, mask)
 
 
 def test_inpaint_only_masked_with_fill_and_latent_noise(page: Any, served: Served, tmp_path: Path) -> None:
@@ -418,7 +418,7 @@ def test_inpaint_only_masked_with_fill_and_latent_noise(page: Any, served: Serve
     assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
     record = _latest_job(served)
     assert record.status is JobStatus.DONE, record.error
-    assert (record.spec.params.inpaint_full_res, record.spec.params.inpainting_fill) == (True, 0)
+    assert (record.spec.params.inpaint.only_masked, record.spec.params.inpaint.fill) == (True, 0)
     mask, _ = _kept_outside_the_mask(served, record, init_path)
     infotext = record.images[0].infotext
     assert "Inpaint area: Only masked" in infotext
@@ -471,7 +471,7 @@ def test_png_info_send_to_img2img_generates_from_the_uploaded_png(
     assert not page.locator("#img2img_error").is_visible(), page.inner_text("#img2img_error")
     record = _latest_job(served)
     assert record.status is JobStatus.DONE, record.error
-    assert record.spec.params.mask is None
+    assert record.spec.params.inpaint is None
     assert np.array_equal(np.asarray(record.spec.params.init_image.convert("RGB")), pixels)
 
 

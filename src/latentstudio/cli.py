@@ -146,6 +146,13 @@ def loras_command(
         raise typer.Exit(code=1)
 
 
+_FLAGS = {  # a nested GenerationParams field → the generate option that sets it
+    "hires.scale": "--hr-scale", "hires.upscaler": "--hr-upscaler", "hires.steps": "--hr-steps",
+    "hires.checkpoint": "--hr-checkpoint", "hires.denoising_strength": "--denoising-strength",
+    "inpaint.mask": "--mask", "inpaint.blur": "--mask-blur",
+}  # fmt: skip
+
+
 @app.command("generate")
 def generate_command(  # noqa: PLR0917 - one option per generation parameter, as A1111's UI
     ctx: typer.Context,
@@ -189,9 +196,8 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from latentstudio.core import FieldError
         from latentstudio.models.files import ModelFileError
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
-        from latentstudio.pipeline.hires import HiresModel, check_model
         from latentstudio.pipeline.infotexts import model_identity
-        from latentstudio.pipeline.params import GenerationParams, Policy
+        from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy
         from latentstudio.samplers.noise import RngSource
 
     try:
@@ -203,30 +209,40 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         manager = ModelManager(settings)
         info = manager.default_checkpoint() if model is None else manager.find(model)
         native = manager.family(info).native_size  # from the file's header: nothing is loaded yet
+        hires = Hires(hr_scale, upscaler=hr_upscaler, steps=hr_steps, denoising_strength=denoising_strength,
+                      checkpoint=hr_checkpoint) if hr_scale != 1.0 else None  # fmt: skip
+        if hr_checkpoint is not None and hires is None:
+            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
         params = GenerationParams(
             prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, width=width or native, height=height or native,
             batch_size=batch_size, n_iter=n_iter, clip_skip=clip_skip, rng=source,
             init_image=Image.open(init_image) if init_image is not None else None,
-            denoising_strength=denoising_strength, mask=Image.open(mask) if mask is not None else None,
-            mask_blur=mask_blur, hr_scale=hr_scale, enable_hr=hr_scale != 1.0, hr_upscaler=hr_upscaler,
-            hr_second_pass_steps=hr_steps, hr_checkpoint=hr_checkpoint, color_correction=color_correction,
+            denoising_strength=denoising_strength, color_correction=color_correction, hires=hires,
+            inpaint=Inpaint(Image.open(mask), blur=mask_blur) if mask is not None else None,
         ).resolved(Policy(max_side=settings.max_side))  # fmt: skip
-        if hr_checkpoint is not None and not params.enable_hr:
-            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
         components = manager.load(info)
-        hires_model = None
-        if hr_checkpoint is not None:
-            hr_info = manager.find(hr_checkpoint)
-            hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
-            check_model(params, components, hires_model)  # the same family
+        hires_model = _hires_model(manager, params, components)
     except FieldError as e:  # a parameter (GenerationParams.resolved) or an option the pipeline refuses
-        raise _refused(e) from None
+        raise _refused(FieldError(_FLAGS.get(e.field, e.field), e.message)) from None
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None
     identity = model_identity(manager, info, components)  # as the server's worker names it
     embeddings = manager.embeddings(components)
     _run_and_save(components, params, identity, output, embeddings, manager.lora_networks, hires_model)
+
+
+def _hires_model(manager: Any, params: Any, components: Any) -> Any:
+    """The hires fix's own checkpoint, loaded, when the job names one (None otherwise); of the same family."""
+    from latentstudio.pipeline.hires import HiresModel, check_model
+    from latentstudio.pipeline.infotexts import model_identity
+
+    if params.hires is None or params.hires.checkpoint is None:
+        return None
+    hr_info = manager.find(params.hires.checkpoint)
+    hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
+    check_model(params, components, hires_model)
+    return hires_model
 
 
 @app.command("png-info")

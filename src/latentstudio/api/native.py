@@ -36,12 +36,17 @@ from latentstudio.api.schemas import (
 from latentstudio.api.state import Services, ServicesDep
 from latentstudio.core import FieldError
 from latentstudio.jobs import ExtrasSpec, JobEvent, JobKind, JobRecord, JobSpec, JobStatus
-from latentstudio.pipeline.params import GenerationParams, Policy, ResizeMode
+from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy, ResizeMode
 from latentstudio.samplers.noise import RngSource
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 KEEPALIVE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
+_INPAINT_FIELDS = {  # pipeline.params.Inpaint field → this API's flat img2img field
+    "inpaint.mask": "mask", "inpaint.blur": "mask_blur", "inpaint.fill": "inpainting_fill",
+    "inpaint.only_masked": "inpaint_full_res", "inpaint.padding": "inpaint_full_res_padding",
+    "inpaint.invert": "inpainting_mask_invert",
+}  # fmt: skip
 
 
 def job_spec(
@@ -60,20 +65,13 @@ def job_spec(
             "color_correction": payload.color_correction,
         }
         if payload.mask is not None:
-            extra.update(
-                mask=decode_image(payload.mask, "mask", max_pixels=max_pixels), mask_blur=payload.mask_blur,
-                inpainting_fill=payload.inpainting_fill, inpaint_full_res=payload.inpaint_full_res,
-                inpaint_full_res_padding=payload.inpaint_full_res_padding,
-                inpainting_mask_invert=payload.inpainting_mask_invert,
+            extra["inpaint"] = Inpaint(
+                decode_image(payload.mask, "mask", max_pixels=max_pixels), blur=payload.mask_blur,
+                fill=payload.inpainting_fill, only_masked=payload.inpaint_full_res,
+                padding=payload.inpaint_full_res_padding, invert=payload.inpainting_mask_invert,
             )  # fmt: skip
     elif payload.hires is not None:
-        hr = payload.hires
-        extra = {
-            "enable_hr": True, "hr_scale": hr.scale, "hr_resize_x": hr.resize_x, "hr_resize_y": hr.resize_y,
-            "hr_upscaler": hr.upscaler, "hr_second_pass_steps": hr.steps, "hr_sampler": hr.sampler,
-            "hr_scheduler": hr.scheduler, "hr_prompt": hr.prompt, "hr_negative_prompt": hr.negative_prompt,
-            "denoising_strength": hr.denoising_strength, "hr_checkpoint": hr.checkpoint,
-        }  # fmt: skip
+        extra["hires"] = Hires(**payload.hires.model_dump())
     params = GenerationParams(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, sampler=payload.sampler,
         scheduler=payload.scheduler, steps=payload.steps, cfg_scale=payload.cfg_scale, seed=payload.seed,
@@ -83,9 +81,13 @@ def job_spec(
         clip_skip=payload.clip_skip, eta=payload.eta, s_noise=payload.s_noise, rng=RngSource(payload.rng),
         eta_noise_seed_delta=payload.eta_noise_seed_delta, emphasis=payload.emphasis, init_image=init,
         **extra,  # type: ignore[arg-type]
-    ).resolved(Policy(max_side=max_side))  # fmt: skip
+    )  # fmt: skip
+    try:
+        resolved = params.resolved(Policy(max_side=max_side))
+    except FieldError as e:  # the img2img mask fields are flat in this API
+        raise FieldError(_INPAINT_FIELDS.get(e.field, e.field), e.message) from None
     kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
-    return JobSpec(kind, params, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
+    return JobSpec(kind, resolved, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
 
 
 def job_view(record: JobRecord, position: int | None = None, now: float | None = None) -> JobView:
@@ -139,10 +141,7 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
         spec = extras_spec(payload, images, source="api")
     else:
         spec = job_spec(payload, settings.max_side, settings.max_image_pixels, _native_size(svc, payload))
-    try:
-        record = svc.jobs.submit(spec)
-    except FieldError as e:  # name the request's field
-        raise _input_error(e) from None
+    record = svc.jobs.submit(spec)  # a FieldError names the request's field (hires.checkpoint…)
     return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
 
 
@@ -151,16 +150,7 @@ def _native_size(svc: Services, payload: Txt2ImgJob | Img2ImgJob) -> int:
     header; nothing is loaded)."""
     if payload.width is not None and payload.height is not None:
         return 0
-    try:
-        return svc.jobs.native_size(payload.checkpoint)
-    except FieldError as e:
-        raise _input_error(e) from None
-
-
-def _input_error(error: FieldError) -> FieldError:
-    """The service's refusal, named by the request's field."""
-    fields = {"hr_checkpoint": "hires.checkpoint", "hr_upscaler": "hires.upscaler"}
-    return FieldError(fields.get(error.field, error.field), error.message)
+    return svc.jobs.native_size(payload.checkpoint)
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="A job: status, progress, ETA, results")

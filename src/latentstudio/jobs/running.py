@@ -276,8 +276,8 @@ class JobRunner:
     def _hires_model(self, spec: JobSpec) -> HiresModel | None:
         """The hires fix's own checkpoint (A1111 ``hr_checkpoint_name``) with the job's VAE choice, when the
         job names one; the pipeline checks its family."""
-        name = spec.params.hr_checkpoint
-        if not spec.params.enable_hr or name is None:
+        name = spec.params.hires.checkpoint if spec.params.hires is not None else None
+        if name is None:
             return None
         info = self.manager.find(name)
         components = self.manager.load(info, vae=spec.vae)

@@ -165,10 +165,11 @@ class JobService:
             if spec.vae not in names:
                 allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
                 raise FieldError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
-        if spec.params.enable_hr:
-            self._check_hires_upscaler(spec.params.hr_upscaler)
-        if spec.params.enable_hr and spec.params.hr_checkpoint is not None:
-            self._check_hires_checkpoint(spec.params.hr_checkpoint, spec.checkpoint)
+        hires = spec.params.hires
+        if hires is not None:
+            self._check_hires_upscaler(hires.upscaler)
+        if hires is not None and hires.checkpoint is not None:
+            self._check_hires_checkpoint(hires.checkpoint, spec.checkpoint)
 
     def _check_hires_upscaler(self, name: str) -> None:
         """A latent mode or an upscaler from the folders (rescanned once on a miss), before queueing."""
@@ -178,20 +179,20 @@ class JobService:
             find_upscaler(self.worker.upscalers, name)
         except UpscalerNotFoundError as e:
             latent = ", ".join(LATENT_UPSCALE_MODES)
-            raise FieldError("hr_upscaler", f"{e}; or a latent mode: {latent}") from None
+            raise FieldError("hires.upscaler", f"{e}; or a latent mode: {latent}") from None
 
     def _check_hires_checkpoint(self, name: str, first: str | None) -> None:
         """The hires fix's own checkpoint: discovered, and of the first pass's family (latents carry over)."""
         try:
             info = self.manager.find(name)
         except ModelNotFoundError as e:
-            raise FieldError("hr_checkpoint", str(e)) from None
+            raise FieldError("hires.checkpoint", str(e)) from None
         if info.path not in {c.path for c in self.manager.checkpoints()}:
-            raise FieldError("hr_checkpoint", f"{name!r} is not a checkpoint in the models folder")
+            raise FieldError("hires.checkpoint", f"{name!r} is not a checkpoint in the models folder")
         try:
             family = self.manager.family(info)
         except (ModelFileError, OSError, ValueError) as e:
-            raise FieldError("hr_checkpoint", f"{name!r} cannot be read: {e}") from None
+            raise FieldError("hires.checkpoint", f"{name!r} cannot be read: {e}") from None
         try:
             base = self.manager.find(first) if first is not None else self.manager.default_checkpoint()
             first_family = self.manager.family(base)
@@ -199,7 +200,7 @@ class JobService:
             return  # the job fails on loading its own checkpoint, with that error
         if family.family is not first_family.family:
             raise FieldError(
-                "hr_checkpoint",
+                "hires.checkpoint",
                 f"{name!r} is {family.label} but the first pass runs {base.name} ({first_family.label}): "
                 "the hires checkpoint must be of the same family",
             )

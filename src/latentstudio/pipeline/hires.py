@@ -13,7 +13,7 @@ from PIL import Image
 from latentstudio.core import FieldError
 from latentstudio.models.loader import Components
 from latentstudio.pipeline.infotexts import ModelIdentity
-from latentstudio.pipeline.params import GenerationParams, target_size
+from latentstudio.pipeline.params import GenerationParams, Hires, target_size
 
 # A1111's latent upscale modes: name → (torch interpolation mode, antialias)
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -46,6 +46,7 @@ class HiresPlan:
     steps: int
     prompt: str
     negative_prompt: str
+    denoising_strength: float
 
     @property
     def latent_mode(self) -> tuple[str, bool] | None:
@@ -69,35 +70,37 @@ class HiresModel:
 
 def check_model(params: GenerationParams, components: Components, model: HiresModel | None) -> None:
     """The hires checkpoint is given exactly when the job names one, and is of the first pass's family."""
-    if not (params.enable_hr and params.hr_checkpoint is not None):
+    name = params.hires.checkpoint if params.hires is not None else None
+    if name is None:
         if model is not None:
-            raise ValueError("hires_model is only for a hires-fix job with hr_checkpoint set")
+            raise ValueError("hires_model is only for a hires-fix job with hires.checkpoint set")
         return
     if model is None:
-        raise FieldError("hr_checkpoint", f"{params.hr_checkpoint!r} was not loaded for this job")
+        raise FieldError("hires.checkpoint", f"{name!r} was not loaded for this job")
     first, second = components.info, model.components.info
     if first.family is not second.family:
         raise FieldError(
-            "hr_checkpoint",
-            f"{params.hr_checkpoint!r} is {second.label} but the first pass runs {first.label}: the hires "
+            "hires.checkpoint",
+            f"{name!r} is {second.label} but the first pass runs {first.label}: the hires "
             "checkpoint must be of the same family (the latents carry over)",
         )
 
 
-def plan(params: GenerationParams) -> HiresPlan:
-    """The resolved second pass: hires sampler/scheduler/prompts default to the first pass's."""
-    to_x, to_y, truncate_x, truncate_y = target_size(params)
+def plan(params: GenerationParams, hires: Hires) -> HiresPlan:
+    """The resolved second pass: hires sampler/scheduler/steps/prompts default to the first pass's."""
+    to_x, to_y, truncate_x, truncate_y = target_size(params.width, params.height, hires)
     return HiresPlan(
         width=to_x,
         height=to_y,
         truncate_x=truncate_x,
         truncate_y=truncate_y,
-        upscaler=params.hr_upscaler,
-        sampler=params.hr_sampler or params.sampler,
-        scheduler=params.hr_scheduler or params.scheduler,
-        steps=params.hr_second_pass_steps or params.steps,
-        prompt=params.hr_prompt or params.prompt,
-        negative_prompt=params.hr_negative_prompt or params.negative_prompt,
+        upscaler=hires.upscaler,
+        sampler=hires.sampler or params.sampler,
+        scheduler=hires.scheduler or params.scheduler,
+        steps=hires.steps or params.steps,
+        prompt=hires.prompt or params.prompt,
+        negative_prompt=hires.negative_prompt or params.negative_prompt,
+        denoising_strength=hires.denoising_strength,
     )
 
 
@@ -119,7 +122,8 @@ def truncate(latents: torch.Tensor, hires: HiresPlan) -> torch.Tensor:
 
 def infotext_keys(
     params: GenerationParams,
-    hires: HiresPlan,
+    hires: Hires,
+    plan: HiresPlan,
     first_schedule: str,
     hires_schedule: str,
     *,
@@ -129,19 +133,19 @@ def infotext_keys(
     ``checkpoint``: the hires checkpoint's ``name [shorthash]`` when the job names one."""
     keys: dict[str, object] = {
         "Hires checkpoint": checkpoint,
-        "Hires sampler": hires.sampler if hires.sampler != params.sampler else None,
-        "Hires prompt": hires.prompt if hires.prompt != params.prompt else None,
-        "Hires negative prompt": hires.negative_prompt
-        if hires.negative_prompt != params.negative_prompt
+        "Hires sampler": plan.sampler if plan.sampler != params.sampler else None,
+        "Hires prompt": plan.prompt if plan.prompt != params.prompt else None,
+        "Hires negative prompt": plan.negative_prompt
+        if plan.negative_prompt != params.negative_prompt
         else None,
         "Hires schedule type": hires_schedule if hires_schedule != first_schedule else None,
     }
-    if params.hr_resize_x == 0 and params.hr_resize_y == 0:
-        keys["Hires upscale"] = params.hr_scale
+    if hires.resize_x == 0 and hires.resize_y == 0:
+        keys["Hires upscale"] = hires.scale
     else:
-        keys["Hires resize"] = f"{params.hr_resize_x}x{params.hr_resize_y}"
-    keys["Hires steps"] = params.hr_second_pass_steps or None
-    keys["Hires upscaler"] = params.hr_upscaler
+        keys["Hires resize"] = f"{hires.resize_x}x{hires.resize_y}"
+    keys["Hires steps"] = hires.steps or None
+    keys["Hires upscaler"] = hires.upscaler
     return keys
 
 

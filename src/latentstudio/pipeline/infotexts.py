@@ -94,7 +94,11 @@ def parameters(  # noqa: PLR0917 - one image's facts
         "Variation seed": subseed if variation else None,
         "Variation seed strength": params.subseed_strength if variation else None,
         "Seed resize from": _seed_resize(params),
-        "Denoising strength": params.denoising_strength if params.is_img2img or params.enable_hr else None,
+        "Denoising strength": params.hires.denoising_strength
+        if params.hires is not None
+        else params.denoising_strength
+        if params.is_img2img
+        else None,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "ENSD": params.eta_noise_seed_delta
         if params.eta_noise_seed_delta and sampler.uses_ensd and eta != 0

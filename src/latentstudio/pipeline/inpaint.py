@@ -201,20 +201,21 @@ def prepare(params: GenerationParams) -> Prepared:
     assert params.init_image is not None
     width, height = params.width, params.height
     init = params.init_image  # flattened to RGB by GenerationParams.resolved
-    if params.mask is None:
+    spec = params.inpaint
+    if spec is None:
         if params.resize_mode is not ResizeMode.LATENT_UPSCALE:
             init = resize_image(init, width, height, params.resize_mode)
         return Prepared(init, None, None, {}, [])
     info: dict[str, object] = {}
-    mask = binary_mask(params.mask)
-    if params.inpainting_mask_invert:
+    mask = binary_mask(spec.mask)
+    if spec.invert:
         mask = ImageOps.invert(mask)
         info["Mask mode"] = "Inpaint not masked"
-    mask = blur_mask(mask, params.mask_blur, params.mask_blur)
-    info = {"Mask blur": params.mask_blur, **info}
-    region = crop_region(mask, params.inpaint_full_res_padding) if params.inpaint_full_res else None
+    mask = blur_mask(mask, spec.blur, spec.blur)
+    info = {"Mask blur": spec.blur, **info}
+    region = crop_region(mask, spec.padding) if spec.only_masked else None
     warnings = []
-    if params.inpaint_full_res and region is None:
+    if spec.only_masked and region is None:
         warnings.append('Unable to perform "Only masked" because the mask is blank; switched to img2img.')
     if region is not None:
         region = expand_crop_region(region, width, height, mask.width, mask.height)
@@ -226,7 +227,7 @@ def prepare(params: GenerationParams) -> Prepared:
         )
         image = resize_image(init.crop(region), width, height, ResizeMode.RESIZE_AND_FILL)
         fill_mask = processing_mask  # A1111 fills the crop under the crop's own mask
-        info.update({"Inpaint area": "Only masked", "Masked area padding": params.inpaint_full_res_padding})
+        info.update({"Inpaint area": "Only masked", "Masked area padding": spec.padding})
     elif params.resize_mode is ResizeMode.LATENT_UPSCALE:
         image, fill_mask, processing_mask, shown = _latent_upscale_inputs(init, mask, width, height)
         overlay = Overlay(overlay_for(shown, _doubled(processing_mask)), None)
@@ -235,9 +236,9 @@ def prepare(params: GenerationParams) -> Prepared:
         image = resize_image(init, width, height, params.resize_mode)
         fill_mask = processing_mask
         overlay = Overlay(overlay_for(image, _doubled(processing_mask)), None)
-    if params.inpainting_fill != MaskedContent.ORIGINAL:
-        image = fill(image, fill_mask) if params.inpainting_fill == MaskedContent.FILL else image
-        info["Masked content"] = MASKED_CONTENT_LABELS[params.inpainting_fill]
+    if spec.fill != MaskedContent.ORIGINAL:
+        image = fill(image, fill_mask) if spec.fill == MaskedContent.FILL else image
+        info["Masked content"] = MASKED_CONTENT_LABELS[spec.fill]
     return Prepared(image, processing_mask, overlay, info, warnings)
 
 

@@ -60,6 +60,40 @@ class ResizeMode(IntEnum):
 
 
 @dataclass(frozen=True)
+class Hires:
+    """The txt2img hires fix (A1111 ``enable_hr`` and ``hr_*``; the native API's ``hires``, field for field):
+    the first pass's result upscaled to ``scale`` × its size (or to ``resize_x``×``resize_y``), then a
+    second pass at ``denoising_strength``. None / 0 / "" fields mean "as the first pass"."""
+
+    scale: float = 2.0
+    resize_x: int = 0
+    resize_y: int = 0
+    upscaler: str = "Latent"  # a latent mode (pipeline.hires.LATENT_UPSCALE_MODES) or a pixel upscaler
+    steps: int = 0
+    sampler: str | None = None
+    scheduler: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    denoising_strength: float = 0.7  # A1111's UI default for the hires pass
+    checkpoint: str | None = None  # another checkpoint of the same family for the second pass
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """img2img inpainting (A1111's mask fields): repaint where ``mask`` is white (or, for an RGBA mask,
+    where it is opaque), blurred by ``blur`` pixels; ``fill`` is A1111 ``inpainting_fill`` (0 fill,
+    1 original, 2 latent noise, 3 latent nothing); ``only_masked`` crops to the mask plus ``padding``
+    pixels (``inpaint_full_res``); ``invert`` repaints the unmasked area."""
+
+    mask: Image.Image
+    blur: int = 4
+    fill: int = 1  # A1111's UI default "original"
+    only_masked: bool = False  # the A1111 API's default is True, its UI's False
+    padding: int = 32
+    invert: bool = False
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     """Everything that determines the images of one request (with ``seed`` resolved by :meth:`resolved`)."""
 
@@ -86,25 +120,10 @@ class GenerationParams:
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
     resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
-    mask: Image.Image | None = None  # img2img inpainting: white = repaint (or the alpha of an RGBA mask)
-    mask_blur: int = 4
-    inpainting_fill: int = 1  # A1111 UI default "original"; 0 fill, 2 latent noise, 3 latent nothing
-    inpaint_full_res: bool = False  # "Only masked" (the API's default is True; the UI's False)
-    inpaint_full_res_padding: int = 32
-    inpainting_mask_invert: bool = False
+    inpaint: Inpaint | None = None  # img2img only
     inpainting_mask_weight: float = 1.0  # inpainting checkpoints: how much of the masked image they see
     color_correction: bool = False  # A1111 img2img_color_correction: outputs keep the init image's colours
-    enable_hr: bool = False  # txt2img hires fix (second pass at denoising_strength)
-    hr_scale: float = 2.0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    hr_upscaler: str = "Latent"  # a latent mode (pipeline.hires.LATENT_UPSCALE_MODES) or a pixel upscaler
-    hr_second_pass_steps: int = 0  # 0: as many as the first pass
-    hr_sampler: str | None = None  # None: the first pass's
-    hr_scheduler: str | None = None
-    hr_prompt: str = ""  # "": the first pass's
-    hr_negative_prompt: str = ""
-    hr_checkpoint: str | None = None  # another checkpoint of the same family for the second pass; None: same
+    hires: Hires | None = None  # txt2img only
     emphasis: str = "Original"  # A1111 emphasis option: Original, No norm, Ignore, None
     old_prompt_editing: bool = False  # A1111 use_old_scheduling ("Old prompt editing timelines")
     pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
@@ -118,19 +137,20 @@ class GenerationParams:
         """The one builder: validated under ``policy``, names resolved, images flattened, seeds fixed.
 
         ``sampler`` may name its schedule ("DPM++ 2M Karras" wins over ``scheduler``, A1111's rule) and the
-        sampler's own schedule becomes "Automatic"; ``hr_sampler``/``hr_scheduler`` likewise. ``eta`` and
+        sampler's own schedule becomes "Automatic"; ``hires.sampler``/``.scheduler`` likewise. ``eta`` and
         ``s_noise`` are kept only for samplers that take them (A1111 ignores them elsewhere, infotext too);
         a missing ``eta`` is the policy's. -1 seeds become recorded random ones. Raises :class:`FieldError`.
         """
         sampler, scheduler = sampler_and_scheduler(self.sampler, self.scheduler)
         info = SAMPLER_INFO[sampler]
         eta = self.eta if self.eta is not None else policy.eta_ddim if info.timestep else policy.eta_ancestral
-        hr_sampler, hr_scheduler = self.hr_sampler, self.hr_scheduler
-        if self.enable_hr:
-            hr_sampler, hr_scheduler = _hires_names(hr_sampler, hr_scheduler)
+        hires = self.hires
+        if hires is not None:
+            hr_sampler, hr_scheduler = _hires_names(hires.sampler, hires.scheduler)
+            hires = dataclasses.replace(hires, sampler=hr_sampler, scheduler=hr_scheduler)
         init = None if self.init_image is None else flatten(self.init_image, policy.background)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields.update(sampler=sampler, scheduler=scheduler, hr_sampler=hr_sampler, hr_scheduler=hr_scheduler)
+        fields.update(sampler=sampler, scheduler=scheduler, hires=hires)
         fields.update(eta=eta if info.takes("eta") else None, init_image=init)
         fields.update(s_noise=self.s_noise if info.takes("s_noise") else 1.0)
         resolved = ResolvedParams(**fields)
@@ -165,10 +185,11 @@ class GenerationParams:
                 check_prompt(text, self.steps)
             except PromptError as e:
                 raise FieldError(field, str(e)) from None
-        if self.enable_hr:
-            self._validate_hires(max_side)
-        if self.mask is not None:
-            self._validate_inpainting()
+        _check_float("inpainting_mask_weight", self.inpainting_mask_weight, 0.0, 1.0)
+        if self.hires is not None:
+            _validate_hires(self, self.hires, max_side)
+        if self.inpaint is not None:
+            _validate_inpaint(self, self.inpaint)
         if self.color_correction and not self.is_img2img:
             raise FieldError(
                 "color_correction", "colour correction is an img2img option (it needs an init image)"
@@ -177,36 +198,6 @@ class GenerationParams:
             raise FieldError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise FieldError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
-
-    def _validate_inpainting(self) -> None:
-        """The inpainting fields (only with a ``mask``)."""
-        if self.init_image is None:
-            raise FieldError("mask", "a mask needs an init image (img2img)")
-        _check_int("mask_blur", self.mask_blur, 0, 64)
-        _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
-        _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
-        _check_float("inpainting_mask_weight", self.inpainting_mask_weight, 0.0, 1.0)
-
-    def _validate_hires(self, max_side: int) -> None:
-        """The hires-fix fields (only when ``enable_hr``); the target size obeys the same limits."""
-        if self.is_img2img:
-            raise FieldError("enable_hr", "hires fix is a txt2img option; img2img has no second pass")
-        _check_float("hr_scale", self.hr_scale, 1.0, 8.0)
-        for field in ("hr_resize_x", "hr_resize_y"):
-            _check_int(field, getattr(self, field), 0, MAX_SIDE)
-        _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
-        if self.hr_checkpoint is not None and not 0 < len(self.hr_checkpoint.strip()) <= 1000:
-            raise FieldError(
-                "hr_checkpoint", "a checkpoint name (at most 1000 characters), or None for the same"
-            )
-        for field in ("hr_prompt", "hr_negative_prompt"):
-            try:
-                check_prompt(getattr(self, field), self.hr_second_pass_steps or self.steps)
-            except PromptError as e:
-                raise FieldError(field, str(e)) from None
-        to_x, to_y, _, _ = target_size(self)
-        if not (64 <= to_x <= max_side and 64 <= to_y <= max_side):
-            raise FieldError("hr_scale", f"the hires target {to_x}x{to_y} must be within [64, {max_side}]")
 
 
 @dataclass(frozen=True)
@@ -217,13 +208,13 @@ class ResolvedParams(GenerationParams):
     only to call :meth:`~GenerationParams.resolved` on the result."""
 
 
-def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
-    """The hires fix's upscaled size, A1111 ``calculate_target_resolution``: ``(to_x, to_y, truncate_x,
-    truncate_y)``. Here, not in :mod:`~latentstudio.pipeline.hires`, because :meth:`GenerationParams.resolved`
-    bounds it and hires imports this module."""
-    width, height, rx, ry = params.width, params.height, params.hr_resize_x, params.hr_resize_y
+def target_size(width: int, height: int, hires: Hires) -> tuple[int, int, int, int]:
+    """The hires fix's upscaled size from the first pass's, A1111 ``calculate_target_resolution``:
+    ``(to_x, to_y, truncate_x, truncate_y)``. Here, not in :mod:`~latentstudio.pipeline.hires`, because
+    :meth:`GenerationParams.resolved` bounds it and hires imports this module."""
+    rx, ry = hires.resize_x, hires.resize_y
     if rx == 0 and ry == 0:
-        return int(width * params.hr_scale), int(height * params.hr_scale), 0, 0
+        return int(width * hires.scale), int(height * hires.scale), 0, 0
     if ry == 0:
         return rx, rx * height // width, 0, 0
     if rx == 0:
@@ -235,6 +226,38 @@ def target_size(params: GenerationParams) -> tuple[int, int, int, int]:
     return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
 
 
+def _validate_inpaint(params: GenerationParams, inpaint: Inpaint) -> None:
+    """The inpainting fields: only with an init image."""
+    if params.init_image is None:
+        raise FieldError("inpaint.mask", "a mask needs an init image (img2img)")
+    _check_int("inpaint.blur", inpaint.blur, 0, 64)
+    _check_int("inpaint.fill", inpaint.fill, 0, 3)
+    _check_int("inpaint.padding", inpaint.padding, 0, MAX_SIDE)
+
+
+def _validate_hires(params: GenerationParams, hires: Hires, max_side: int) -> None:
+    """The hires-fix fields: only for txt2img; the target size obeys the same limits as the base size."""
+    if params.is_img2img:
+        raise FieldError("hires", "hires fix is a txt2img option; img2img has no second pass")
+    _check_float("hires.scale", hires.scale, 1.0, 8.0)
+    _check_int("hires.resize_x", hires.resize_x, 0, MAX_SIDE)
+    _check_int("hires.resize_y", hires.resize_y, 0, MAX_SIDE)
+    _check_int("hires.steps", hires.steps, 0, MAX_STEPS)
+    _check_float("hires.denoising_strength", hires.denoising_strength, 0.0, 1.0)
+    if hires.checkpoint is not None and not 0 < len(hires.checkpoint.strip()) <= 1000:
+        raise FieldError(
+            "hires.checkpoint", "a checkpoint name (at most 1000 characters), or None for the same"
+        )
+    for field in ("prompt", "negative_prompt"):
+        try:
+            check_prompt(getattr(hires, field), hires.steps or params.steps)
+        except PromptError as e:
+            raise FieldError(f"hires.{field}", str(e)) from None
+    to_x, to_y, _, _ = target_size(params.width, params.height, hires)
+    if not (64 <= to_x <= max_side and 64 <= to_y <= max_side):
+        raise FieldError("hires.scale", f"the hires target {to_x}x{to_y} must be within [64, {max_side}]")
+
+
 def _hires_names(sampler: str | None, scheduler: str | None) -> tuple[str | None, str | None]:
     """The hires pass's own sampler and schedule (None: the first pass's), by A1111 name or alias; a
     schedule in the sampler's name wins."""
@@ -242,12 +265,12 @@ def _hires_names(sampler: str | None, scheduler: str | None) -> tuple[str | None
         try:
             sampler, named = resolve_sampler(sampler)
         except ValueError as e:
-            raise FieldError("hr_sampler", str(e)) from None
+            raise FieldError("hires.sampler", str(e)) from None
         scheduler = named or scheduler
     try:
         return sampler, None if scheduler is None else resolve_scheduler(scheduler)
     except ValueError as e:
-        raise FieldError("hr_scheduler", str(e)) from None
+        raise FieldError("hires.scheduler", str(e)) from None
 
 
 def _check_size(field: str, value: int, max_side: int) -> None:

@@ -25,7 +25,7 @@ from latentstudio.pipeline import color, hires, infotexts, inpaint, texts, vae
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
-from latentstudio.pipeline.params import GenerationParams, ResolvedParams
+from latentstudio.pipeline.params import GenerationParams, Hires, ResolvedParams
 from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers import SAMPLER_INFO
@@ -96,7 +96,7 @@ def run(
     job only (the base weights come back bit for bit); a LoRA that cannot be used is a warning.
     ``upscaler``: the hires fix's pixel upscalers (``image, name, width, height → image``); the default
     knows A1111's built-in None, Lanczos and Nearest.
-    ``hires_model``: the checkpoint ``params.hr_checkpoint`` names (required with it, refused without).
+    ``hires_model``: the checkpoint ``params.hires.checkpoint`` names (required with it, refused without).
     """
     # 1. check (the parameters were validated once, by GenerationParams.resolved)
     if not isinstance(params, ResolvedParams):
@@ -172,7 +172,9 @@ def _generate(
     init, blend = vae.img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
     warnings.extend(prepared.warnings if prepared is not None else ())
     first = _first_stage(components, params, text, prepared, blend)
-    second = _hires_stage(components, params, text, hires_model, switch) if params.enable_hr else None
+    second = (
+        _hires_stage(components, params, params.hires, text, hires_model, switch) if params.hires else None
+    )
     warnings.extend(w for w in (second.warnings if second else ()) if w not in warnings)
     extra_info = _job_info(params, networks, text, first, second, prepared)
     correct = prepared is not None and params.color_correction
@@ -280,16 +282,17 @@ def _first_stage(
     return _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
 
 
-def _hires_stage(
+def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
     components: Components,
     params: GenerationParams,
+    fix: Hires,
     text: texts.Texts,
     model: HiresModel | None,
     switch: _LoraSwitch,
 ) -> _Hires:
     """The hires fix's img2img pass, on the hires checkpoint when the job names one (else ``components``):
     its prompts are scheduled after the first pass's steps (A1111) and encoded by that checkpoint."""
-    plan = hires.plan(params)
+    plan = hires.plan(params, fix)
     if model is not None:
         components = model.components
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
@@ -297,7 +300,7 @@ def _hires_stage(
     if activation is not None:  # the hires checkpoint's text encoders carry the LoRAs now
         text = dataclasses.replace(text, networks=activation.text_key)
     sigmas, vp_terminal, label = pass_sigmas(
-        plan.sampler, plan.scheduler, plan.steps, params.denoising_strength, model_sigmas
+        plan.sampler, plan.scheduler, plan.steps, plan.denoising_strength, model_sigmas
     )
     steps = (texts.total_steps(params.sampler, params.steps), texts.total_steps(plan.sampler, plan.steps))
     size = (plan.height, plan.width)
@@ -327,9 +330,10 @@ def _job_info(  # noqa: PLR0917 - the parts of a job the infotext describes
         "Lora hashes": networks.infotext_hashes(),
         **texts.extra_info(params, text.used, text.texts),
     }
-    if second is not None:
+    if second is not None and params.hires is not None:
         labels = (first.sampling.schedule_label, second.stage.sampling.schedule_label)
-        info.update(hires.infotext_keys(params, second.plan, *labels, checkpoint=second.checkpoint))
+        keys = hires.infotext_keys(params, params.hires, second.plan, *labels, checkpoint=second.checkpoint)
+        info.update(keys)
     info.update(prepared.infotext if prepared is not None else {})
     if first.components.info.inpainting and prepared is not None:
         info["Conditional mask weight"] = params.inpainting_mask_weight

@@ -28,13 +28,14 @@ def img2img_latents(
     if prepared.mask is None:
         return latent, None
     keep, repaint = (m.to(latent) for m in inpaint.latent_masks(prepared.mask, latent))
-    if params.inpainting_fill == inpaint.MaskedContent.LATENT_NOISE:  # A1111: the first batch's seeds
+    fill = params.inpaint.fill if params.inpaint is not None else inpaint.MaskedContent.ORIGINAL
+    if fill == inpaint.MaskedContent.LATENT_NOISE:  # A1111: the first batch's seeds
         shape = (latent.shape[1], latent.shape[2], latent.shape[3])
         noise = ImageRNG(
             shape, seeds[: params.batch_size], source=params.rng, device=components.device
         ).first()
         latent = latent * keep + noise.to(latent) * repaint
-    elif params.inpainting_fill == inpaint.MaskedContent.LATENT_NOTHING:
+    elif fill == inpaint.MaskedContent.LATENT_NOTHING:
         latent = latent * keep
     return latent, (latent, keep, repaint)
 

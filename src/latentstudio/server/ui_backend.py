@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from latentstudio.api.common import extras_spec
 from latentstudio.api.sdapi import extras, listing, pasting
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.convert import prepare
+from latentstudio.api.sdapi.convert import prepare, request_field
 from latentstudio.api.sdapi.models import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.routes import WAIT_SECONDS
 from latentstudio.api.state import Services
@@ -135,7 +135,10 @@ class SdapiBackend:
                 if mask is not None:
                     request = request.model_copy(update={"mask": "ui"})
                 prepared = prepare(request, stored, self._catalog(), [init], mask)
-            return svc.jobs.submit(dataclasses.replace(prepared.spec, source="ui"))
+            try:
+                return svc.jobs.submit(dataclasses.replace(prepared.spec, source="ui"))
+            except FieldError as e:  # the service names nested fields (hires.upscaler): the A1111 names here
+                raise FieldError(request_field(e.field), e.message) from None
 
     def _catalog(self) -> Any:
         return listing.catalog(self.services.manager, self.services.settings)

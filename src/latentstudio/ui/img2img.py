@@ -19,7 +19,7 @@ def merge_editor(value: dict[str, Any] | None, state: Edited | None) -> Edited |
     value = value or {}
     merged: Edited = dict(state or {"init": None, "mask": None})
     if value.get("background") is not None:
-        merged = {"init": value["background"].convert("RGB"), "mask": None}
+        merged = {"init": value["background"], "mask": None}  # transparency: flattened by the builder
     init = merged["init"]
     if init is None:
         return state

@@ -23,7 +23,7 @@ from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
-from latentstudio.pipeline.params import GenerationParams, Policy, ResizeMode, ResolvedParams
+from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy, ResizeMode, ResolvedParams
 from latentstudio.prompts.errors import PromptError
 from latentstudio.prompts.networks import extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
@@ -31,15 +31,20 @@ from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import RngSource
 
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
-_PARAM_FIELDS = {
+_PARAM_FIELDS = {  # a GenerationParams field (dotted when nested) → the A1111 request field or option
     "sampler": "sampler_name",
-    "hr_sampler": "hr_sampler_name",
     "inpainting_mask_weight": "override_settings.inpainting_mask_weight",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta",
-    "hr_checkpoint": "hr_checkpoint_name",
     "color_correction": "override_settings.img2img_color_correction",
-}
+    "hires": "enable_hr", "hires.scale": "hr_scale", "hires.resize_x": "hr_resize_x",
+    "hires.resize_y": "hr_resize_y", "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
+    "hires.sampler": "hr_sampler_name", "hires.scheduler": "hr_scheduler", "hires.prompt": "hr_prompt",
+    "hires.negative_prompt": "hr_negative_prompt", "hires.denoising_strength": "denoising_strength",
+    "hires.checkpoint": "hr_checkpoint_name", "inpaint.mask": "mask", "inpaint.blur": "mask_blur",
+    "inpaint.fill": "inpainting_fill", "inpaint.only_masked": "inpaint_full_res",
+    "inpaint.padding": "inpaint_full_res_padding", "inpaint.invert": "inpainting_mask_invert",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def request_field(field_name: str) -> str:
     return _PARAM_FIELDS.get(field_name, field_name)
 
 
-def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: ServerCatalog) -> dict[str, Any]:
+def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: ServerCatalog) -> Hires:
     """The hires-fix fields of a txt2img request (A1111's "Use same …" labels mean the first pass's)."""
     same = (None, "", "Use same sampler", "Use same scheduler", "Use same checkpoint")
     checkpoint = None
@@ -162,25 +167,24 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: Serv
         checkpoint = catalog.checkpoint(str(req.hr_checkpoint_name), "hr_checkpoint_name").name
     sampler = None if req.hr_sampler_name in same else req.hr_sampler_name
     scheduler = None if req.hr_scheduler in same else req.hr_scheduler
-    return {
-        "enable_hr": True, "hr_scale": req.hr_scale, "hr_resize_x": req.hr_resize_x,
-        "hr_resize_y": req.hr_resize_y, "hr_second_pass_steps": req.hr_second_pass_steps,
-        "hr_upscaler": req.hr_upscaler or str(options.get("latent_upscale_default_mode", "Latent")),
-        "hr_sampler": sampler, "hr_scheduler": scheduler, "hr_prompt": req.hr_prompt,
-        "hr_negative_prompt": req.hr_negative_prompt, "hr_checkpoint": checkpoint,
-        "denoising_strength": 0.75 if req.denoising_strength is None else req.denoising_strength,
-    }  # fmt: skip
+    return Hires(
+        scale=req.hr_scale, resize_x=req.hr_resize_x, resize_y=req.hr_resize_y,
+        upscaler=req.hr_upscaler or str(options.get("latent_upscale_default_mode", "Latent")),
+        steps=req.hr_second_pass_steps, sampler=sampler, scheduler=scheduler, prompt=req.hr_prompt,
+        negative_prompt=req.hr_negative_prompt, checkpoint=checkpoint,
+        denoising_strength=0.75 if req.denoising_strength is None else req.denoising_strength,
+    )  # fmt: skip
 
 
 def _inpainting(req: Img2ImgRequest, mask: Image.Image, options: Mapping[str, opts.Value]) -> dict[str, Any]:
     """The inpainting fields of an img2img request with a mask."""
-    return {
-        "mask": mask, "mask_blur": req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
-        "inpainting_fill": req.inpainting_fill, "inpaint_full_res": req.inpaint_full_res,
-        "inpaint_full_res_padding": req.inpaint_full_res_padding,
-        "inpainting_mask_invert": bool(req.inpainting_mask_invert),
-        "inpainting_mask_weight": float(options["inpainting_mask_weight"]),  # type: ignore[arg-type]
-    }  # fmt: skip
+    inpaint = Inpaint(
+        mask, blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x, fill=req.inpainting_fill,
+        only_masked=req.inpaint_full_res, padding=req.inpaint_full_res_padding,
+        invert=bool(req.inpainting_mask_invert),
+    )  # fmt: skip
+    weight = float(options["inpainting_mask_weight"])  # type: ignore[arg-type]
+    return {"inpaint": inpaint, "inpainting_mask_weight": weight}
 
 
 def generation_params(
@@ -205,7 +209,7 @@ def generation_params(
         if mask is not None:
             extra.update(_inpainting(req, mask, options))
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
-        extra = _hires(req, options, catalog)
+        extra = {"hires": _hires(req, options, catalog)}
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, scheduler=req.scheduler or "Automatic",
         sampler=req.sampler_name or req.sampler_index or DEFAULT_SAMPLER, steps=req.steps,
