@@ -1,7 +1,7 @@
 """Request pieces both front doors stand on: the A1111 ``/sdapi/v1`` (:mod:`latentstudio.api.sdapi`) and the
 native ``/api/v1`` (:mod:`latentstudio.api.native`, :mod:`latentstudio.api.schemas`) import these and never
 each other (DESIGN "Imports flow one way"): the base64 image field, the strict request base, A1111's extras
-fields and the extras job they make.
+fields and the extras job they make, and A1111's flat names of the inpainting fields both doors take.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ from latentstudio.jobs import ExtrasSpec
 from latentstudio.postprocess.extras import ExtrasOptions
 
 MAX_BASE64 = 70_000_000  # characters: the 50 MB body limit is the real bound
+INPAINT_FIELDS = {  # a pipeline.params.Inpaint field (as a FieldError names it) → A1111's flat request field
+    "inpaint.mask": "mask", "inpaint.blur": "mask_blur", "inpaint.fill": "inpainting_fill",
+    "inpaint.only_masked": "inpaint_full_res", "inpaint.padding": "inpaint_full_res_padding",
+    "inpaint.invert": "inpainting_mask_invert",
+}  # fmt: skip
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Name = Annotated[str, Field(max_length=1000)]

@@ -19,7 +19,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
-from latentstudio.api.common import extras_spec
+from latentstudio.api.common import INPAINT_FIELDS, extras_spec
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
     ExtrasJob,
@@ -42,11 +42,6 @@ from latentstudio.samplers.noise import RngSource
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 KEEPALIVE_SECONDS = 15.0
 CANCEL_WAIT_SECONDS = 10.0
-_INPAINT_FIELDS = {  # pipeline.params.Inpaint field → this API's flat img2img field
-    "inpaint.mask": "mask", "inpaint.blur": "mask_blur", "inpaint.fill": "inpainting_fill",
-    "inpaint.only_masked": "inpaint_full_res", "inpaint.padding": "inpaint_full_res_padding",
-    "inpaint.invert": "inpainting_mask_invert",
-}  # fmt: skip
 
 
 def job_spec(
@@ -85,7 +80,7 @@ def job_spec(
     try:
         resolved = params.resolved(Policy(max_side=max_side))
     except FieldError as e:  # the img2img mask fields are flat in this API
-        raise FieldError(_INPAINT_FIELDS.get(e.field, e.field), e.message) from None
+        raise FieldError(INPAINT_FIELDS.get(e.field, e.field), e.message) from None
     kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
     return JobSpec(kind, resolved, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
 

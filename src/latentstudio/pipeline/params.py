@@ -33,7 +33,6 @@ from latentstudio.samplers import (
 )
 from latentstudio.samplers.noise import RngSource, resolve_seed
 
-SAMPLER_NAMES = tuple(SAMPLER_INFO)
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")  # prompts.conditioning.Emphasis values
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from latentstudio.api.common import INPAINT_FIELDS
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.core import FieldError
@@ -41,9 +42,7 @@ _PARAM_FIELDS = {  # a GenerationParams field (dotted when nested) → the A1111
     "hires.resize_y": "hr_resize_y", "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
     "hires.sampler": "hr_sampler_name", "hires.scheduler": "hr_scheduler", "hires.prompt": "hr_prompt",
     "hires.negative_prompt": "hr_negative_prompt", "hires.denoising_strength": "denoising_strength",
-    "hires.checkpoint": "hr_checkpoint_name", "inpaint.mask": "mask", "inpaint.blur": "mask_blur",
-    "inpaint.fill": "inpainting_fill", "inpaint.only_masked": "inpaint_full_res",
-    "inpaint.padding": "inpaint_full_res_padding", "inpaint.invert": "inpainting_mask_invert",
+    "hires.checkpoint": "hr_checkpoint_name", **INPAINT_FIELDS,
 }  # fmt: skip
 
 
