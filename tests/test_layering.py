@@ -27,7 +27,7 @@ PACKAGE = SRC / "latentstudio"
 # /api/v1 door) stand on ``api.shared`` (errors, image codecs, services, security, the request pieces both
 # doors use) and never on each other; ``api`` itself is the assembly (``app``, ``health``, ``__init__``).
 # ``server`` is the composition root (app + UI + the UI's backend); only ``cli`` imports it.
-_BOTTOM = "base models samplers prompts infotext postprocess"
+_BOTTOM = "base models samplers prompts infotext postprocess control"
 _API = f"{_BOTTOM} pipeline jobs api.shared"
 MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
     "base": "",
@@ -36,6 +36,7 @@ MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
     "prompts": "base models",  # encoding runs the checkpoint's tokenizers and text encoders
     "infotext": "base prompts",  # the A1111 PNG text; reads prompts with the prompt parser
     "postprocess": "base models infotext",
+    "control": "base",  # the ControlNet preprocessors: pure image operations
     "pipeline": _BOTTOM,
     "jobs": f"{_BOTTOM} pipeline",
     "api.shared": f"{_BOTTOM} pipeline jobs",

@@ -1,0 +1,293 @@
+"""The ControlNet preprocessors that need no weights, as sd-webui-controlnet (Mikubill, main branch) defines
+and computes them: :data:`PREPROCESSORS` (by module name) and :func:`detect`.
+
+What it matches, module by module: the names the extension's ``/controlnet/module_list`` gives and the
+labels it gives with ``alias_names=true`` (here :attr:`Preprocessor.aliases`; :func:`detect` takes either,
+as the extension's ``Preprocessor.get_preprocessor`` does); the sliders of its ``module_detail`` (label,
+min, max, default, step, in :meth:`Preprocessor.module_detail`); the list order of
+``get_sorted_preprocessors`` (:func:`module_list`); and the image each returns, ``[H, W, 3]`` uint8 RGB
+(:mod:`latentstudio.control.preprocess_ops` says how each is computed and at what size).
+
+Sources: ``scripts/supported_preprocessor.py`` (``PreprocessorParameter`` defaults: step 0.01; the default
+Resolution slider 64–2048, 512, step 8), ``scripts/preprocessor/model_free_preprocessors.py`` (none,
+canny, invert, blur_gaussian, scribble_xdog, shuffle) and ``scripts/preprocessor/legacy/
+preprocessor_compiled.py`` + ``processor.py`` (lineart_standard, recolor_*, color, threshold, tile_*). The
+legacy wrapper stores its resolution setting as ``self.resolution``, never ``slider_resolution``, so every
+legacy preprocessor keeps the default Resolution slider in ``module_detail``, even those that ignore it
+(tile_*, recolor_*); :attr:`Preprocessor.uses_resolution` says which read it. There is no ``scribble_thr``
+module: that function was never registered and is gone; ``threshold`` is the thresholding preprocessor.
+
+Parameters: ``None`` (or -1, the A1111 API's "unset") takes the slider's default. The extension replaces
+any out-of-range value by the default silently; here an out-of-range or non-finite value is refused with
+:class:`~latentstudio.core.FieldError` naming ``processor_res``, ``threshold_a`` or ``threshold_b``. A value
+for a slider the module does not have is ignored, as in the extension. Steps are not enforced (the
+extension does not either: pixel-perfect resolutions are any integer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from latentstudio.control import preprocess_ops as ops
+from latentstudio.core import FieldError
+
+UNSET = -1  # the A1111 ControlNet API's "use the default" for processor_res / threshold_a / threshold_b
+
+
+@dataclass(frozen=True)
+class Slider:
+    """One ``PreprocessorParameter`` as ``module_detail`` lists it."""
+
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    step: float = 0.01  # PreprocessorParameter's default step
+
+    def api_json(self) -> dict[str, str | float]:
+        """The extension's ``PreprocessorParameter.api_json``."""
+        return {"name": self.label, "value": self.default, "min": self.minimum, "max": self.maximum,
+                "step": self.step}  # fmt: skip
+
+    def value(self, field: str, given: float | None) -> float:
+        """``given`` checked against the range, or the default when ``None`` / -1."""
+        if given is None or given == UNSET:
+            return self.default
+        if not (math.isfinite(given) and self.minimum <= given <= self.maximum):
+            raise FieldError(field, f"{self.label} must be in [{self.minimum}, {self.maximum}], got {given}")
+        return given
+
+
+RESOLUTION = Slider("Resolution", 64, 2048, 512, 8)  # Preprocessor.slider_resolution's class default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved parameters one call gets."""
+
+    resolution: int
+    a: float
+    b: float
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """One preprocessor: its module ``name``, its ``aliases`` (the extension's display label where it
+    differs), the sliders ``module_detail`` shows for ``processor_res`` (``resolution``; ``None`` where the
+    extension hides it), ``threshold_a`` and ``threshold_b``, whether ``run`` reads the resolution, the
+    extension's ``sorting_priority`` and tags, and ``run`` itself (image ``[H, W, 3]`` uint8 in and out)."""
+
+    name: str
+    run: Callable[[np.ndarray, Settings], np.ndarray]
+    aliases: tuple[str, ...] = ()
+    resolution: Slider | None = RESOLUTION
+    uses_resolution: bool = True
+    threshold_a: Slider | None = None
+    threshold_b: Slider | None = None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The display name (``module_list?alias_names=true``)."""
+        return self.aliases[0] if self.aliases else self.name
+
+    @property
+    def sliders(self) -> tuple[Slider, ...]:
+        """The visible sliders in ``module_detail`` order: resolution, threshold_a, threshold_b."""
+        return tuple(s for s in (self.resolution, self.threshold_a, self.threshold_b) if s is not None)
+
+    def module_detail(self) -> dict[str, object]:
+        """This module's entry in the extension's ``module_detail`` (all of these say ``model_free: false``,
+        as the extension does)."""
+        return {"model_free": False, "sliders": [s.api_json() for s in self.sliders]}
+
+    def settings(
+        self,
+        processor_res: int | None,
+        threshold_a: float | None,
+        threshold_b: float | None,
+        seed: int | None = None,
+    ) -> Settings:
+        """The parameters checked against this module's sliders; defaults filled in."""
+        res = self.resolution.value("processor_res", processor_res) if self.resolution else RESOLUTION.default
+        a = self.threshold_a.value("threshold_a", threshold_a) if self.threshold_a else 0.0
+        b = self.threshold_b.value("threshold_b", threshold_b) if self.threshold_b else 0.0
+        if seed is not None and not 0 <= seed < 2**32:
+            raise FieldError("seed", f"a numpy seed is in [0, 2**32), got {seed}")
+        return Settings(int(res), float(a), float(b), seed)
+
+
+def _identity(image: np.ndarray, _: Settings) -> np.ndarray:
+    return image.copy()
+
+
+def _lineart_standard(image: np.ndarray, s: Settings) -> np.ndarray:
+    return ops.lineart_standard(image, s.resolution)
+
+
+def _threshold(image: np.ndarray, s: Settings) -> np.ndarray:
+    return ops.threshold(image, s.resolution, s.a)
+
+
+def _tile_resample(image: np.ndarray, s: Settings) -> np.ndarray:
+    try:
+        return ops.tile_resample(image, s.a)
+    except ValueError as e:
+        raise FieldError("threshold_a", str(e)) from e
+
+
+_GAMMA = Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001)
+_VARIATION = Slider("Variation", 3.0, 32.0, 8.0, 1.0)
+
+_ALL = (
+    # scripts/preprocessor/model_free_preprocessors.py
+    Preprocessor("none", _identity, uses_resolution=False, priority=10, tags=("InstructP2P",)),
+    Preprocessor(
+        "canny",
+        lambda img, s: ops.canny(img, s.resolution, s.a, s.b),
+        threshold_a=Slider("Low Threshold", 1, 255, 100, 1),
+        threshold_b=Slider("High Threshold", 1, 255, 200, 1),
+        priority=100,
+        tags=("Canny",),
+    ),
+    Preprocessor(
+        "invert",
+        lambda img, _: 255 - img,
+        aliases=("invert (from white bg & black line)",),
+        resolution=None,
+        uses_resolution=False,
+        priority=20,
+        tags=("Canny", "Lineart", "Scribble", "MLSD"),
+    ),
+    Preprocessor(
+        "blur_gaussian",
+        lambda img, s: ops.blur_gaussian(img, s.resolution, s.a),
+        threshold_a=Slider("Sigma", 0.01, 64.0, 9.0),
+        tags=("Tile",),
+    ),
+    Preprocessor(
+        "scribble_xdog",
+        lambda img, s: ops.scribble_xdog(img, s.resolution, s.a),
+        threshold_a=Slider("XDoG Threshold", 1, 64, 32),
+        tags=("Scribble", "SparseCtrl"),
+    ),
+    Preprocessor(
+        "shuffle",
+        lambda img, s: ops.shuffle(img, s.seed),
+        resolution=None,  # hidden and fixed at 512 (ops.SHUFFLE_RESOLUTION)
+        uses_resolution=False,
+        tags=("Shuffle",),
+    ),
+    # scripts/preprocessor/legacy/preprocessor_compiled.py, computed in legacy/processor.py
+    Preprocessor(
+        "lineart_standard",
+        _lineart_standard,
+        aliases=("lineart_standard (from white bg & black line)",),
+        priority=100,
+        tags=("Lineart",),
+    ),
+    Preprocessor(
+        "recolor_intensity",
+        lambda img, s: ops.recolor(img, s.a, luminance=False),
+        uses_resolution=False,
+        threshold_a=_GAMMA,
+        tags=("Recolor",),
+    ),
+    Preprocessor(
+        "recolor_luminance",
+        lambda img, s: ops.recolor(img, s.a, luminance=True),
+        uses_resolution=False,
+        threshold_a=_GAMMA,
+        priority=100,
+        tags=("Recolor",),
+    ),
+    Preprocessor(
+        "color",
+        lambda img, s: ops.color_grid(img, s.resolution),
+        aliases=("t2ia_color_grid",),
+        tags=("T2I-Adapter",),
+    ),
+    Preprocessor("threshold", _threshold, threshold_a=Slider("Binarization Threshold", 0, 255, 127)),
+    Preprocessor("tile_colorfix", _identity, threshold_a=_VARIATION, uses_resolution=False, tags=("Tile",)),
+    Preprocessor(
+        "tile_colorfix+sharp",
+        _identity,
+        threshold_a=_VARIATION,
+        threshold_b=Slider("Sharpness", 0.0, 2.0, 1.0, 0.01),
+        uses_resolution=False,
+        tags=("Tile",),
+    ),
+    Preprocessor(
+        "tile_resample",
+        _tile_resample,
+        threshold_a=Slider("Down Sampling Rate", 1.0, 8.0, 1.0, 0.01),
+        uses_resolution=False,
+        priority=100,
+        tags=("Tile",),
+    ),
+)
+
+PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in _ALL}
+_BY_ALIAS: dict[str, Preprocessor] = {alias: p for p in _ALL for alias in p.aliases}
+
+
+def find(module: str) -> Preprocessor:
+    """The preprocessor called ``module`` (its name or an alias), else :class:`FieldError` on ``module``
+    listing the names allowed."""
+    found = _BY_ALIAS.get(module) or PREPROCESSORS.get(module)
+    if found is None:
+        names = ", ".join(module_list())
+        aliases = ", ".join(repr(a) for a in _BY_ALIAS)
+        raise FieldError("module", f"unknown ControlNet module {module!r}; allowed: {names} (or {aliases})")
+    return found
+
+
+def module_list(alias_names: bool = False) -> list[str]:
+    """The names (or labels) in the extension's ``get_sorted_preprocessors`` order: ``none`` first, then by
+    ``str(priority).zfill(8) + label``, descending."""
+    rest = sorted(
+        (p for p in _ALL if p.name != "none"), key=lambda p: str(p.priority).zfill(8) + p.label, reverse=True
+    )
+    return [p.label if alias_names else p.name for p in [PREPROCESSORS["none"], *rest]]
+
+
+def module_detail(alias_names: bool = False) -> dict[str, dict[str, object]]:
+    """The extension's ``module_detail`` for these modules, keyed as :func:`module_list`."""
+    return {key: find(key).module_detail() for key in module_list(alias_names)}
+
+
+def numpy_seed(seed: int, subseed: int) -> int:
+    """The numpy seed the extension sets before preprocessing for a generation (``set_numpy_seed``):
+    ``(max(seed, 0) + max(subseed, 0)) & 0xFFFFFFFF``, with -1 seeds already resolved to the first image's."""
+    return (max(seed, 0) + max(subseed, 0)) & 0xFFFFFFFF
+
+
+def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its order
+    module: str,
+    image: np.ndarray,
+    processor_res: int | None = None,
+    threshold_a: float | None = None,
+    threshold_b: float | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
+    """Run the preprocessor ``module`` (name or alias) on ``image`` and return ``[H', W', 3]`` uint8 RGB.
+
+    ``image`` is uint8 ``[H, W, 3]`` RGB (``[H, W]``, ``[H, W, 1]`` and RGBA are converted as the extension's
+    ``HWC3`` does: grey repeated, alpha composited over white). ``seed`` seeds shuffle's numpy
+    ``RandomState`` (see :func:`numpy_seed`); ``None``: fresh entropy, as the extension's ``/detect``. Raises
+    :class:`FieldError` for an unknown module, a bad image, or a parameter out of its slider's range."""
+    preprocessor = find(module)
+    if not isinstance(image, np.ndarray) or min(image.shape[:2], default=0) < 1:
+        raise FieldError("image", "expected a non-empty image array")
+    try:
+        rgb = ops.hwc3(image)
+    except ValueError as e:
+        raise FieldError("image", str(e)) from e
+    settings = preprocessor.settings(processor_res, threshold_a, threshold_b, seed)
+    return preprocessor.run(rgb, settings)
