@@ -47,6 +47,7 @@ def create_app(settings: Settings, mount: Callable[[FastAPI], None] | None = Non
     app.include_router(health.router)
     app.include_router(native.router)
     app.include_router(sdapi.router)
+    app.include_router(sdapi.controlnet_router)
     if mount is not None:
         mount(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)

@@ -8,10 +8,11 @@ settings. See the README's "A1111 API compatibility" section for every deviation
 
 from fastapi import APIRouter
 
-from latentstudio.api.sdapi import catalog_routes, routes
+from latentstudio.api.sdapi import catalog_routes, controlnet_routes, routes
 
 router = APIRouter(prefix="/sdapi/v1")
 router.include_router(routes.router)
 router.include_router(catalog_routes.router)
+controlnet_router = controlnet_routes.router  # the ControlNet extension's /controlnet/... beside /sdapi/v1
 
-__all__ = ["router"]
+__all__ = ["controlnet_router", "router"]

@@ -1,0 +1,105 @@
+"""The sd-webui-controlnet extension's own routes, ``/controlnet/...``, as its API clients (Krita, Photoshop
+and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``module_detail``), ``settings``
+and ``detect`` with the preprocessors that need no weights (:mod:`latentstudio.control.preprocessors`).
+
+``detect`` takes the extension's body fields; -1 (its default) means a slider's default, and an out-of-range
+value is a 422 naming the field where the extension would silently use the default. ControlNet models,
+``model_list`` and ``control_types`` come with guided generation (issue 17), not here yet.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query
+from PIL import Image
+from pydantic import Field
+
+from latentstudio.api.common import Base64Image, Finite, StrictModel
+from latentstudio.api.imageio import decode_image, encode_png_base64
+from latentstudio.api.state import ServicesDep
+from latentstudio.config import MAX_IMAGES
+from latentstudio.control import preprocessors
+from latentstudio.core import FieldError
+
+API_VERSION = 3  # the extension's external_code.get_api_version()
+UNIT_COUNT = 3  # its control_net_unit_count default: units a request may carry
+
+router = APIRouter(prefix="/controlnet", tags=["ControlNet extension compatible"])
+
+
+class DetectRequest(StrictModel):
+    """The body of the extension's ``POST /controlnet/detect``."""
+
+    controlnet_module: str = Field(default="none", max_length=200)
+    controlnet_input_images: list[Base64Image] = Field(default_factory=list, max_length=MAX_IMAGES)
+    controlnet_processor_res: int = Field(default=-1, description="-1: the module's default")
+    controlnet_threshold_a: Finite = Field(default=-1, description="-1: the module's default")
+    controlnet_threshold_b: Finite = Field(default=-1, description="-1: the module's default")
+    controlnet_masks: list[Base64Image] = Field(
+        default_factory=list, max_length=MAX_IMAGES, description="Ignored: no weight-free module takes one."
+    )
+    low_vram: bool = False
+
+
+class DetectResponse(StrictModel):
+    """``{images, info}``: one base64 PNG per input image."""
+
+    images: list[str]
+    info: str = "Success"
+
+
+@router.get("/version", summary="The extension API's version")
+def version() -> dict[str, int]:
+    return {"version": API_VERSION}
+
+
+@router.get("/settings", summary="How many ControlNet units a request may carry")
+def settings() -> dict[str, int]:
+    return {"control_net_unit_count": UNIT_COUNT}
+
+
+@router.get("/module_list", summary="Preprocessors (modules) and their sliders")
+def module_list(
+    alias_names: Annotated[bool, Query(description="Display labels instead of module names.")] = False,
+) -> dict[str, Any]:
+    """``{module_list, module_detail}`` in the extension's order; only the preprocessors that need no
+    weights are listed."""
+    return {
+        "module_list": preprocessors.module_list(alias_names),
+        "module_detail": preprocessors.module_detail(alias_names),
+    }
+
+
+@router.post("/detect", response_model=DetectResponse, summary="Run a preprocessor on images")
+def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
+    """Each input image through ``controlnet_module`` (its name or display label), as base64 PNGs."""
+    try:
+        preprocessors.find(req.controlnet_module)
+    except FieldError as e:
+        raise FieldError("controlnet_module", e.message) from None
+    if not req.controlnet_input_images:
+        raise FieldError("controlnet_input_images", "No image selected")
+    images = []
+    for i, data in enumerate(req.controlnet_input_images):
+        field = f"controlnet_input_images.{i}"
+        array = np.asarray(
+            decode_image(data, field, max_pixels=svc.settings.max_image_pixels), dtype=np.uint8
+        )
+        try:
+            out = preprocessors.detect(
+                req.controlnet_module, array, req.controlnet_processor_res, req.controlnet_threshold_a,
+                req.controlnet_threshold_b,
+            )  # fmt: skip
+        except FieldError as e:
+            raise FieldError(_FIELDS.get(e.field, field), e.message) from None
+        images.append(encode_png_base64(Image.fromarray(out), None))
+    return DetectResponse(images=images)
+
+
+_FIELDS = {
+    "processor_res": "controlnet_processor_res",
+    "threshold_a": "controlnet_threshold_a",
+    "threshold_b": "controlnet_threshold_b",
+}

@@ -1,0 +1,113 @@
+"""The ControlNet extension's routes over real HTTP, as its API clients call them: version, settings,
+module_list (names, labels, sliders), and detect (results equal to the preprocessors' own, refusals that
+name the field, the server answering afterwards)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from io import BytesIO
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentstudio.control import preprocessors
+from tests.conftest import MakeTiny
+from tests.sdapi_support import build_root, png_b64, refused_field
+from tests.serving import Served, serve
+
+
+@pytest.fixture(scope="module")
+def server(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve(build_root(make_tiny, tmp_path_factory.mktemp("controlnet-api"))) as served:
+        yield served
+
+
+@pytest.fixture
+def client(server: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base, timeout=60) as c:
+        yield c
+
+
+def _picture(width: int = 96, height: int = 80) -> Image.Image:
+    """Shapes with hard edges on a gradient (not an example image of the extension)."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    array = np.repeat(np.repeat(x, height, axis=0), 3, axis=2).astype(np.uint8)
+    array[10:50, 20:60] = (250, 30, 40)
+    array[55:75, 5:90] = (10, 200, 90)
+    array[20:40, 80:120] -= 44  # a faint edge (Sobel ≈ 180): kept by low threshold 100, not by 190
+    return Image.fromarray(array)
+
+
+def _decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(BytesIO(base64.b64decode(b64))))
+
+
+def test_version_settings_and_module_list(client: httpx.Client) -> None:
+    assert client.get("/controlnet/version").json() == {"version": 3}
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+    body = client.get("/controlnet/module_list").json()
+    assert body["module_list"][0] == "none"
+    assert {"canny", "invert", "tile_resample", "shuffle"} <= set(body["module_list"])
+    assert set(body["module_detail"]) == set(body["module_list"])
+    canny = body["module_detail"]["canny"]
+    assert [s["name"] for s in canny["sliders"]] == ["Resolution", "Low Threshold", "High Threshold"]
+    labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()["module_list"]
+    assert "invert (from white bg & black line)" in labels
+
+
+def test_detect_canny_is_opencv_canny_at_the_processor_resolution(client: httpx.Client) -> None:
+    picture = _picture(128, 128)  # square and a multiple of 64: no resize padding involved at res 128
+    body = {
+        "controlnet_module": "canny", "controlnet_input_images": [png_b64(picture), png_b64(picture)],
+        "controlnet_processor_res": 128, "controlnet_threshold_a": 190, "controlnet_threshold_b": 250,
+    }  # fmt: skip
+    response = client.post("/controlnet/detect", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["info"] == "Success"
+    assert len(result["images"]) == 2
+    edges = cv2.Canny(np.asarray(picture), 190, 250)
+    got = _decode(result["images"][0])
+    assert got.shape == (128, 128, 3)
+    assert np.array_equal(got[..., 0], edges)
+    assert np.array_equal(got, _decode(result["images"][1]))
+    defaults = client.post("/controlnet/detect", json={**body, "controlnet_threshold_a": -1}).json()
+    assert not np.array_equal(_decode(defaults["images"][0]), got)  # -1: the default low threshold, 100
+    direct = preprocessors.detect("canny", np.asarray(picture), 128, 100, 250)
+    assert np.array_equal(_decode(defaults["images"][0]), direct)
+
+
+def test_detect_by_display_label_and_default_module(client: httpx.Client) -> None:
+    picture = _picture()
+    label = "invert (from white bg & black line)"
+    body = {"controlnet_module": label, "controlnet_input_images": [png_b64(picture)]}
+    inverted = _decode(client.post("/controlnet/detect", json=body).json()["images"][0])
+    assert np.array_equal(inverted, 255 - np.asarray(picture))
+    plain = client.post("/controlnet/detect", json={"controlnet_input_images": [png_b64(picture)]})
+    assert np.array_equal(_decode(plain.json()["images"][0]), np.asarray(picture))  # module "none"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"controlnet_module": "openpose_nonexistent"}, "controlnet_module"),
+        ({"controlnet_input_images": []}, "controlnet_input_images"),
+        ({"controlnet_input_images": ["not base64!"]}, "controlnet_input_images.0"),
+        ({"controlnet_processor_res": 100_000}, "controlnet_processor_res"),
+        ({"controlnet_threshold_a": 300}, "controlnet_threshold_a"),
+        ({"controlnet_threshold_b": 0.5}, "controlnet_threshold_b"),
+        ({"controlnet_unknown_field": 1}, "controlnet_unknown_field"),
+    ],
+)
+def test_bad_detect_requests_name_the_field(
+    client: httpx.Client, change: dict[str, object], field: str
+) -> None:
+    body = {"controlnet_module": "canny", "controlnet_input_images": [png_b64(_picture())], **change}
+    response = client.post("/controlnet/detect", json=body)
+    assert response.status_code == 422, response.text
+    assert refused_field(response) == field
+    assert client.get("/controlnet/version").status_code == 200
