@@ -5,8 +5,10 @@ name the field, the server answering afterwards)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 
 import cv2
 import httpx
@@ -22,7 +24,19 @@ from tests.serving import Served, serve
 
 @pytest.fixture(scope="module")
 def server(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with serve(build_root(make_tiny, tmp_path_factory.mktemp("controlnet-api"))) as served:
+    root = tmp_path_factory.mktemp("controlnet-api")
+    settings = build_root(make_tiny, root)
+    rng = np.random.default_rng(5)
+    files = {  # A1111 root-relative: the models folder, a subfolder, the extension's own folder, skipped ones
+        "models/ControlNet/t2iadapter_canny_sd15v2.pth": 2_000_000,
+        "models/ControlNet/sub/control_a.safetensors": 1_200_000, "models/ControlNet/small.bin": 1000,
+        "models/ControlNet/None.pth": 10, "models/ControlNet/notes.txt": 10,
+        "extensions/sd-webui-controlnet/models/Control_A.ckpt": 1_100_000,
+    }  # fmt: skip
+    for name, size in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    with serve(settings) as served:
         yield served
 
 
@@ -57,6 +71,28 @@ def test_version_settings_and_module_list(client: httpx.Client) -> None:
     assert [s["name"] for s in canny["sliders"]] == ["Resolution", "Low Threshold", "High Threshold"]
     labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()["module_list"]
     assert "invert (from white bg & black line)" in labels
+
+
+def _legacy_hash(path: Path) -> str:
+    """A1111's ``sd_models.model_hash``: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
+    return hashlib.sha256(path.read_bytes()[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_model_list_names_files_as_the_extension(server: Served, client: httpx.Client) -> None:
+    models = server.app.state.services.settings.models_dir
+    control, extension = models / "ControlNet", models.parent / "extensions/sd-webui-controlnet/models"
+    expected = [  # per folder by file name; the extension folder's Control_A replaces control_a in place
+        f"Control_A [{_legacy_hash(extension / 'Control_A.ckpt')}]",
+        "small [e3b0c442]",  # shorter than 1 MiB: the hash of nothing, as A1111
+        f"t2iadapter_canny_sd15v2 [{_legacy_hash(control / 't2iadapter_canny_sd15v2.pth')}]",
+    ]
+    assert client.get("/controlnet/model_list").json() == {"model_list": expected}
+    (control / "later.safetensors").write_bytes(b"x")
+    try:
+        listed = client.get("/controlnet/model_list", params={"update": False}).json()["model_list"]
+        assert "later [e3b0c442]" in listed  # read anew on every call
+    finally:
+        (control / "later.safetensors").unlink()
 
 
 def test_detect_canny_is_opencv_canny_at_the_processor_resolution(client: httpx.Client) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "find_checkpoint",
     "natural_key",
     "scan_checkpoints",
+    "scan_control_models",
     "scan_vaes",
 ]
 
@@ -39,6 +40,10 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 """Single-file checkpoint extensions (A1111 itself lists only .ckpt and .safetensors)."""
 VAE_EXTENSIONS = (".ckpt", ".pt", ".safetensors")
 """VAE file extensions, as A1111."""
+CONTROL_EXTENSIONS = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
+"""ControlNet / T2I-Adapter file extensions, as sd-webui-controlnet (matched exactly, as it does)."""
+CONTROL_EXTENSION_FOLDER = "extensions/sd-webui-controlnet/models"
+"""sd-webui-controlnet's own models folder, relative to the A1111 root (the parent of ``models/``)."""
 DIFFUSERS_MARKER = "model_index.json"
 """A folder holding this file is one diffusers-format checkpoint."""
 
@@ -217,6 +222,24 @@ def scan_vaes(models_dir: Path) -> list[VaeInfo]:
         for info in source:
             by_name.setdefault(info.name, info)
     return sorted(by_name.values(), key=lambda info: (natural_key(info.name), info.name))
+
+
+def scan_control_models(models_dir: Path) -> list[Path]:
+    """The ControlNet and T2I-Adapter files, as sd-webui-controlnet finds them: every file with a
+    :data:`CONTROL_EXTENSIONS` suffix under ``models_dir/"ControlNet"``, then under its own folder
+    (:data:`CONTROL_EXTENSION_FOLDER`), recursively, sorted by file name per folder; a file whose lower-case
+    stem an earlier one has replaces it in that place (the extension keys its list by that stem). A file
+    named ``None.*`` is skipped, as there."""
+    models_dir = Path(models_dir)
+    by_stem: dict[str, Path] = {}
+    for base in (models_dir / "ControlNet", models_dir.parent / CONTROL_EXTENSION_FOLDER):
+        if not base.is_dir():
+            continue
+        found = [f.path for f in _walk(base) if not f.is_diffusers and f.path.suffix in CONTROL_EXTENSIONS]
+        for path in sorted(found, key=lambda path: path.name):
+            if path.stem != "None":
+                by_stem[path.stem.lower()] = path
+    return list(by_stem.values())
 
 
 def find_checkpoint(

@@ -1,10 +1,11 @@
 """The sd-webui-controlnet extension's own routes, ``/controlnet/...``, as its API clients (Krita, Photoshop
-and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``module_detail``), ``settings``
-and ``detect`` with the preprocessors that need no weights (:mod:`latentstudio.control.preprocessors`).
+and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``module_detail``), ``settings``,
+``detect`` with the preprocessors that need no weights (:mod:`latentstudio.control.preprocessors`) and
+``model_list`` (the files found, named as the extension names them).
 
 ``detect`` takes the extension's body fields; -1 (its default) means a slider's default, and an out-of-range
-value is a 422 naming the field where the extension would silently use the default. ControlNet models,
-``model_list`` and ``control_types`` come with guided generation (issue 17), not here yet.
+value is a 422 naming the field where the extension would silently use the default. Loading the listed
+models, ``control_types`` and guided generation come with the rest of issue 17, not here yet.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from latentstudio.api.state import ServicesDep
 from latentstudio.config import MAX_IMAGES
 from latentstudio.control import preprocessors
 from latentstudio.core import FieldError
+from latentstudio.models.discovery import scan_control_models
+from latentstudio.models.hashes import legacy_hash
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
 UNIT_COUNT = 3  # its control_net_unit_count default: units a request may carry
@@ -58,6 +61,17 @@ def version() -> dict[str, int]:
 @router.get("/settings", summary="How many ControlNet units a request may carry")
 def settings() -> dict[str, int]:
     return {"control_net_unit_count": UNIT_COUNT}
+
+
+@router.get("/model_list", summary="ControlNet and T2I-Adapter files: 'name [hash]'")
+def model_list(
+    svc: ServicesDep,
+    update: Annotated[bool, Query(description="Accepted; the folders are always read anew.")] = True,
+) -> dict[str, list[str]]:
+    """The files in ``models/ControlNet`` (and the extension's own models folder) as the extension lists
+    them: the file's stem and A1111's legacy 8-hex hash, by file name."""
+    files = scan_control_models(svc.settings.models_dir)
+    return {"model_list": [f"{path.stem} [{legacy_hash(path)}]" for path in files]}
 
 
 @router.get("/module_list", summary="Preprocessors (modules) and their sliders")
