@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latentstudio import infotext
 from latentstudio.config import Settings
 from latentstudio.models.families import Family
 from latentstudio.models.hashes import sha256_file
@@ -36,5 +37,6 @@ def test_automatic_vae_is_named_after_the_checkpoint_file_and_hashed(
     assert shorthash == sha256_file(near)[:10]
     params = GenerationParams(prompt="x", width=64, height=64, seed=1).resolved()
     identity = ModelIdentity("model.v2", "0123456789", near.name, shorthash)
-    line = infotexts.create(params, identity, 1, 1, "Karras", SAMPLER_INFO[params.sampler])
+    values = infotexts.parameters(params, identity, 1, 1, "Karras", SAMPLER_INFO[params.sampler])
+    line = infotext.format(params.prompt, params.negative_prompt, values)
     assert f"Model: model.v2, VAE hash: {shorthash}, VAE: model.v2-ft-mse.safetensors" in line

@@ -50,20 +50,6 @@ def extra_generation_params(parameters: Mapping[str, object]) -> dict[str, objec
     return {key: value for key, value in parameters.items() if key not in _NOT_EXTRA}
 
 
-def create(  # noqa: PLR0917 - one image's facts
-    params: GenerationParams,
-    identity: ModelIdentity,
-    seed: int,
-    subseed: int,
-    schedule_label: str,
-    sampler: SamplerInfo,
-    extra_params: Mapping[str, object] | None = None,
-) -> str:
-    """Prompt, ``Negative prompt: …`` and the parameter line (:func:`parameters`)."""
-    values = parameters(params, identity, seed, subseed, schedule_label, sampler, extra_params)
-    return infotext.format(params.prompt, params.negative_prompt, values)
-
-
 def parameters(  # noqa: PLR0917 - one image's facts
     params: GenerationParams,
     identity: ModelIdentity,
