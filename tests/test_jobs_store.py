@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import json
 import sqlite3
+import types
 import typing
 from io import BytesIO
 from pathlib import Path
@@ -52,7 +53,8 @@ def _perturbed(cls: type = GenerationParams) -> Any:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else ""
         hint = hints[f.name]
-        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
         kind = options[0]
         if isinstance(kind, type) and issubclass(kind, Image.Image):
             values[f.name] = Image.new(
@@ -60,6 +62,11 @@ def _perturbed(cls: type = GenerationParams) -> Any:
             )
         elif dataclasses.is_dataclass(kind):
             values[f.name] = _perturbed(kind)  # type: ignore[arg-type]
+        elif typing.get_origin(kind) is tuple:  # a tuple of parts (ControlNet units) or of numbers
+            item = typing.get_args(kind)[0]
+            values[f.name] = (
+                (_perturbed(item), _perturbed(item)) if dataclasses.is_dataclass(item) else (1 / 3, -2.5)
+            )
         elif isinstance(default, enum.Enum):
             values[f.name] = list(type(default))[-1]
         elif isinstance(default, bool):
@@ -82,6 +89,8 @@ def _fields(params: GenerationParams) -> dict[str, object]:
             value = (value.mode, value.size, value.tobytes())
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = _fields(value)  # type: ignore[arg-type]
+        elif isinstance(value, tuple):
+            value = [_fields(v) if dataclasses.is_dataclass(v) else v for v in value]  # type: ignore[arg-type]
         out[f.name] = value
     return out
 
@@ -106,7 +115,8 @@ def test_codec_round_trips_every_field_exactly() -> None:
         for f in dataclasses.fields(perturbed)
         if getattr(perturbed, f.name) == getattr(defaults, f.name)
     ]
-    assert set(input_pngs(perturbed)) == {"init_image", "inpaint.mask"}
+    units = {f"control.{i}.{name}" for i in range(2) for name in ("image", "mask")}
+    assert set(input_pngs(perturbed)) == {"init_image", "inpaint.mask", *units}
     assert "mask" not in json.loads(params_to_json(perturbed))["inpaint"]  # images live beside the row
 
 

@@ -36,7 +36,7 @@ MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
     "prompts": "base models",  # encoding runs the checkpoint's tokenizers and text encoders
     "infotext": "base prompts",  # the A1111 PNG text; reads prompts with the prompt parser
     "postprocess": "base models infotext",
-    "control": "base",  # the ControlNet preprocessors: pure image operations
+    "control": "base models",  # preprocessors (pure image operations); ControlNet/adapter files and units
     "pipeline": _BOTTOM,
     "jobs": f"{_BOTTOM} pipeline",
     "api.shared": f"{_BOTTOM} pipeline jobs",
@@ -50,7 +50,7 @@ MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
 }
 
 _BASE = {"core", "config", "storage", "asgi"}  # asgi: middleware helpers, base too
-_API_SHARED = {"errors", "imageio", "state", "security", "common"}
+_API_SHARED = {"errors", "imageio", "state", "security", "common", "control_units"}
 
 
 def layer(module: str) -> str:

@@ -42,8 +42,8 @@ def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None)
     meant. The store holds only resolved parameters, so they come back as such."""
     data, pictures = _upgrade_flat(json.loads(text), dict(images or {}))
     for name, image in pictures.items():
-        owner, _, field = name.rpartition(".")
-        part = data.get(owner) if owner else data
+        *owner, field = name.split(".")
+        part = _part(data, owner)
         if not isinstance(part, dict):
             raise ValueError(f"stored input image {name!r} belongs to no stored field")
         part[field] = image
@@ -53,6 +53,19 @@ def params_from_json(text: str, images: Mapping[str, Image.Image] | None = None)
 def extras_from_json(text: str) -> ExtrasOptions:
     """The inverse of :func:`params_to_json` for an extras job's options."""
     return ExtrasOptions(**_decode_fields(ExtrasOptions, json.loads(text)))
+
+
+def _part(data: object, path: Sequence[str]) -> object:
+    """The stored part a dotted image name's owner path leads to: fields of nested parts, and indices
+    into tuples of parts (``control.0``); None where there is none."""
+    for key in path:
+        if isinstance(data, list) and key.isdigit() and int(key) < len(data):
+            data = data[int(key)]
+        elif isinstance(data, dict):
+            data = data.get(key)
+        else:
+            return None
+    return data
 
 
 _FLAT_HIRES = {  # schema v2 rows: the flat hires fields → Hires
@@ -112,10 +125,14 @@ def input_pngs(params: GenerationParams) -> dict[str, bytes]:
 def _images(part: object, prefix: str) -> Iterator[tuple[str, Image.Image]]:
     for f in dataclasses.fields(part):  # type: ignore[arg-type]
         value = getattr(part, f.name)
+        items = enumerate(value) if isinstance(value, tuple) else ()
         if isinstance(value, Image.Image):
             yield prefix + f.name, value
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             yield from _images(value, f"{prefix}{f.name}.")
+        for i, item in items:  # a tuple of parts (ControlNet units): "control.0.image"
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                yield from _images(item, f"{prefix}{f.name}.{i}.")
 
 
 def _mentions_image(hint: Any) -> bool:

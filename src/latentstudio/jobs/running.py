@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from latentstudio.control.library import ControlLibrary, ControlModelNotFoundError
 from latentstudio.core import FieldError
 from latentstudio.jobs.events import EventBus
 from latentstudio.jobs.live import LiveJob
@@ -125,6 +126,9 @@ class JobRunner:
         # models loaded on first use; the job service reads their listings to check names at submission
         self.upscalers = UpscalerRegistry(manager.settings.models_dir, device=manager.device)
         self.faces = FaceRestorers(manager.settings.models_dir, device=manager.device)
+        # ControlNet / T2I-Adapter files: listed anew on each use, loaded once and kept (the service checks
+        # units' model names and families against it at submission)
+        self.controls = ControlLibrary(manager.settings.models_dir, manager.device, manager.dtype)
         self._safety: SafetyChecker | None = None  # built on the first job when the setting is on
         self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
 
@@ -270,6 +274,10 @@ class JobRunner:
             loras=self.manager.lora_networks,
             upscaler=self._upscale,
             hires_model=hires_model,
+            controls=[
+                self.controls.load(self.controls.find(unit.model), components.unet)
+                for unit in spec.params.control
+            ],
         )
         return self._safety_filtered(result), identity
 
@@ -340,7 +348,7 @@ class JobRunner:
 # latents, a resource limit); anything else is a bug, and its Python message never reaches a client.
 _EXPLAINED: tuple[type[BaseException], ...] = (
     ModelFileError, ModelNotFoundError, NaNLatentError, FieldError, UpscalerNotFoundError, UpscalerLoadError,
-    FaceRestorerError, SafetyCheckerError, torch.OutOfMemoryError,
+    FaceRestorerError, SafetyCheckerError, torch.OutOfMemoryError, ControlModelNotFoundError,
 )  # fmt: skip
 INTERNAL_ERROR = "internal error: the job failed unexpectedly; the server log has the details"
 

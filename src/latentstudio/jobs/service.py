@@ -25,6 +25,7 @@ from pathlib import Path
 from anyio import CapacityLimiter, to_thread
 
 from latentstudio.config import Settings
+from latentstudio.control.library import ControlModelNotFoundError
 from latentstudio.core import FieldError
 from latentstudio.jobs.codec import extras_input_pngs, input_pngs
 from latentstudio.jobs.events import EventBus, Subscription
@@ -45,6 +46,7 @@ from latentstudio.jobs.model import (
 from latentstudio.jobs.store import JobStore
 from latentstudio.jobs.worker import Worker
 from latentstudio.models.discovery import CheckpointInfo
+from latentstudio.models.families import Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import VAE_AUTOMATIC, VAE_NONE, ModelManager, ModelNotFoundError
 from latentstudio.pipeline.hires import LATENT_UPSCALE_MODES
@@ -165,11 +167,35 @@ class JobService:
             if spec.vae not in names:
                 allowed = ", ".join([VAE_AUTOMATIC, VAE_NONE, *names])
                 raise FieldError("vae", f"unknown VAE {spec.vae!r}; allowed: {allowed}")
+        self._check_control(spec)
         hires = spec.params.hires
         if hires is not None:
             self._check_hires_upscaler(hires.upscaler)
         if hires is not None and hires.checkpoint is not None:
             self._check_hires_checkpoint(hires.checkpoint, spec.checkpoint)
+
+    def _check_control(self, spec: JobSpec) -> None:
+        """Each ControlNet unit's model: a listed file we can load, of the checkpoint's family."""
+        if not spec.params.control:
+            return
+        try:
+            base = self._checkpoint(spec.checkpoint)
+            family: Family | None = self.manager.family(base).family
+        except (ModelFileError, OSError, ValueError):
+            family = None  # the job fails on loading its own checkpoint, with that error
+        for i, unit in enumerate(spec.params.control):
+            field = f"control.{i}.model"
+            try:
+                file = self.worker.controls.find(unit.model)
+                info = self.worker.controls.info(file)
+            except (ControlModelNotFoundError, ModelFileError, OSError) as e:
+                raise FieldError(field, str(e)) from None
+            if family is not None and info.family is not family:
+                raise FieldError(
+                    field,
+                    f"{file.title} is a {info.family.value} {info.kind.value}; the checkpoint "
+                    f"{base.name!r} is {family.value}",
+                )
 
     def _check_hires_upscaler(self, name: str) -> None:
         """A latent mode or an upscaler from the folders (rescanned once on a miss), before queueing."""

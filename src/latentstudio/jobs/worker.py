@@ -72,6 +72,7 @@ class Worker:
         # the job service reads these listings to check upscaler and face restorer names at submission
         self.upscalers = self.runner.upscalers
         self.faces = self.runner.faces
+        self.controls = self.runner.controls
         self._thread = threading.Thread(target=self._loop, name=f"latentstudio-worker-{manager.device}")
 
     # -- control from other threads ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from enum import IntEnum
 from PIL import Image
 
 from latentstudio.config import MAX_IMAGES, MAX_SIDE, MAX_STEPS
+from latentstudio.control.units import MAX_UNITS, ControlUnit
 from latentstudio.core import FieldError
 from latentstudio.pipeline.images import flatten
 from latentstudio.prompts.errors import PromptError
@@ -127,6 +128,7 @@ class GenerationParams:
     old_prompt_editing: bool = False  # A1111 use_old_scheduling ("Old prompt editing timelines")
     pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
     pad_conds_v0: bool = False  # A1111 pad_cond_uncond_v0: pad by repeating the last vector (pre-1.6)
+    control: tuple[ControlUnit, ...] = ()  # the enabled ControlNet / T2I-Adapter units, in order
 
     @property
     def is_img2img(self) -> bool:
@@ -195,6 +197,7 @@ class GenerationParams:
             )
         if self.emphasis not in EMPHASIS_MODES:
             raise FieldError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
+        _validate_control(self)
         if self.scheduler not in SCHEDULERS:
             raise FieldError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
@@ -232,6 +235,18 @@ def _validate_inpaint(params: GenerationParams, inpaint: Inpaint) -> None:
     _check_int("inpaint.blur", inpaint.blur, 0, 64)
     _check_int("inpaint.fill", inpaint.fill, 0, 3)
     _check_int("inpaint.padding", inpaint.padding, 0, MAX_SIDE)
+
+
+def _validate_control(params: GenerationParams) -> None:
+    """The ControlNet units: at most :data:`MAX_UNITS`; each valid; an image each, or the init image."""
+    if len(params.control) > MAX_UNITS:
+        raise FieldError("control", f"at most {MAX_UNITS} ControlNet units, got {len(params.control)}")
+    for i, unit in enumerate(params.control):
+        unit.validate(i)
+        if unit.image is None and params.init_image is None:
+            raise FieldError(f"control.{i}.image", "controlnet is enabled but no input image is given")
+        if unit.mask is not None and (unit.image is None or unit.mask.size != unit.image.size):
+            raise FieldError(f"control.{i}.mask", "a mask needs the unit's image, of the same size")
 
 
 def _validate_hires(params: GenerationParams, hires: Hires, max_side: int) -> None:

@@ -4,6 +4,7 @@ for one batch, with the job's noise, guidance, progress and interrupt handling.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from latentstudio.models.loader import Components
+from latentstudio.pipeline import control as cn
+from latentstudio.pipeline.control import PassUnit
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
 from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG
@@ -50,6 +53,7 @@ class Pass:
     uncond: ScheduledConditioning
     pad_empty: torch.Tensor | None = None
     blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # inpainting: init, keep, repaint
+    control: tuple[PassUnit, ...] = ()  # the ControlNet units that act in this pass
 
     @property
     def steps(self) -> int:
@@ -125,15 +129,26 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     else:
         x = noise * ((1 + sigmas[0] ** 2).sqrt() if sampling.vp_terminal else sigmas[0])
     # a fresh guidance object per pass and batch: its step counter drives prompt editing
+    controlled = cn.controlled(denoiser.unet, sampling.control, sampling.steps)
+    if controlled is not None:
+        denoiser = dataclasses.replace(denoiser, unet=controlled)
     guided = CFGDenoiser(
         denoiser, sampling.conds, sampling.uncond, params.cfg_scale, control, sampling.pad_empty,
-        pad_last=params.pad_conds_v0, blend=sampling.blend,
+        pad_last=params.pad_conds_v0, blend=sampling.blend, mark_conds=controlled is not None,
     )  # fmt: skip
     noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = rng.noise_sampler
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
         noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
+    observe = controlled.observe if controlled is not None else None
     latents, stopped = _sample(
-        sampling.sampler, guided, x, sigmas, noise_sampler, _options(params, sampling.sampler), progress
+        sampling.sampler,
+        guided,
+        x,
+        sigmas,
+        noise_sampler,
+        _options(params, sampling.sampler),
+        progress,
+        observe,
     )
     if sampling.vp_terminal:
         latents = latents / (1 + sigmas[-1] ** 2).sqrt()
@@ -151,12 +166,16 @@ def _sample(  # noqa: PLR0917 - the loop state of one pass
     noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     options: dict[str, Any],
     progress: Progress,
+    observe: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """Run the sampler; on interrupt return the last latent reached (A1111 decodes it too)."""
+    """Run the sampler; on interrupt return the last latent reached (A1111 decodes it too). ``observe``
+    hears the index of every finished step."""
     last = {"x": x}
 
     def callback(state: dict[str, Any]) -> None:
         last["x"] = state["x"]
+        if observe is not None:
+            observe(int(state["i"]))
         if progress.on_step is not None:
             done = progress.offset + int(state["i"]) + 1
             progress.on_step(StepInfo(done, progress.total, progress.batch, state["denoised"]))

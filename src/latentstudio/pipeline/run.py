@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 from latentstudio import infotext
+from latentstudio.control.networks import ControlNetwork
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
 from latentstudio.pipeline import color, hires, infotexts, inpaint, texts, vae
+from latentstudio.pipeline import control as cn
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
@@ -86,6 +88,7 @@ def run(
     loras: LoraNetworks | None = None,
     upscaler: PixelUpscaler = hires.resize_pixels,
     hires_model: HiresModel | None = None,
+    controls: Sequence[ControlNetwork] = (),
 ) -> GenerationResult:
     """Generate ``batch_size × n_iter`` images of ``params``, made by :meth:`GenerationParams.resolved`.
 
@@ -97,6 +100,7 @@ def run(
     ``upscaler``: the hires fix's pixel upscalers (``image, name, width, height → image``); the default
     knows A1111's built-in None, Lanczos and Nearest.
     ``hires_model``: the checkpoint ``params.hires.checkpoint`` names (required with it, refused without).
+    ``controls``: the network of each of ``params.control``'s units, in order.
     """
     # 1. check (the parameters were validated once, by GenerationParams.resolved)
     if not isinstance(params, ResolvedParams):
@@ -110,7 +114,7 @@ def run(
             params, components, identity=identity, on_step=on_step, control=control or StepControl(),
             text=texts.Texts(embeddings, cache or ConditioningCache(), networks.text_key), networks=networks,
             warnings=[*warnings, *networks.warnings], upscaler=upscaler, hires_model=hires_model,
-            switch=_LoraSwitch(loras, requests, components),
+            switch=_LoraSwitch(loras, requests, components), controls=controls,
         )  # fmt: skip
 
 
@@ -164,6 +168,7 @@ def _generate(
     upscaler: PixelUpscaler,
     hires_model: HiresModel | None,
     switch: _LoraSwitch,
+    controls: Sequence[ControlNetwork],
 ) -> GenerationResult:
     """Steps 3 to 8 of :func:`run`, with the job's networks in force."""
     seeds, subseeds = _batch_seeds(params)
@@ -171,10 +176,15 @@ def _generate(
     prepared = inpaint.prepare(params) if params.is_img2img else None
     init, blend = vae.img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
     warnings.extend(prepared.warnings if prepared is not None else ())
+    detected = cn.detect_units(params.control, controls, params, seeds[0], subseeds[0])
     first = _first_stage(components, params, text, prepared, blend)
+    first = _controlled(first, detected, (params.height, params.width), "low" if params.hires else "single")
     second = (
         _hires_stage(components, params, params.hires, text, hires_model, switch) if params.hires else None
     )
+    if second is not None:
+        size = (second.plan.height, second.plan.width)
+        second = dataclasses.replace(second, stage=_controlled(second.stage, detected, size, "high"))
     warnings.extend(w for w in (second.warnings if second else ()) if w not in warnings)
     extra_info = _job_info(params, networks, text, first, second, prepared)
     correct = prepared is not None and params.color_correction
@@ -326,7 +336,8 @@ def _job_info(  # noqa: PLR0917 - the parts of a job the infotext describes
     prepared: inpaint.Prepared | None,
 ) -> dict[str, object]:
     """The job's infotext keys beyond the fixed ones, in A1111's order."""
-    info: dict[str, object] = {
+    info: dict[str, object] = {  # the ControlNet script writes its entries before the networks load
+        **{f"ControlNet {i}": unit.infotext() for i, unit in enumerate(params.control)},
         "Lora hashes": networks.infotext_hashes(),
         **texts.extra_info(params, text.used, text.texts),
     }
@@ -338,6 +349,14 @@ def _job_info(  # noqa: PLR0917 - the parts of a job the infotext describes
     if first.components.info.inpainting and prepared is not None:
         info["Conditional mask weight"] = params.inpainting_mask_weight
     return info
+
+
+def _controlled(
+    stage: _Stage, detected: Sequence[cn.Detected], size: tuple[int, int], kind: cn.Stage
+) -> _Stage:
+    """``stage`` with the ControlNet units that act in it (hints fitted to its ``size``)."""
+    units = cn.pass_units(detected, size, kind) if detected else []
+    return dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, control=tuple(units)))
 
 
 def _upscale_for_hires(

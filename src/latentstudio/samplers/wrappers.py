@@ -118,6 +118,9 @@ class CFGDenoiser:
     The step that picks a scheduled conditioning counts model calls, as A1111's ``CFGDenoiser.step`` does
     (so a second-order sampler advances it twice per step); the counter lives in this per-job object, not
     in the sampler.
+
+    ``mark_conds``: pass the UNet ``cond_mark``, one bool per batch entry of each call (True for a
+    prompt's entries, False for the negative prompt's), as ControlNet's CFG injection needs.
     """
 
     denoiser: Denoiser
@@ -129,6 +132,7 @@ class CFGDenoiser:
     pad_last: bool = False
     blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # inpainting: init, keep, repaint
     padded: set[str] = field(default_factory=set)
+    mark_conds: bool = False
     _calls: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -143,10 +147,10 @@ class CFGDenoiser:
         length = max(p.context.shape[1] for p in parts)
         parts = [_pad(p, length, None) for p in parts]
         if self.scale == 1.0 and len(parts) == 1:
-            return self._blend(self._run([parts[0]], x, sigma)[0])
+            return self._blend(self._run([parts[0]], x, sigma, [True])[0])
         uncond = self.uncond.at(step).repeat_to(batch)
         parts, uncond = self._pad_cond_uncond(parts, uncond)
-        outs = self._run([*parts, uncond], x, sigma)
+        outs = self._run([*parts, uncond], x, sigma, [True] * len(parts) + [False])
         result = outs[-1].clone()
         for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
             result += (cond - outs[-1]) * (weight * self.scale)
@@ -171,15 +175,23 @@ class CFGDenoiser:
         self.padded.add("Pad conds v0" if self.pad_last else "Pad conds")
         return [_pad(p, longest, empty) for p in parts], _pad(uncond, longest, empty)
 
-    def _run(self, conds: list[Conditioning], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
-        """Denoise ``x`` under each conditioning; runs of equal-length contexts share one UNet call."""
+    def _run(
+        self, conds: list[Conditioning], x: torch.Tensor, sigma: torch.Tensor, positive: list[bool]
+    ) -> list[torch.Tensor]:
+        """Denoise ``x`` under each conditioning (``positive``: which are prompts, not the negative
+        prompt); runs of equal-length contexts share one UNet call."""
         batch, outs = x.shape[0], []
-        for _, group_iter in itertools.groupby(conds, key=lambda c: c.context.shape[1]):
-            group = list(group_iter)
+        marked = zip(conds, positive, strict=True)
+        for _, group_iter in itertools.groupby(marked, key=lambda c: c[0].context.shape[1]):
+            pairs = list(group_iter)
+            group = [c for c, _ in pairs]
             context = torch.cat([c.context for c in group])
             extra = {k: torch.cat([c.extra[k] for c in group]) for k in group[0].extra}
             n = len(group)
-            denoised = self.denoiser(x.repeat(n, 1, 1, 1), sigma.repeat(n), **_kw(context, extra))
+            kwargs = _kw(context, extra)
+            if self.mark_conds:
+                kwargs["cond_mark"] = [flag for _, flag in pairs for _ in range(batch)]
+            denoised = self.denoiser(x.repeat(n, 1, 1, 1), sigma.repeat(n), **kwargs)
             outs.extend(denoised.split(batch))
         return outs
 

@@ -1,0 +1,223 @@
+"""ControlNet and T2I-Adapter units in real jobs on a tiny SD1 checkpoint, with tiny networks in the
+original layouts: effect vs none, weight 0 and disabled units bit-identical, the guidance window counted in
+A1111's steps, two units, control modes, hires options and the infotext entry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentstudio.control import synthetic
+from latentstudio.control.networks import ControlNetwork, load_control_network
+from latentstudio.control.units import ControlMode, ControlResize, ControlUnit, HiresOption
+from latentstudio.core import FieldError
+from latentstudio.models import loader
+from latentstudio.models.families import Family
+from latentstudio.models.loader import Components
+from latentstudio.pipeline.control import ControlledUNet, Detected, PassUnit, pass_units
+from latentstudio.pipeline.params import GenerationParams, Hires
+from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
+from tests.conftest import MakeTiny
+
+IDENTITY = ModelIdentity("tiny", "0123456789")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def sd1(make_tiny: MakeTiny) -> Components:
+    return loader.load_checkpoint(make_tiny(Family.SD1, seed=5).path, device=CPU, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def controlnet(tmp_path_factory: pytest.TempPathFactory) -> ControlNetwork:
+    path = tmp_path_factory.mktemp("cn") / "control_tiny_canny.safetensors"
+    synthetic.tiny_controlnet_file(path, Family.SD1, seed=2)
+    network = load_control_network(path, device=CPU, dtype=torch.float32)
+    _strengthen(network.module)
+    return network
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> ControlNetwork:
+    path = tmp_path_factory.mktemp("cn") / "t2iadapter_tiny_canny.safetensors"
+    synthetic.tiny_adapter_file(path, seed=3)
+    network = load_control_network(path, device=CPU, dtype=torch.float32)
+    _strengthen(network.module)
+    return network
+
+
+def _strengthen(module: torch.nn.Module) -> None:
+    """Random tiny networks start near zero (zero convolutions): scale them up so that an effect shows
+    in a 3-step 64×64 image."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(4.0)
+
+
+def _control_image() -> Image.Image:
+    image = Image.new("RGB", (64, 64), "black")
+    pixels = np.asarray(image).copy()
+    pixels[16:48, 16:48] = 255
+    pixels[24:40, 24:40] = 60
+    return Image.fromarray(pixels)
+
+
+def _unit(**changes: object) -> ControlUnit:
+    fields: dict[str, object] = {"module": "canny", "model": "control_tiny_canny", "image": _control_image()}
+    return ControlUnit(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def _run(
+    components: Components,
+    units: tuple[ControlUnit, ...] = (),
+    networks: tuple[ControlNetwork, ...] = (),
+    **changes: object,
+) -> GenerationResult:
+    fields: dict[str, object] = {"prompt": "a box", "negative_prompt": "blurry", "steps": 4, "seed": 11,
+                                 "width": 64, "height": 64, "sampler": "Euler", "control": units}  # fmt: skip
+    params = GenerationParams(**{**fields, **changes})  # type: ignore[arg-type]
+    return run(params.resolved(), components, identity=IDENTITY, controls=networks)
+
+
+def _pixels(result: GenerationResult) -> np.ndarray:
+    return np.asarray(result.images[0]).astype(np.int16)
+
+
+@contextmanager
+def _calls(network: ControlNetwork) -> Iterator[list[int]]:
+    """Count the network's forward calls (and their batch sizes)."""
+    seen: list[int] = []
+    handle = network.module.register_forward_hook(lambda _m, args, _o: seen.append(int(args[0].shape[0])))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_a_unit_changes_the_image_and_weight_zero_does_not(
+    sd1: Components, controlnet: ControlNetwork
+) -> None:
+    plain = _pixels(_run(sd1))
+    guided = _run(sd1, (_unit(),), (controlnet,))
+    assert np.abs(_pixels(guided) - plain).mean() > 1.0
+    assert (_pixels(_run(sd1, (_unit(weight=0.0),), (controlnet,))) == plain).all()
+    assert guided.infotexts[0].count("ControlNet 0: ") == 1
+    assert (
+        'ControlNet 0: "Module: canny, Model: control_tiny_canny, Weight: 1.0, Resize Mode: Crop and '
+        in (guided.infotexts[0])
+    )
+
+
+def test_guidance_window_follows_a1111s_step_counter(sd1: Components, controlnet: ControlNetwork) -> None:
+    # Euler, 4 steps: the model calls see sampling_step 0, 0, 1, 2 → fractions 0, 0, .25, .5
+    for (start, end), expected in (((0.0, 1.0), 4), ((0.0, 0.0), 2), ((0.5, 1.0), 1), ((0.3, 0.4), 0)):
+        with _calls(controlnet) as seen:
+            _run(sd1, (_unit(guidance_start=start, guidance_end=end),), (controlnet,))
+        assert len(seen) == expected, (start, end)
+        assert all(batch == 2 for batch in seen)  # prompt and negative prompt in one call
+
+
+def test_window_outside_every_step_is_bit_identical(sd1: Components, controlnet: ControlNetwork) -> None:
+    plain = _pixels(_run(sd1))
+    assert (_pixels(_run(sd1, (_unit(guidance_start=0.3, guidance_end=0.4),), (controlnet,))) == plain).all()
+
+
+def test_two_units_both_act(sd1: Components, controlnet: ControlNetwork, adapter: ControlNetwork) -> None:
+    first = _pixels(_run(sd1, (_unit(),), (controlnet,)))
+    second_unit = _unit(model="t2iadapter_tiny_canny", weight=1.0)
+    second = _pixels(_run(sd1, (second_unit,), (adapter,)))
+    with _calls(adapter) as adapter_calls:
+        both = _pixels(_run(sd1, (_unit(), second_unit), (controlnet, adapter)))
+    assert adapter_calls == [1]  # the adapter's features depend on the hint only: once per pass
+    assert np.abs(both - first).mean() > 0.5
+    assert np.abs(both - second).mean() > 0.5
+
+
+def test_control_modes_scale_and_mask_the_residuals(sd1: Components, controlnet: ControlNetwork) -> None:
+    """One UNet call through :class:`ControlledUNet` equals the UNet given the extension's residuals:
+    balanced (weight everywhere), soft (0.825^(12-i)), CFG injection (negative prompt's entries zero)."""
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(1))
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    cond = hint.expand(2, -1, -1, -1)
+    down, mid = controlnet.module(
+        x, t, encoder_hidden_states=context, controlnet_cond=cond, return_dict=False
+    )
+    outs = [*down, mid]
+    for mode, weight in ((ControlMode.BALANCED, 0.7), (ControlMode.PROMPT, 0.7), (ControlMode.CONTROL, 1.3)):
+        soft = mode is not ControlMode.BALANCED
+        scales = [weight * 0.825 ** (12 - i) if soft else weight for i in range(13)]
+        expected_res = [o * s for o, s in zip(outs, scales, strict=False)]  # 10 outputs here, as SDXL
+        if mode is ControlMode.CONTROL:
+            expected_res = [r * torch.tensor([1.0, 0.0])[:, None, None, None] for r in expected_res]
+        expected = sd1.unet(
+            x, t, encoder_hidden_states=context, down_block_additional_residuals=expected_res[:-1],
+            mid_block_additional_residual=expected_res[-1], return_dict=False,
+        )[0]  # fmt: skip
+        unit = PassUnit(_unit(weight=weight, control_mode=mode), controlnet, hint, tuple(scales),
+                        mode is ControlMode.CONTROL)  # fmt: skip
+        fn = ControlledUNet(lambda *a, **k: sd1.unet(*a, return_dict=False, **k)[0], [unit], total=4)
+        got = fn(x, t, encoder_hidden_states=context, cond_mark=[True, False])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_hires_options_choose_the_passes(sd1: Components, controlnet: ControlNetwork) -> None:
+    hires = Hires(scale=1.5, steps=2, denoising_strength=0.5)
+    for option, expected in (
+        (HiresOption.BOTH, 6),
+        (HiresOption.LOW_RES_ONLY, 4),
+        (HiresOption.HIGH_RES_ONLY, 2),
+    ):
+        with _calls(controlnet) as seen:
+            _run(sd1, (_unit(hr_option=option),), (controlnet,), hires=hires)
+        assert len(seen) == expected, option
+    # without a hires fix, "High res only" guides the one pass (the extension ignores hr_option then)
+    with _calls(controlnet) as seen:
+        _run(sd1, (_unit(hr_option=HiresOption.HIGH_RES_ONLY),), (controlnet,))
+    assert len(seen) == 4
+
+
+def test_img2img_unit_without_image_uses_the_init_image(sd1: Components, controlnet: ControlNetwork) -> None:
+    init = _control_image()
+    plain = _pixels(_run(sd1, init_image=init, denoising_strength=0.8))
+    guided = _pixels(_run(sd1, (_unit(image=None),), (controlnet,), init_image=init, denoising_strength=0.8))
+    assert np.abs(guided - plain).mean() > 0.5
+
+
+def test_unit_needs_an_image_in_txt2img() -> None:
+    with pytest.raises(FieldError) as e:
+        GenerationParams(prompt="x", control=(_unit(image=None),)).resolved()
+    assert e.value.field == "control.0.image"
+
+
+def test_a_shuffle_controlnet_is_pooled_and_guides_the_prompt_only(sd1: Components, tmp_path: Path) -> None:
+    """The extension's one file-name rule: an original SD1/SD2 ControlNet named *shuffle* averages its
+    outputs over space, and (as with CFG injection) only the prompt's batch entries get them."""
+    path = tmp_path / "control_tiny_shuffle.safetensors"
+    synthetic.tiny_controlnet_file(path, Family.SD1, seed=2)
+    network = load_control_network(path, device=CPU, dtype=torch.float32)
+    detected = [Detected(_unit(model="control_tiny_shuffle"), network, np.full((64, 64, 3), 128, np.uint8),
+                         ControlResize.JUST_RESIZE)]  # fmt: skip
+    (unit,) = pass_units(detected, (64, 64), "single")
+    assert unit.pooled
+    assert unit.cond_only
+    seen: dict[str, object] = {}
+
+    def unet(x: torch.Tensor, t: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.update(kwargs)
+        return x
+
+    fn = ControlledUNet(unet, [unit], total=4)
+    fn(torch.randn(2, 4, 8, 8), torch.tensor([500.0, 500.0]), encoder_hidden_states=torch.randn(2, 77, 64),
+       cond_mark=[True, False])  # fmt: skip
+    residuals = [*seen["down_block_additional_residuals"], seen["mid_block_additional_residual"]]  # type: ignore[misc]
+    assert all(r.shape[-2:] == (1, 1) for r in residuals)
+    assert all((r[1] == 0).all() for r in residuals)  # the negative prompt's entry
+    assert all((r[0] != 0).any() for r in residuals)
