@@ -210,7 +210,7 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
         ({"restore_faces": True}, "restore_faces"),
         ({"tiling": True}, "tiling"),
         ({"script_name": "sd upscale"}, "script_name"),
-        ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts.controlnet"),
+        ({"alwayson_scripts": {"adetailer": {"args": []}}}, "alwayson_scripts.adetailer"),
         ({"refiner_checkpoint": "a"}, "refiner_checkpoint"),
         ({"firstpass_image": "AAAA"}, "firstpass_image"),
         ({"s_min_uncond": 0.5}, "s_min_uncond"),

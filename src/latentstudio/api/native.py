@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from anyio import to_thread
@@ -20,6 +20,7 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from latentstudio.api.common import INPAINT_FIELDS, extras_spec
+from latentstudio.api.control_units import enabled_units
 from latentstudio.api.imageio import decode_image
 from latentstudio.api.schemas import (
     ExtrasJob,
@@ -67,6 +68,9 @@ def job_spec(
             )  # fmt: skip
     elif payload.hires is not None:
         extra["hires"] = Hires(**payload.hires.model_dump())
+    units, indices = enabled_units(
+        payload.control, "control", lambda data, field: decode_image(data, field, max_pixels=max_pixels)
+    )
     params = GenerationParams(
         prompt=payload.prompt, negative_prompt=payload.negative_prompt, sampler=payload.sampler,
         scheduler=payload.scheduler, steps=payload.steps, cfg_scale=payload.cfg_scale, seed=payload.seed,
@@ -75,14 +79,24 @@ def job_spec(
         width=width, height=height, batch_size=payload.batch_size, n_iter=payload.n_iter,
         clip_skip=payload.clip_skip, eta=payload.eta, s_noise=payload.s_noise, rng=RngSource(payload.rng),
         eta_noise_seed_delta=payload.eta_noise_seed_delta, emphasis=payload.emphasis, init_image=init,
-        **extra,  # type: ignore[arg-type]
+        control=units, **extra,  # type: ignore[arg-type]
     )  # fmt: skip
     try:
         resolved = params.resolved(Policy(max_side=max_side))
-    except FieldError as e:  # the img2img mask fields are flat in this API
-        raise FieldError(INPAINT_FIELDS.get(e.field, e.field), e.message) from None
+    except FieldError as e:  # the img2img mask fields are flat in this API; units by their list index
+        raise FieldError(native_field(e.field, indices), e.message) from None
     kind = JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG
     return JobSpec(kind, resolved, checkpoint=payload.checkpoint, vae=payload.vae, source=source)
+
+
+def native_field(field: str, indices: Sequence[int]) -> str:
+    """This API's name of a :class:`GenerationParams` field: flat mask fields; ``control.<i>`` is the
+    i-th enabled unit, named by its place in the request's ``control`` list."""
+    head, _, rest = field.partition(".")
+    index, _, inner = rest.partition(".")
+    if head == "control" and index.isdigit() and int(index) < len(indices):
+        return f"control.{indices[int(index)]}" + (f".{inner}" if inner else "")
+    return INPAINT_FIELDS.get(field, field)
 
 
 def job_view(record: JobRecord, position: int | None = None, now: float | None = None) -> JobView:
@@ -136,7 +150,13 @@ def create_job(payload: Annotated[JobRequest, Body()], svc: ServicesDep) -> JobC
         spec = extras_spec(payload, images, source="api")
     else:
         spec = job_spec(payload, settings.max_side, settings.max_image_pixels, _native_size(svc, payload))
-    record = svc.jobs.submit(spec)  # a FieldError names the request's field (hires.checkpoint…)
+    try:
+        record = svc.jobs.submit(spec)  # a FieldError names the request's field (hires.checkpoint…)
+    except FieldError as e:
+        enabled = (
+            [] if isinstance(payload, ExtrasJob) else [i for i, u in enumerate(payload.control) if u.enabled]
+        )
+        raise FieldError(native_field(e.field, enabled), e.message) from None
     return JobCreated(id=record.id, status=record.status, url=f"/api/v1/jobs/{record.id}")
 
 

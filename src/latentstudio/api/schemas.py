@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from latentstudio.api.common import Base64Image, ExtrasBase
+from latentstudio.api.control_units import NativeControlUnit
 from latentstudio.config import MAX_IMAGES, MAX_SIDE, MAX_STEPS
+from latentstudio.control.units import MAX_UNITS
 from latentstudio.jobs import JobKind, JobStatus
 
 MAX_PROMPT = 20_000
@@ -54,6 +56,10 @@ class GenerationFields(BaseModel):
         default=None, description="Checkpoint title, name or hash among the server's models; null: default."
     )
     vae: Name = Field(default="Automatic", description="'Automatic', 'None' or a VAE file name.")
+    control: list[NativeControlUnit] = Field(
+        default_factory=list, max_length=MAX_UNITS,
+        description="ControlNet / T2I-Adapter units: sd-webui-controlnet's unit fields (enabled by default).",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _images_per_job(self) -> GenerationFields:

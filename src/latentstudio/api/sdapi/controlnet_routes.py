@@ -4,8 +4,9 @@ and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``mo
 ``model_list`` (the files found, named as the extension names them).
 
 ``detect`` takes the extension's body fields; -1 (its default) means a slider's default, and an out-of-range
-value is a 422 naming the field where the extension would silently use the default. Loading the listed
-models, ``control_types`` and guided generation come with the rest of issue 17, not here yet.
+value is a 422 naming the field where the extension would silently use the default. The units of
+``alwayson_scripts.controlnet`` are read by :mod:`latentstudio.api.control_units`; ``control_types`` is not
+here yet.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from latentstudio.api.state import ServicesDep
 from latentstudio.config import MAX_IMAGES
 from latentstudio.control import preprocessors
 from latentstudio.core import FieldError
-from latentstudio.models.discovery import scan_control_models
-from latentstudio.models.hashes import legacy_hash
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
 UNIT_COUNT = 3  # its control_net_unit_count default: units a request may carry
@@ -70,8 +69,7 @@ def model_list(
 ) -> dict[str, list[str]]:
     """The files in ``models/ControlNet`` (and the extension's own models folder) as the extension lists
     them: the file's stem and A1111's legacy 8-hex hash, by file name."""
-    files = scan_control_models(svc.settings.models_dir)
-    return {"model_list": [f"{path.stem} [{legacy_hash(path)}]" for path in files]}
+    return {"model_list": [file.title for file in svc.jobs.worker.controls.files()]}
 
 
 @router.get("/module_list", summary="Preprocessors (modules) and their sliders")

@@ -5,10 +5,10 @@ fields that cannot change the picture are accepted and ignored (``force_task_id`
 ``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, ``s_tmin``/``s_tmax`` without churn,
 ``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
 differ from A1111's is refused with a 422 naming the field: ``firstpass_image``, face restoration, tiling,
-refiner, scripts, several init images, a separate ``latent_mask``, unrounded masks, different
-``mask_blur_x``/``_y``, ``initial_noise_multiplier`` ≠ 1, ``s_churn``/``s_min_uncond``,
-``disable_extra_networks`` with network tags in the prompt, unknown samplers, schedulers, styles,
-checkpoints (``hr_checkpoint_name`` too), VAEs and options.
+refiner, scripts (but the ControlNet extension's units), several init images, a separate ``latent_mask``,
+unrounded masks, different ``mask_blur_x``/``_y``, ``initial_noise_multiplier`` ≠ 1,
+``s_churn``/``s_min_uncond``, ``disable_extra_networks`` with network tags in the prompt, unknown samplers,
+schedulers, styles, checkpoints (``hr_checkpoint_name`` too), VAEs and options.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from PIL import Image
 from latentstudio.api.common import INPAINT_FIELDS
 from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from latentstudio.control.units import MAX_UNITS, ControlUnit
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
 from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy, ResizeMode, ResolvedParams
@@ -32,6 +33,10 @@ from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import RngSource
 
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
+CONTROLNET = "controlnet"  # the sd-webui-controlnet script's alwayson_scripts key (A1111 lowercases titles)
+# a request's enabled ControlNet units, each one's index in alwayson_scripts.controlnet.args, and that list's
+# field name
+Control = tuple[tuple[ControlUnit, ...], tuple[int, ...], str]
 _PARAM_FIELDS = {  # a GenerationParams field (dotted when nested) → the A1111 request field or option
     "sampler": "sampler_name",
     "inpainting_mask_weight": "override_settings.inpainting_mask_weight",
@@ -97,6 +102,11 @@ class Prepared:
     options: Mapping[str, opts.Value]
     persist: Mapping[str, opts.Value]  # overrides to keep (override_settings_restore_afterwards false)
     styles: tuple[str, ...] = ()
+    control: Control = ((), (), "")
+
+    def request_field(self, field_name: str) -> str:
+        """The request field a spec field comes from (:func:`request_field` with this request's units)."""
+        return request_field(field_name, self.control)
 
 
 def effective_options(
@@ -143,7 +153,27 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
         if refused:
             raise FieldError(field_name, message)
     for name in req.alwayson_scripts:
-        raise FieldError(f"alwayson_scripts.{name}", f"Script '{name}' not found (no scripts here)")
+        if name.lower() != CONTROLNET:
+            raise FieldError(f"alwayson_scripts.{name}", f"Script '{name}' not found (no scripts here)")
+
+
+def control_args(req: GenerationRequest) -> tuple[str, list[object]]:
+    """``(field, units)``: the ``alwayson_scripts.controlnet.args`` list (A1111 finds a script by its
+    title in any case), or an empty list."""
+    for name, value in req.alwayson_scripts.items():
+        if name.lower() != CONTROLNET:
+            continue
+        field = f"alwayson_scripts.{name}"
+        if not isinstance(value, dict) or not isinstance(value.get("args", []), list):
+            raise FieldError(field, 'expected {"args": [unit, ...]}')
+        extra = sorted(set(value) - {"args"})
+        if extra:
+            raise FieldError(f"{field}.{extra[0]}", "unknown field; a script takes only args")
+        args: list[object] = value.get("args", [])
+        if len(args) > MAX_UNITS:
+            raise FieldError(f"{field}.args", f"at most {MAX_UNITS} ControlNet units, got {len(args)}")
+        return f"{field}.args", args
+    return f"alwayson_scripts.{CONTROLNET}.args", []
 
 
 def _styled(req: GenerationRequest, styles: Mapping[str, Style]) -> tuple[str, str]:
@@ -153,8 +183,17 @@ def _styled(req: GenerationRequest, styles: Mapping[str, Style]) -> tuple[str, s
         raise FieldError("styles", str(e)) from None
 
 
-def request_field(field_name: str) -> str:
-    """The A1111 request field (or option) a :class:`GenerationParams` field comes from."""
+def request_field(field_name: str, control: Control = ((), (), "")) -> str:
+    """The A1111 request field (or option) a :class:`GenerationParams` field comes from; ``control.<i>.…``
+    is the unit's place in ``alwayson_scripts.controlnet.args``."""
+    head, _, rest = field_name.partition(".")
+    _, indices, where = control
+    if head == "control" and rest:
+        index, _, inner = rest.partition(".")
+        if index.isdigit() and int(index) < len(indices):
+            return f"{where}.{indices[int(index)]}" + (f".{inner}" if inner else "")
+    if head == "control":
+        return where
     return _PARAM_FIELDS.get(field_name, field_name)
 
 
@@ -192,6 +231,8 @@ def generation_params(
     catalog: ServerCatalog,
     init: Image.Image | None,
     mask: Image.Image | None = None,
+    *,
+    control: Control = ((), (), ""),
 ) -> ResolvedParams:
     """The request's parameters, resolved once (:meth:`GenerationParams.resolved`) under the options."""
     prompt, negative = _styled(req, catalog.styles)
@@ -222,13 +263,14 @@ def generation_params(
         init_image=init, emphasis=str(options["emphasis"]),
         old_prompt_editing=bool(options["use_old_scheduling"]),
         pad_conds=bool(options["pad_cond_uncond"]), pad_conds_v0=bool(options["pad_cond_uncond_v0"]),
-        **extra,
+        control=control[0], **extra,
     )  # fmt: skip
-    named = {**_PARAM_FIELDS, "sampler": "sampler_name" if req.sampler_name else "sampler_index"}
     try:
         resolved = params.resolved(policy(options, catalog.max_side))
     except FieldError as e:
-        raise FieldError(named.get(e.field, e.field), e.message) from None
+        sampler = "sampler_name" if req.sampler_name else "sampler_index"
+        name = sampler if e.field == "sampler" else request_field(e.field, control)
+        raise FieldError(name, e.message) from None
     refuse_unsupported(req, options, resolved.sampler)
     return resolved
 
@@ -261,6 +303,8 @@ def prepare(
     catalog: ServerCatalog,
     init_images: Sequence[Image.Image] = (),
     mask: Image.Image | None = None,
+    *,
+    control: Control = ((), (), ""),
 ) -> Prepared:
     """Everything a txt2img / img2img request needs to be queued (``init_images`` decoded by the caller).
 
@@ -274,7 +318,7 @@ def prepare(
         init = init_images[0]  # flattened onto img2img_background_color by GenerationParams.resolved
         if req.mask and mask is None:
             raise FieldError("mask", "the mask image could not be read")
-    params = generation_params(req, options, catalog, init, mask)
+    params = generation_params(req, options, catalog, init, mask, control=control)
     checkpoint = options["sd_model_checkpoint"]
     spec = JobSpec(
         JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG,
@@ -284,4 +328,4 @@ def prepare(
         source="sdapi",
     )
     persist = {} if req.override_settings_restore_afterwards else overrides
-    return Prepared(spec, echo(req), options, persist, tuple(req.styles or ()))
+    return Prepared(spec, echo(req), options, persist, tuple(req.styles or ()), control)

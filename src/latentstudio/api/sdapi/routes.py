@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from anyio import to_thread
@@ -19,10 +20,11 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from latentstudio.api.common import ExtrasBase, extras_spec
+from latentstudio.api.control_units import parse_units
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.sdapi import extras, listing, response
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.convert import Prepared, prepare, request_field
+from latentstudio.api.sdapi.convert import Prepared, control_args, prepare
 from latentstudio.api.sdapi.models import (
     ExtrasBatchRequest,
     ExtrasBatchResponse,
@@ -71,6 +73,10 @@ async def _generate(
     return await _in_thread(svc, lambda: response.build(prepared, done, _pngs(svc, done), req))
 
 
+def _decode(svc: Services, data: str, field: str) -> Image.Image:
+    return decode_image(data, field, max_pixels=svc.settings.max_image_pixels)
+
+
 def _queue(
     svc: Services, req: GenerationRequest, decode_init: bool
 ) -> tuple[Prepared, str, GenerationRequest]:
@@ -85,11 +91,14 @@ def _queue(
     mask = None
     if decode_init and isinstance(req, Img2ImgRequest) and req.mask:
         mask = decode_image(req.mask, "mask", max_pixels=svc.settings.max_image_pixels)
-    prepared = prepare(req, stored, listing.catalog(svc.manager, svc.settings), images, mask)
+    where, args = control_args(req)
+    units, indices = parse_units(args, where, partial(_decode, svc))
+    catalog = listing.catalog(svc.manager, svc.settings)
+    prepared = prepare(req, stored, catalog, images, mask, control=(units, indices, where))
     try:
         record = svc.jobs.submit(prepared.spec)
     except FieldError as e:  # the models the spec names, checked by the service: A1111's field names
-        raise FieldError(request_field(e.field), e.message) from None
+        raise FieldError(prepared.request_field(e.field), e.message) from None
     store.update(prepared.persist)
     return prepared, record.id, req
 
