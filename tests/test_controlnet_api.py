@@ -69,6 +69,12 @@ def test_version_settings_and_module_list(client: httpx.Client) -> None:
     assert set(body["module_detail"]) == set(body["module_list"])
     canny = body["module_detail"]["canny"]
     assert [s["name"] for s in canny["sliders"]] == ["Resolution", "Low Threshold", "High Threshold"]
+    unavailable = body["unavailable"]  # weight-needing annotators: named with the files they would load
+    assert unavailable["depth_midas"] == [
+        "extensions/sd-webui-controlnet/annotator/downloads/midas/dpt_hybrid-midas-501f0c75.pt"
+    ]
+    assert "openpose_full" in unavailable
+    assert not set(unavailable) & set(body["module_list"])
     labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()["module_list"]
     assert "invert (from white bg & black line)" in labels
 

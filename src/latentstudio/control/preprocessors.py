@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latentstudio.control import annotators
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.core import FieldError
 
@@ -241,6 +242,9 @@ def find(module: str) -> Preprocessor:
     """The preprocessor called ``module`` (its name or an alias), else :class:`FieldError` on ``module``
     listing the names allowed."""
     found = _BY_ALIAS.get(module) or PREPROCESSORS.get(module)
+    needs_weights = annotators.refusal(module)
+    if found is None and needs_weights is not None:
+        raise FieldError("module", needs_weights)
     if found is None:
         names = ", ".join(module_list())
         aliases = ", ".join(repr(a) for a in _BY_ALIAS)

@@ -140,16 +140,8 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
         noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
     observe = controlled.observe if controlled is not None else None
-    latents, stopped = _sample(
-        sampling.sampler,
-        guided,
-        x,
-        sigmas,
-        noise_sampler,
-        _options(params, sampling.sampler),
-        progress,
-        observe,
-    )
+    options = _options(params, sampling.sampler)
+    latents, stopped = _sample(sampling.sampler, guided, x, sigmas, noise_sampler, options, progress, observe)
     if sampling.vp_terminal:
         latents = latents / (1 + sigmas[-1] ** 2).sqrt()
     if sampling.blend is not None:  # A1111 blends the final samples once more

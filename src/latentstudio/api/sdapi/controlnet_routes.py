@@ -22,11 +22,11 @@ from latentstudio.api.common import Base64Image, Finite, StrictModel
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.state import ServicesDep
 from latentstudio.config import MAX_IMAGES
-from latentstudio.control import preprocessors
+from latentstudio.control import annotators, preprocessors
+from latentstudio.control.units import MAX_UNITS
 from latentstudio.core import FieldError
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
-UNIT_COUNT = 3  # its control_net_unit_count default: units a request may carry
 
 router = APIRouter(prefix="/controlnet", tags=["ControlNet extension compatible"])
 
@@ -59,7 +59,7 @@ def version() -> dict[str, int]:
 
 @router.get("/settings", summary="How many ControlNet units a request may carry")
 def settings() -> dict[str, int]:
-    return {"control_net_unit_count": UNIT_COUNT}
+    return {"control_net_unit_count": MAX_UNITS}
 
 
 @router.get("/model_list", summary="ControlNet and T2I-Adapter files: 'name [hash]'")
@@ -76,11 +76,13 @@ def model_list(
 def module_list(
     alias_names: Annotated[bool, Query(description="Display labels instead of module names.")] = False,
 ) -> dict[str, Any]:
-    """``{module_list, module_detail}`` in the extension's order; only the preprocessors that need no
-    weights are listed."""
+    """``{module_list, module_detail}`` in the extension's order, the preprocessors that need no weights; and
+    ``unavailable``: the extension's weight-needing ones with the annotator files each would load (not run
+    here yet)."""
     return {
         "module_list": preprocessors.module_list(alias_names),
         "module_detail": preprocessors.module_detail(alias_names),
+        "unavailable": annotators.unavailable(),
     }
 
 
