@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from latentstudio.cli_control import ControlOption, as_option, control_files, control_units, detect_command
 from latentstudio.cli_train import eval_app, train_app
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     rng: Annotated[str, typer.Option(help="Noise source: cpu, gpu or nv.")] = "cpu",
     output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    control: ControlOption = None,
 ) -> None:
     """Generate images and print the written paths (PNG with A1111 infotext)."""
     with _importing(ctx):
@@ -198,12 +200,8 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
         from latentstudio.pipeline.infotexts import model_identity
         from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy
-        from latentstudio.samplers.noise import RngSource
 
-    try:
-        source = RngSource(rng.upper())
-    except ValueError:
-        raise _refused(FieldError("--rng", f"{rng!r} is not one of cpu, gpu, nv")) from None
+    source = _rng_source(rng)
     try:
         settings = Settings(models_dir=models_dir, data_dir=data_dir, device=device)  # type: ignore[arg-type]
         manager = ModelManager(settings)
@@ -220,16 +218,29 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
             init_image=Image.open(init_image) if init_image is not None else None,
             denoising_strength=denoising_strength, color_correction=color_correction, hires=hires,
             inpaint=Inpaint(Image.open(mask), blur=mask_blur) if mask is not None else None,
+            control=control_units(control or []),
         ).resolved(Policy(max_side=settings.max_side))  # fmt: skip
+        control_models = control_files(manager, info, params.control)  # found, of the family: nothing loaded
         components = manager.load(info)
         hires_model = _hires_model(manager, params, components)
+        controls = control_models.load(components.unet)
     except FieldError as e:  # a parameter (GenerationParams.resolved) or an option the pipeline refuses
-        raise _refused(FieldError(_FLAGS.get(e.field, e.field), e.message)) from None
+        raise _refused(as_option(e, _FLAGS)) from None
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None
     identity = model_identity(manager, info, components)  # as the server's worker names it
-    embeddings = manager.embeddings(components)
-    _run_and_save(components, params, identity, output, embeddings, manager.lora_networks, hires_model)
+    _run_and_save(components, params, identity, output, embeddings=manager.embeddings(components),
+                  loras=manager.lora_networks, hires_model=hires_model, controls=controls)  # fmt: skip
+
+
+def _rng_source(rng: str) -> Any:
+    from latentstudio.core import FieldError
+    from latentstudio.samplers.noise import RngSource
+
+    try:
+        return RngSource(rng.upper())
+    except ValueError:
+        raise _refused(FieldError("--rng", f"{rng!r} is not one of cpu, gpu, nv")) from None
 
 
 def _hires_model(manager: Any, params: Any, components: Any) -> Any:
@@ -338,10 +349,8 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
-    components: Any, params: Any, identity: Any, output: Path, embeddings: Any, loras: Any, hires_model: Any
-) -> None:
-    """Run the pipeline with a progress bar; print each written path."""
+def _run_and_save(components: Any, params: Any, identity: Any, output: Path, **inputs: Any) -> None:
+    """Run the pipeline with a progress bar (``inputs``: ``run``'s optional ones); print each written path."""
     from tqdm import tqdm
 
     from latentstudio.pipeline.images import save_image
@@ -354,10 +363,7 @@ def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
         bar.update(step.step - bar.n)
 
     try:
-        result = run(
-            params, components, identity=identity, on_step=on_step, embeddings=embeddings, loras=loras,
-            hires_model=hires_model,
-        )  # fmt: skip
+        result = run(params, components, identity=identity, on_step=on_step, **inputs)
     except NaNLatentError as e:
         raise _fail(str(e)) from None
     finally:
@@ -367,6 +373,7 @@ def _run_and_save(  # noqa: PLR0917 - what one CLI generation needs
         typer.echo(save_image(image, folder, seed, text))
 
 
+app.command("detect")(detect_command)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 

@@ -25,6 +25,7 @@ from latentstudio.control.networks import (
     load_control_network,
 )
 from latentstudio.models.discovery import scan_control_models
+from latentstudio.models.families import Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.hashes import legacy_hash
 
@@ -32,7 +33,7 @@ KEEP_IN_RAM = 4  # networks kept loaded (the extension's control_net_model_cache
 
 
 class ControlModelNotFoundError(LookupError):
-    """No listed ControlNet model matches the name a unit gives."""
+    """No listed ControlNet model matches the name a unit gives (or none of the checkpoint's family)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,19 @@ class ControlLibrary:
         if isinstance(known, str):
             raise ModelFileError(file.path, known.removeprefix(f"{file.path}: "))
         return known
+
+    def resolve(self, query: str, family: Family | None, checkpoint: str) -> ControlFile:
+        """The file a unit names, readable and of the checkpoint's ``family`` (None: unknown, not checked):
+        :class:`ControlModelNotFoundError` (also for a model of another family, naming both) or
+        :class:`ModelFileError`."""
+        file = self.find(query)
+        info = self.info(file)
+        if family is not None and info.family is not family:
+            raise ControlModelNotFoundError(
+                f"{file.title} is a {info.family.value} {info.kind.value}; the checkpoint {checkpoint!r} is "
+                f"{family.value}"
+            )
+        return file
 
     def load(self, file: ControlFile, base_unet: UNet2DConditionModel) -> ControlNetwork:
         """The network, loaded once and kept (the least recently used beyond :data:`KEEP_IN_RAM` goes).

@@ -184,18 +184,10 @@ class JobService:
         except (ModelFileError, OSError, ValueError):
             family = None  # the job fails on loading its own checkpoint, with that error
         for i, unit in enumerate(spec.params.control):
-            field = f"control.{i}.model"
             try:
-                file = self.worker.controls.find(unit.model)
-                info = self.worker.controls.info(file)
+                self.worker.controls.resolve(unit.model, family, base.name)
             except (ControlModelNotFoundError, ModelFileError, OSError) as e:
-                raise FieldError(field, str(e)) from None
-            if family is not None and info.family is not family:
-                raise FieldError(
-                    field,
-                    f"{file.title} is a {info.family.value} {info.kind.value}; the checkpoint "
-                    f"{base.name!r} is {family.value}",
-                )
+                raise FieldError(f"control.{i}.model", str(e)) from None
 
     def _check_hires_upscaler(self, name: str) -> None:
         """A latent mode or an upscaler from the folders (rescanned once on a miss), before queueing."""
