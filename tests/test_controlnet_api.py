@@ -153,3 +153,27 @@ def test_bad_detect_requests_name_the_field(
     assert response.status_code == 422, response.text
     assert refused_field(response) == field
     assert client.get("/controlnet/version").status_code == 200
+
+
+def test_control_types_group_modules_and_models_by_tag(client: httpx.Client) -> None:
+    """``/controlnet/control_types`` as the extension's ``select_control_type``: "All" first with every
+    label and model ("None" first), then each tag with its preprocessors ("none" first), the models whose
+    name holds the tag (or an alias: Tile also matches "blur"), and the defaults."""
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    models = client.get("/controlnet/model_list").json()["model_list"]
+    labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()["module_list"]
+    assert next(iter(types)) == "All"
+    assert types["All"] == {"module_list": labels, "model_list": ["None", *models], "default_option": "none",
+                            "default_model": "None"}  # fmt: skip
+    canny = types["Canny"]
+    assert canny["module_list"][0] == "none"
+    assert canny["default_option"] == "canny"
+    assert "invert (from white bg & black line)" in canny["module_list"]
+    assert [m.split(" [")[0] for m in canny["model_list"]] == ["None", "t2iadapter_canny_sd15v2"]
+    assert canny["default_model"] == canny["model_list"][1]
+    assert types["Shuffle"]["model_list"] == ["None"]  # no file here is named for shuffle
+    assert types["Shuffle"]["default_model"] == "None"
+    adapter = types["T2I-Adapter"]
+    assert [m.split(" [")[0] for m in adapter["model_list"]] == ["None", "t2iadapter_canny_sd15v2"]
+    assert adapter["default_model"].startswith("t2iadapter_canny_sd15v2 [")
+    assert set(types) >= {"Tile", "Shuffle", "Lineart", "Scribble", "Recolor", "InstructP2P"}

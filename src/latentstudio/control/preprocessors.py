@@ -261,6 +261,37 @@ def module_list(alias_names: bool = False) -> list[str]:
     return [p.label if alias_names else p.name for p in [PREPROCESSORS["none"], *rest]]
 
 
+def control_types(models: list[str]) -> dict[str, dict[str, object]]:
+    """The extension's ``/controlnet/control_types`` over these preprocessors and the listed ``models``
+    (titles): "All", then every tag in sorted order, each with the labels of its preprocessors ("none"
+    first), the models whose name holds the tag or one of its aliases (``tag_to_filters``; "None" first),
+    the default preprocessor (the first after "none") and the default model (one with "11" in its name,
+    else the first listed)."""
+    everything = ["None", *models]
+    types: dict[str, dict[str, object]] = {
+        "All": {"module_list": module_list(True), "model_list": everything, "default_option": "none",
+                "default_model": "None"},
+    }  # fmt: skip
+    for tag in sorted({t for p in _ALL for t in p.tags}):
+        labels = [label for label in module_list(True) if label == "none" or tag in find(label).tags]
+        filters = {tag.lower(), *_TAG_FILTERS.get(tag.lower(), ())}
+        chosen = [m for m in everything if m.lower() == "none" or any(f in m.lower() for f in filters)]
+        default = chosen[1] if len(chosen) > 1 else "None"
+        default = next((m for m in chosen if "11" in m.split("[")[0]), default)
+        option = labels[1] if len(labels) > 1 else labels[0]
+        types[tag] = {"module_list": labels, "model_list": chosen, "default_option": option,
+                      "default_model": default}  # fmt: skip
+    return types
+
+
+_TAG_FILTERS = {  # the extension's Preprocessor.tag_to_filters aliases
+    "instructp2p": ("ip2p",), "segmentation": ("seg",), "normalmap": ("normal",),
+    "t2i-adapter": ("t2i_adapter", "t2iadapter", "t2ia"), "ip-adapter": ("ip_adapter", "ipadapter"),
+    "openpose": ("openpose", "densepose"), "instant-id": ("instant_id", "instantid"), "scribble": ("sketch",),
+    "tile": ("blur",),
+}  # fmt: skip
+
+
 def module_detail(alias_names: bool = False) -> dict[str, dict[str, object]]:
     """The extension's ``module_detail`` for these modules, keyed as :func:`module_list`."""
     return {key: find(key).module_detail() for key in module_list(alias_names)}

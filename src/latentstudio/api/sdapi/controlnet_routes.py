@@ -5,8 +5,8 @@ and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``mo
 
 ``detect`` takes the extension's body fields; -1 (its default) means a slider's default, and an out-of-range
 value is a 422 naming the field where the extension would silently use the default. The units of
-``alwayson_scripts.controlnet`` are read by :mod:`latentstudio.api.control_units`; ``control_types`` is not
-here yet.
+``alwayson_scripts.controlnet`` are read by :mod:`latentstudio.api.control_units`; ``control_types`` covers
+the preprocessors that need no weights.
 """
 
 from __future__ import annotations
@@ -84,6 +84,14 @@ def module_list(
         "module_detail": preprocessors.module_detail(alias_names),
         "unavailable": annotators.unavailable(),
     }
+
+
+@router.get("/control_types", summary="Control types: their preprocessors, models and defaults")
+def control_types(svc: ServicesDep) -> dict[str, dict[str, dict[str, object]]]:
+    """The extension's ``{control_types: {tag: {module_list, model_list, default_option, default_model}}}``
+    over the preprocessors that need no weights and the listed model files."""
+    titles = [file.title for file in svc.jobs.worker.controls.files()]
+    return {"control_types": preprocessors.control_types(titles)}
 
 
 @router.post("/detect", response_model=DetectResponse, summary="Run a preprocessor on images")
