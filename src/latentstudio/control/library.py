@@ -28,6 +28,7 @@ from latentstudio.models.discovery import scan_control_models
 from latentstudio.models.families import Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.hashes import legacy_hash
+from latentstudio.models.manager import stat_key
 
 KEEP_IN_RAM = 4  # networks kept loaded (the extension's control_net_model_cache_size is 2 per unit slot)
 
@@ -69,7 +70,7 @@ class ControlLibrary:
         out = []
         for path in scan_control_models(self.models_dir):
             try:
-                key = _stat_key(path)
+                key = stat_key(path)
             except OSError:
                 continue  # removed while listing
             with self._lock:
@@ -101,7 +102,7 @@ class ControlLibrary:
     def info(self, file: ControlFile) -> ControlFileInfo:
         """Kind and base family from the file's header (cached per file version); a file we cannot use
         raises :class:`ModelFileError` (one line naming it), every time."""
-        key = _stat_key(file.path)
+        key = stat_key(file.path)
         with self._lock:
             known = self._infos.get(key)
         if known is None:
@@ -133,7 +134,7 @@ class ControlLibrary:
         A difference ControlNet is built on ``base_unet`` and kept per base model."""
         info = self.info(file)
         base = id(base_unet) if info.layout.endswith("diff") else 0
-        key = (*_stat_key(file.path), base)
+        key = (*stat_key(file.path), base)
         with self._lock:
             entry = self._loaded.get(key)
             if entry is not None:
@@ -154,8 +155,3 @@ class ControlLibrary:
         with self._lock:
             self._loaded.clear()
         gc.collect()
-
-
-def _stat_key(path: Path) -> tuple[Path, int, int]:
-    stat = path.stat()
-    return path, stat.st_size, stat.st_mtime_ns

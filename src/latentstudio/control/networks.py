@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from accelerate import init_empty_weights
 from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 
 from latentstudio.control.layouts import (
@@ -41,7 +40,7 @@ from latentstudio.models.files import (
     read_safetensors_header,
     read_tensor_file,
 )
-from latentstudio.models.loader import Placement
+from latentstudio.models.loader import Placement, construct, first_line
 
 __all__ = [
     "ControlFileInfo",
@@ -56,7 +55,6 @@ _SHARED_WITH_UNET = ("conv_in.", "time_embedding.", "add_embedding.", "down_bloc
 _FOLDER_WEIGHTS = tuple(
     f"diffusion_pytorch_model{v}.{s}" for s in ("safetensors", "bin") for v in ("", ".fp16")
 )
-_BUILD_ERRORS = (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, AttributeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ def load_control_network(
     try:
         module.load_state_dict(placed, strict=True, assign=True)
     except RuntimeError as e:
-        raise ModelFileError(path, f"weights do not match the architecture: {_one_line(e)}") from e
+        raise ModelFileError(path, f"weights do not match the architecture: {first_line(e)}") from e
     module.to(device=device)
     module.eval().requires_grad_(False)
     return ControlNetwork(path, info, module)
@@ -198,11 +196,7 @@ def _describe(path: Path, shapes: Shapes, folder: Mapping[str, Any] | None) -> _
 def _build(path: Path, kind: ControlKind, config: Config) -> Any:
     """The diffusers module on the meta device; a config it cannot build is a :class:`ModelFileError`."""
     cls = ControlNetModel if kind is ControlKind.CONTROLNET else T2IAdapter
-    try:
-        with init_empty_weights(include_buffers=False):
-            return cls.from_config(config)
-    except _BUILD_ERRORS as e:
-        raise ModelFileError(path, f"the architecture cannot be built ({_one_line(e)})") from e
+    return construct(path, cls.__name__, lambda: cls.from_config(config))
 
 
 def _add_base(
@@ -232,7 +226,3 @@ def _time_dim(path: Path, adm_in: int, base_unet: UNet2DConditionModel | None) -
     if adm_in > 6 * 256:
         return 256
     raise ModelFileError(path, f"SDXL ControlNet with label_emb input {adm_in} (not 2816): pass base_unet")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__

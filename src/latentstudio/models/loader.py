@@ -81,7 +81,7 @@ def _materialize(
     try:
         missing, unexpected = module.load_state_dict(placed, strict=False, assign=True)
     except RuntimeError as e:  # "size mismatch for …": the shapes contradict the architecture
-        raise ModelFileError(path, f"{what} weights do not match the architecture: {_first_line(e)}") from e
+        raise ModelFileError(path, f"{what} weights do not match the architecture: {first_line(e)}") from e
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelFileError(path, f"{what} weights do not match the architecture: {detail}")
@@ -98,17 +98,17 @@ _BUILD_ERRORS = (
 )  # fmt: skip
 
 
-def _construct(path: Path, what: str, build: Callable[[], ModuleT]) -> ModuleT:
+def construct(path: Path, what: str, build: Callable[[], ModuleT]) -> ModuleT:
     """``build()`` on the meta device; a config the library cannot build (inconsistent widths, head counts
     or block lists read from an untrusted file) is a :class:`ModelFileError` naming the file."""
     try:
         with init_empty_weights(include_buffers=False):
             return build()
     except _BUILD_ERRORS as e:
-        raise ModelFileError(path, f"{what}: the architecture cannot be built ({_first_line(e)})") from e
+        raise ModelFileError(path, f"{what}: the architecture cannot be built ({first_line(e)})") from e
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     """The library's message on one line (some span several: "validation error …:\n  ValueError: …")."""
     return " ".join(str(error).split())[:300] or type(error).__name__
 
@@ -118,7 +118,7 @@ def _build_unet(
 ) -> Any:
     config = arch.unet_config(path, _shapes(tf), info, overrides.get("unet", {}))
     state = convert.unet_to_diffusers(path, tf.tensors, config)
-    unet = _construct(path, "UNet", lambda: UNet2DConditionModel.from_config(config))
+    unet = construct(path, "UNet", lambda: UNet2DConditionModel.from_config(config))
     return _materialize(path, "UNet", unet, state, placement)
 
 
@@ -139,7 +139,7 @@ def build_vae(
         state = dict(tensors)
     else:
         raise ModelFileError(path, "no VAE weights (encoder.down.* or encoder.down_blocks.*)")
-    vae: AutoencoderKL = _construct(path, "VAE", lambda: AutoencoderKL.from_config(config))
+    vae: AutoencoderKL = construct(path, "VAE", lambda: AutoencoderKL.from_config(config))
     return _materialize(path, "VAE", vae, state, placement)
 
 
@@ -160,7 +160,7 @@ def _build_text_encoders(
             with no_init_weights():  # no random init of meta weights
                 return cls(CLIPTextConfig(**fields))
 
-        model = _construct(path, spec.name, build)
+        model = construct(path, spec.name, build)
         state = convert.clip_keys_for(model, state)
         encoders[spec.name] = _materialize(path, spec.name, model, state, placement)
     return encoders

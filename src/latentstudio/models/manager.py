@@ -159,7 +159,7 @@ class ModelManager:
             loaded = self._loaded.get(info.path)
             if loaded is not None:
                 return loaded.info
-        key = _stat_key(info.path)
+        key = stat_key(info.path)
         with self._lock:
             found = self._families.get(key)
         if found is None:
@@ -189,7 +189,7 @@ class ModelManager:
         """Why a checkpoint cannot be used, in one line naming the file, as far as is known without loading
         it: its header does not identify a model, or a load of the file as it is now failed. None: usable."""
         try:
-            key = _stat_key(info.path)
+            key = stat_key(info.path)
         except OSError as e:
             return f"{info.path}: cannot read ({e.strerror or e})"
         with self._lock:
@@ -253,7 +253,7 @@ class ModelManager:
             return loader.load_checkpoint(info.path, device=self.device, dtype=self.dtype)
         except ModelFileError as e:
             with contextlib.suppress(OSError):
-                self._unusable[_stat_key(info.path)] = str(e)
+                self._unusable[stat_key(info.path)] = str(e)
             raise
 
     def _resolve_vae(self, info: CheckpointInfo, choice: str) -> Path | None:
@@ -324,7 +324,7 @@ class ModelManager:
         _release_memory()
 
 
-def _stat_key(path: Path) -> tuple[Path, int, int]:
+def stat_key(path: Path) -> tuple[Path, int, int]:
     """A file as it is now: path, size and modification time."""
     stat = path.stat()
     return path, stat.st_size, stat.st_mtime_ns
@@ -337,4 +337,4 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["CheckpointEntry", "ModelFileError", "ModelManager", "ModelNotFoundError"]
+__all__ = ["CheckpointEntry", "ModelFileError", "ModelManager", "ModelNotFoundError", "stat_key"]

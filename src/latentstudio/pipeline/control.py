@@ -77,6 +77,7 @@ def detect_units(
     on the img2img init image fitted by the job's img2img resize mode; pixel-perfect resolution for the
     first pass's size; the numpy seed of the job's first image for shuffle (:func:`numpy_seed`)."""
     out = []
+    numpy_seed = preprocessors.numpy_seed(seed, subseed)
     for unit, network in zip(units, networks, strict=True):
         if unit.image is not None:
             mask = None if unit.mask is None else hint.array(unit.mask)
@@ -89,7 +90,6 @@ def detect_units(
         res = unit.processor_res
         if unit.pixel_perfect:
             res = hint.pixel_perfect_resolution(picture, params.height, params.width, resize)
-        numpy_seed = preprocessors.numpy_seed(seed, subseed)
         detected = preprocessors.detect(
             unit.module, picture, res, unit.threshold_a, unit.threshold_b, numpy_seed
         )
