@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentstudio.control import preprocessors
 from latentstudio.control.preprocess_ops import hwc3
-from latentstudio.control.units import ControlResize
+from latentstudio.control.units import ControlResize, ControlUnit
 
 
 def array(image: Image.Image) -> np.ndarray:
@@ -50,6 +51,23 @@ def pixel_perfect_resolution(image: np.ndarray, height: int, width: int, mode: C
     k0, k1 = float(height) / float(raw_h), float(width) / float(raw_w)
     k = min(k0, k1) if mode is ControlResize.RESIZE_AND_FILL else max(k0, k1)
     return int(np.round(k * float(min(raw_h, raw_w))))
+
+
+def detect_map(
+    unit: ControlUnit,
+    picture: np.ndarray,
+    resize: ControlResize,
+    size: tuple[int, int],
+    seed: int | None = None,
+) -> np.ndarray:
+    """The unit's preprocessor on ``picture`` (``[H, W, 3]`` uint8, fitted later by ``resize``), at the
+    pixel-perfect resolution for a picture of ``size`` ``(height, width)`` when the unit asks for it:
+    ``[H', W', 3]`` uint8. ``seed``: shuffle's numpy seed (:func:`preprocessors.numpy_seed`). The same call
+    for a generation and for the UI's preview of the detected map."""
+    res = unit.processor_res
+    if unit.pixel_perfect:
+        res = pixel_perfect_resolution(picture, size[0], size[1], resize)
+    return preprocessors.detect(unit.module, picture, res, unit.threshold_a, unit.threshold_b, seed)
 
 
 def fit(detected: np.ndarray, mode: ControlResize, height: int, width: int) -> np.ndarray:

@@ -95,17 +95,22 @@ def tiny_controlnet_file(
     base_unet: UNet2DConditionModel | None = None,
     hint_channels: int = 3,
     dtype: torch.dtype | None = None,
+    hint_gain: float = 1.0,
 ) -> ControlNetModel:
     """Write a tiny random ControlNet for ``family`` (the structure of ``tiny_spec(family)``'s UNet: widths
     64/128/128, cross-attention width 64 for SD1) and return it (fp32, CPU, eval).
 
     ``layout``: ``cldm`` (``control_model.`` prefix), ``cldm-diff`` (stores control − ``base_unet`` for every
     key the UNet shares, plus a ``difference`` key), ``diffusers`` (``ControlNetModel`` keys, no prefix).
+    ``hint_gain`` scales the hint embedding's last convolution: the random network's outputs depend on the
+    control image about 1 % at 1.0, visibly more at 30.
     """
     config = controlnet_config(tiny_spec(family).unet, hint_channels=hint_channels)
     torch.manual_seed(seed)
     model = ControlNetModel.from_config(config)
     _perturbed(model, seed, 0.05)
+    with torch.no_grad():
+        model.controlnet_cond_embedding.conv_out.weight.mul_(hint_gain)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if layout == "cldm-diff":

@@ -87,12 +87,7 @@ def detect_units(
             resize = RESIZE_ALIASES.get(int(params.resize_mode), ControlResize.JUST_RESIZE)
         else:  # the door refuses this
             raise ValueError("controlnet is enabled but no input image is given")
-        res = unit.processor_res
-        if unit.pixel_perfect:
-            res = hint.pixel_perfect_resolution(picture, params.height, params.width, resize)
-        detected = preprocessors.detect(
-            unit.module, picture, res, unit.threshold_a, unit.threshold_b, numpy_seed
-        )
+        detected = hint.detect_map(unit, picture, resize, (params.height, params.width), numpy_seed)
         out.append(Detected(unit, network, detected, resize))
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from latentstudio.api.common import extras_spec
 from latentstudio.api.sdapi import extras, listing, pasting
 from latentstudio.api.sdapi import options as opts
-from latentstudio.api.sdapi.convert import prepare, request_field
+from latentstudio.api.sdapi.convert import prepare
 from latentstudio.api.sdapi.models import ExtrasSingleRequest, Img2ImgRequest, Txt2ImgRequest
 from latentstudio.api.sdapi.routes import WAIT_SECONDS
 from latentstudio.api.state import Services
@@ -30,11 +30,13 @@ from latentstudio.core import FieldError
 from latentstudio.jobs import JobRecord, JobService, JobStatus
 from latentstudio.jobs.model import NoCheckpointError, QueueFullError
 from latentstudio.models.discovery import CheckpointInfo
+from latentstudio.models.families import Family, FamilyInfo
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.prompts.counter import count_tokens
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
-from latentstudio.ui.backend import Catalog, Kind, OptionField
+from latentstudio.server import ui_control
+from latentstudio.ui.backend import Catalog, ControlInput, ControlModule, Kind, OptionField
 
 # The settings the Settings tab offers: the ones that change images (A1111's "Stable Diffusion" and
 # "Sampler parameters" pages), in that order.
@@ -108,6 +110,7 @@ class SdapiBackend:
             styles=[s["name"] for s in listing.prompt_styles(svc.settings)],
             face_restorers=[f.name for f in svc.jobs.face_restorers()],
             native_size=_native_size(svc.manager, current),
+            control_models=ui_control.control_models(svc.jobs.worker.controls, _family(svc.manager, current)),
         )
 
     async def refresh(self) -> None:
@@ -119,12 +122,15 @@ class SdapiBackend:
         fields: Mapping[str, Any],
         init: Image.Image | None = None,
         mask: Image.Image | None = None,
+        controls: Sequence[ControlInput | None] = (),
     ) -> JobRecord:
         svc = self.services
         with field_errors():
             stored = self.store.load()
+            control = ui_control.units(controls, svc.settings.max_image_pixels)
             if kind == "txt2img":
-                prepared = prepare(Txt2ImgRequest.model_validate(dict(fields)), stored, self._catalog())
+                request: Txt2ImgRequest | Img2ImgRequest = Txt2ImgRequest.model_validate(dict(fields))
+                prepared = prepare(request, stored, self._catalog(), control=control)
             else:
                 if init is None:
                     raise FieldError("init_images", "drop an image to start from")
@@ -134,11 +140,11 @@ class SdapiBackend:
                         raise FieldError(name, f"larger than {svc.settings.max_image_pixels} pixels")
                 if mask is not None:
                     request = request.model_copy(update={"mask": "ui"})
-                prepared = prepare(request, stored, self._catalog(), [init], mask)
+                prepared = prepare(request, stored, self._catalog(), [init], mask, control=control)
             try:
                 return svc.jobs.submit(dataclasses.replace(prepared.spec, source="ui"))
             except FieldError as e:  # the service names nested fields (hires.upscaler): the A1111 names here
-                raise FieldError(request_field(e.field), e.message) from None
+                raise FieldError(prepared.request_field(e.field), e.message) from None
 
     def _catalog(self) -> Any:
         return listing.catalog(self.services.manager, self.services.settings)
@@ -146,7 +152,31 @@ class SdapiBackend:
     def paste(self, text: str) -> dict[str, Any]:
         with field_errors():
             request = pasting.apply_infotext(Txt2ImgRequest(infotext=text), self.store.load())
-        return request.model_dump(exclude={"infotext"})
+        units = ui_control.pasted_units(text, self.services.jobs.worker.controls)
+        return {**request.model_dump(exclude={"infotext"}), "controlnet_units": units}
+
+    def control_modules(self) -> list[ControlModule]:
+        return ui_control.control_modules()
+
+    def control_models(self, checkpoint: str | None) -> list[str]:
+        svc = self.services
+        try:
+            info = svc.manager.find(checkpoint) if checkpoint else self._current()
+        except ModelNotFoundError:
+            info = None
+        return ui_control.control_models(svc.jobs.worker.controls, _family(svc.manager, info))
+
+    def detect_control(
+        self, fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int]
+    ) -> Image.Image:
+        with field_errors():
+            if image.width * image.height > self.services.settings.max_image_pixels:
+                raise FieldError("image", f"larger than {self.services.settings.max_image_pixels} pixels")
+            return ui_control.detect(fields, image, size)
+
+    def _current(self) -> CheckpointInfo | None:
+        stored = self.store.load()
+        return listing.current_checkpoint(self.services.manager, _str(stored.get("sd_model_checkpoint")))
 
     def read_infotext(self, image: Image.Image) -> str:
         return extras.png_info(image)[0]
@@ -208,15 +238,27 @@ def option_fields(settings: Settings) -> list[OptionField]:
     return fields
 
 
-def _native_size(manager: ModelManager, info: CheckpointInfo | None) -> int | None:
-    """The checkpoint's native size from its header and metadata (cached by the manager; no weights are
-    read); None when there is no checkpoint or the file cannot be identified (the UI keeps its sizes)."""
+def _identified(manager: ModelManager, info: CheckpointInfo | None) -> FamilyInfo | None:
+    """The checkpoint's identification from its header and metadata (cached by the manager; no weights are
+    read); None when there is no checkpoint or the file cannot be identified."""
     if info is None:
         return None
     try:
-        return manager.family(info).native_size
+        return manager.family(info)
     except (ModelFileError, LookupError, ValueError, OSError):
         return None
+
+
+def _native_size(manager: ModelManager, info: CheckpointInfo | None) -> int | None:
+    """The checkpoint's native size (None: unknown; the UI keeps its sizes)."""
+    identified = _identified(manager, info)
+    return None if identified is None else identified.native_size
+
+
+def _family(manager: ModelManager, info: CheckpointInfo | None) -> Family | None:
+    """The checkpoint's family (None: unknown; every ControlNet file is offered)."""
+    identified = _identified(manager, info)
+    return None if identified is None else identified.family
 
 
 def _str(value: object) -> str | None:

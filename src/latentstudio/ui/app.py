@@ -45,6 +45,8 @@ def _name_controls(demo: GuardedBlocks, page: Page) -> None:
     for tab in (page.t2i, page.i2i):
         demo.name_controls({"prompt": tab.prompt, "negative_prompt": tab.negative, **tab.fields})
         demo.name_controls({"clip_skip": tab.clip_skip})
+        for unit in tab.control:
+            demo.name_controls(unit.names())
     for key in ("init", "editor", "upload_init"):
         demo.name_controls({"init_images": page.i2i_extra[key]})
     demo.name_controls({"mask": page.i2i_extra["upload_mask"]})

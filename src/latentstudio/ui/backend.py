@@ -15,6 +15,31 @@ from PIL import Image
 from latentstudio.jobs import JobRecord, JobService
 
 Kind = Literal["txt2img", "img2img"]
+# A ControlNet unit the UI sends: its fields by the extension's API names (``module``, ``model``,
+# ``weight``…, no image) and its control image (None: the img2img image).
+ControlInput = tuple[Mapping[str, Any], Image.Image | None]
+
+
+@dataclass(frozen=True)
+class SliderSpec:
+    """One preprocessor slider as the ControlNet extension shows it."""
+
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    step: float
+
+
+@dataclass(frozen=True)
+class ControlModule:
+    """A preprocessor the ControlNet units offer, with its ``processor_res``, ``threshold_a`` and
+    ``threshold_b`` sliders (None: hidden for this module)."""
+
+    name: str
+    processor_res: SliderSpec | None = None
+    threshold_a: SliderSpec | None = None
+    threshold_b: SliderSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,7 @@ class Catalog:
     styles: Sequence[str] = field(default_factory=tuple)
     face_restorers: Sequence[str] = field(default_factory=tuple)  # "GFPGAN" / "CodeFormer" with weights
     native_size: int | None = None  # the current checkpoint's training size in pixels (None: unknown)
+    control_models: Sequence[str] = ("None",)  # "None", then the current checkpoint's family's files
 
 
 class Backend(Protocol):
@@ -66,12 +92,30 @@ class Backend(Protocol):
         fields: Mapping[str, Any],
         init: Image.Image | None = None,
         mask: Image.Image | None = None,
+        controls: Sequence[ControlInput | None] = (),
     ) -> JobRecord:
-        """Queue a generation from A1111 request fields (``/sdapi/v1/txt2img`` / ``img2img`` names)."""
+        """Queue a generation from A1111 request fields (``/sdapi/v1/txt2img`` / ``img2img`` names) and the
+        ControlNet units (None: a disabled unit; refusals name ``alwayson_scripts.controlnet.args.<i>``)."""
 
     def paste(self, text: str) -> dict[str, Any]:
         """An infotext → the txt2img request fields it sets (A1111's paste), settings included as
-        ``override_settings``."""
+        ``override_settings``, and under ``controlnet_units`` each ``ControlNet N`` entry's unit fields by
+        ``N`` (the extension's infotext fields; the model named by a listed title where one matches)."""
+
+    def control_modules(self) -> Sequence[ControlModule]:
+        """The preprocessors a ControlNet unit may pick (those that need no weights), in the extension's
+        order."""
+
+    def control_models(self, checkpoint: str | None) -> list[str]:
+        """The ControlNet / T2I-Adapter titles a unit may pick with this checkpoint (by title; None: the
+        current one): "None", then the readable files of its family (every readable file when the
+        checkpoint's family is unknown)."""
+
+    def detect_control(
+        self, fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int]
+    ) -> Image.Image:
+        """A unit's detected map for ``image`` (its preprocessor and sliders from ``fields``, as
+        :meth:`submit` takes them; pixel perfect for a picture of ``size`` ``(height, width)``)."""
 
     def read_infotext(self, image: Image.Image) -> str:
         """The infotext an image carries ('' if none)."""

@@ -1,5 +1,6 @@
-"""The models bar's and the Settings tab's events: the dropdowns' choices, the setting values and the
-checkpoint's native size on page load and on refresh; a checkpoint or VAE choice; Apply settings."""
+"""The models bar's and the Settings tab's events: the dropdowns' choices (the ControlNet units' included),
+the setting values and the checkpoint's native size on page load and on refresh; a checkpoint or VAE
+choice; Apply settings."""
 
 from __future__ import annotations
 
@@ -39,7 +40,14 @@ def _catalog_outputs(page: Page) -> list[Any]:
         *page.settings.values(),
         *t2i.size,
         *i2i.size,
+        *_unit_dropdowns(page, "module"),
+        *_unit_dropdowns(page, "model"),
     ]
+
+
+def _unit_dropdowns(page: Page, field: str) -> list[Any]:
+    """The ControlNet units' ``module`` or ``model`` dropdowns of both tabs."""
+    return [unit.fields[field] for tab in (page.t2i, page.i2i) for unit in tab.control]
 
 
 def wire_catalog(demo: gr.Blocks, get: GetBackend, page: Page) -> None:
@@ -52,6 +60,9 @@ def wire_catalog(demo: gr.Blocks, get: GetBackend, page: Page) -> None:
         if rescan:
             await backend.refresh()
         c, options = await to_thread.run_sync(lambda: (backend.catalog(), backend.options()))
+        modules = gr.update(choices=[m.name for m in backend.control_modules()])
+        control_models = gr.update(choices=list(c.control_models))
+        units = len(_unit_dropdowns(page, "model"))
         samplers = gr.update(choices=list(c.samplers))
         schedulers = gr.update(choices=list(c.schedulers))
         loras = gr.Dataset(samples=[[name] for name in c.loras])
@@ -76,6 +87,8 @@ def wire_catalog(demo: gr.Blocks, get: GetBackend, page: Page) -> None:
             embeddings,
             *(values.get(key) for key in setting_controls),
             *native_sizes(c.native_size, *user_set),
+            *(modules for _ in range(units)),
+            *(control_models for _ in range(units)),
         )
 
     async def on_load(*user_set: bool) -> tuple[Any, ...]:
@@ -104,14 +117,20 @@ def wire_models(get: GetBackend, page: Page) -> None:
             return error_md(e)
         return ""
 
+    model_dropdowns = _unit_dropdowns(page, "model")
+
     def set_checkpoint(value: str | None, *user_set: bool) -> tuple[Any, ...]:
+        """Store it; its native size, and the ControlNet models of its family."""
         message = set_model("sd_model_checkpoint", value)
-        native = get().native_size(value) if value and not message else None
-        return (error_update(message), *native_sizes(native, *user_set))
+        ok = bool(value) and not message
+        native = get().native_size(value) if ok and value else None
+        models = gr.update(choices=get().control_models(value)) if ok else gr.skip()
+        return (error_update(message), *native_sizes(native, *user_set), *(models for _ in model_dropdowns))
 
     checkpoint.input(
-        set_checkpoint, [checkpoint, *size_set], [models_error, *page.t2i.size, *page.i2i.size], queue=False
-    )
+        set_checkpoint, [checkpoint, *size_set],
+        [models_error, *page.t2i.size, *page.i2i.size, *model_dropdowns], queue=False,
+    )  # fmt: skip
     vae.input(lambda v: error_update(set_model("sd_vae", v)), vae, models_error, queue=False)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobStatus
 from latentstudio.ui.common import GetBackend, error_md, error_update, progress_html_idle
+from latentstudio.ui.control import unit_input
 from latentstudio.ui.generate import GenTab
 from latentstudio.ui.img2img import merge_editor
 from latentstudio.ui.runner import JobView, ResultImage, watch
@@ -101,24 +102,31 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
     """Generate, Interrupt, Skip and the gallery's selection; ``extra``: img2img's inputs (else empty)."""
     outputs = [tab.progress, tab.preview, tab.gallery, tab.info, tab.error, tab.job, tab.images, tab.selected]
     image_inputs = [extra[key] for key in IMAGE_INPUTS] if extra else []
-    count = len(_inputs(tab))
+    count, images = len(_inputs(tab)), len(image_inputs)
+    control_inputs = [unit.inputs() for unit in tab.control]
 
     async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
         """Queue the job (in a pool thread), then follow its events (holding no thread)."""
         backend = get()
         try:
-            init, mask = _images(values[count:]) if tab.kind == "img2img" else (None, None)
+            init, mask = _images(values[count : count + images]) if images else (None, None)
             fields = _request_fields(tab, values[:count])
-            record = await to_thread.run_sync(lambda: backend.submit(tab.kind, fields, init, mask))
+            start, modules, controls = count + images, backend.control_modules(), []
+            for unit, unit_inputs in zip(tab.control, control_inputs, strict=True):
+                controls.append(unit_input(unit, values[start : start + len(unit_inputs)], modules))
+                start += len(unit_inputs)
+            record = await to_thread.run_sync(lambda: backend.submit(tab.kind, fields, init, mask, controls))
         except FieldError as e:
             yield _failed(error_md(e))
             return
         async for view in watch(backend.jobs, record.id):
             yield _view_outputs(view, record.id)
 
+    every_control = [component for unit_inputs in control_inputs for component in unit_inputs]
     tab.generate.click(
-        run, [*_inputs(tab), *image_inputs], outputs, concurrency_limit=None, show_progress="hidden"
-    )
+        run, [*_inputs(tab), *image_inputs, *every_control], outputs, concurrency_limit=None,
+        show_progress="hidden",
+    )  # fmt: skip
     tab.interrupt.click(
         lambda job: _control(get, job, "interrupt"), tab.job, None, queue=False, show_progress="hidden"
     )

@@ -1,5 +1,6 @@
 """The txt2img and img2img tabs' layout: prompts with token counters, Generate / Interrupt / Skip, the
-sampling, seed, hires or img2img controls, extra networks, progress, previews and results."""
+sampling, seed, hires or img2img controls, extra networks, ControlNet units, progress, previews and
+results."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gradio as gr
 
 from latentstudio.ui.backend import Kind
 from latentstudio.ui.common import GetBackend, error_box, progress_html_idle
+from latentstudio.ui.control import UnitControls, control_panel, wire_units
 from latentstudio.ui.gen_controls import (
     hires_controls,
     networks_panel,
@@ -48,6 +50,7 @@ class GenTab:
     loras: gr.Dataset
     embeddings: gr.Dataset
     size_set: gr.State  # True once the user set Width or Height here: they no longer follow the checkpoint
+    control: list[UnitControls]  # the ControlNet units
 
     @property
     def size(self) -> list[gr.Slider]:
@@ -79,6 +82,7 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
             clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip", elem_id=f"{p}_clip_skip")
             fields.update(hires_controls() if kind == "txt2img" else extra.pop("fields"))
             loras, embeddings = networks_panel(p)
+            control = control_panel(p, kind)
         with gr.Column(scale=1):
             progress, preview, gallery, (to_img2img, to_inpaint, to_extras), info = _output_column(p)
     wire_counter(get, prompt, fields["steps"], counter)
@@ -106,8 +110,10 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
         loras=loras,
         embeddings=embeddings,
         size_set=gr.State(False),
+        control=control,
     )
     _wire_size_and_seed(tab, reuse_seed, seed)
+    wire_units(get, control, tab.size, extra.get("init"))
     return tab, extra
 
 

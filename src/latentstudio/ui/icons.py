@@ -24,6 +24,9 @@ _ICONS = {
     # an arrow turning back to a dot: take the last seed again
     "reuse": "<path d='M4 12a8 8 0 1 0 2.4-5.7L4 8.6'/><path d='M4 3.5v5.1h5.1'/>"
     "<circle cx='12' cy='12' r='2.2' fill='black' stroke='none'/>",
+    # a burst of eight rays: run the preprocessor (the extension's 💥)
+    "run": "<path d='M12 3v4M12 17v4M3 12h4M17 12h4M5.6 5.6l2.8 2.8M15.6 15.6l2.8 2.8'/>"
+    "<path d='M5.6 18.4l2.8-2.8M15.6 8.4l2.8-2.8'/>",
     # a bin with a lid
     "delete": "<path d='M4 7h16'/><path d='M9 7V4.5h6V7'/><path d='M6 7l1 13h10l1-13'/>"
     "<path d='M10 11v5.5M14 11v5.5'/>",

@@ -10,6 +10,7 @@ import gradio as gr
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobNotFoundError
 from latentstudio.ui.common import GetBackend, error_md, error_update
+from latentstudio.ui.control import pasted_values
 from latentstudio.ui.page import Page
 from latentstudio.ui.runner import ResultImage, image_file
 from latentstudio.ui.uploads import UploadError, uploaded_image
@@ -42,8 +43,10 @@ def _wire_read_png(get: GetBackend, page: Page, max_image_pixels: int) -> None:
 def _wire_paste(get: GetBackend, page: Page) -> None:
     """Send to txt2img: the parameters read into txt2img's controls, and its tab shown."""
     t2i, png = page.t2i, page.png
+    unit_targets = [component for unit in t2i.control for component in unit.fields.values()]
     paste_targets = [
-        t2i.prompt, t2i.negative, *t2i.fields.values(), t2i.clip_skip, t2i.size_set, page.tabs, png["error"],
+        t2i.prompt, t2i.negative, *t2i.fields.values(), t2i.clip_skip, t2i.size_set, *unit_targets,
+        page.tabs, png["error"],
     ]  # fmt: skip
 
     def paste(text: str) -> tuple[Any, ...]:
@@ -66,8 +69,10 @@ def _wire_paste(get: GetBackend, page: Page) -> None:
                 value = value or "Automatic"
             values.append(skip if value is None else value)
         clip = (request.get("override_settings") or {}).get("CLIP_stop_at_last_layers", 1)
+        units, modules = request.get("controlnet_units") or {}, get().control_modules()
+        unit_values = [v for unit in t2i.control for v in pasted_values(unit, units.get(unit.index), modules)]
         # the pasted Width and Height count as the user's: a checkpoint change keeps them
-        return (*values, clip, True, gr.Tabs(selected="txt2img"), error_update(""))
+        return (*values, clip, True, *unit_values, gr.Tabs(selected="txt2img"), error_update(""))
 
     png["to_txt2img"].click(paste, png["text"], paste_targets, queue=False)
 
