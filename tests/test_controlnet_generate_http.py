@@ -126,6 +126,46 @@ def test_native_jobs_take_units(client: httpx.Client) -> None:
     assert refused_field(bad) == "control.1.model"
 
 
+def test_detected_maps_follow_the_images_as_the_extension_appends_them(client: httpx.Client) -> None:
+    """Each unit's map fitted to the picture, after the images and not among the infotexts: here canny on a
+    picture of the output's size at its own resolution, so the map is OpenCV's Canny itself."""
+    import cv2
+
+    picture = _picture()
+    edges = cv2.Canny(np.asarray(picture), 80, 160)
+    unit = _unit(processor_res=64, threshold_a=80, threshold_b=160)
+    body = generate(client, "txt2img", _payload(unit, _unit(module="invert", weight=0.5), batch_size=2))
+    assert len(body["images"]) == 4  # two pictures, then unit 0's map, then unit 1's
+    assert len(body["info"]["infotexts"]) == 2
+    canny = np.asarray(decode(body["images"][2]).convert("RGB"))
+    assert np.array_equal(canny, np.repeat(edges[:, :, None], 3, axis=2))
+    inverted = np.asarray(decode(body["images"][3]).convert("RGB"))
+    assert np.array_equal(inverted, 255 - np.asarray(picture))
+    assert "parameters" not in decode(body["images"][2]).info  # a map carries no infotext
+    # save_detected_map false: the pictures alone
+    quiet = generate(client, "txt2img", _payload({**unit, "save_detected_map": False}, batch_size=2))
+    assert len(quiet["images"]) == 2
+
+
+def test_hires_fix_returns_the_map_of_each_pass(client: httpx.Client) -> None:
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.5,
+             "hr_second_pass_steps": 2}  # fmt: skip
+    body = generate(client, "txt2img", _payload(_unit(module="invert"), **hires))
+    sizes = [decode(image).size for image in body["images"]]
+    assert sizes == [(96, 96), (96, 96), (64, 64)]  # the picture, the hires pass's map, the first pass's
+    assert len(body["info"]["infotexts"]) == 1
+
+
+def test_native_jobs_mark_the_detected_maps(client: httpx.Client) -> None:
+    unit = {"module": "invert", "model": "control_tiny_canny", "image": png_b64(_picture())}
+    body = {"kind": "txt2img", "prompt": "a box", "steps": 2, "width": 64, "height": 64, "control": [unit]}
+    job = wait_job(client, client.post("/api/v1/jobs", json=body).json()["id"])
+    assert [image["detected_map"] for image in job["images"]] == [False, True]
+    assert len(job["infotexts"]) == 1
+    assert job["images"][1]["seed"] == -1
+    assert client.get(job["images"][1]["url"]).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("units", "field", "words"),
     [

@@ -106,8 +106,16 @@ def job_view(record: JobRecord, position: int | None = None, now: float | None =
         elapsed = (now or time.time()) - record.started_at
         fraction = record.fraction
         eta = max(0.0, elapsed / fraction - elapsed)
+    maps = set(record.detected_maps)
     images = [
-        ImageView(id=i.id, url=f"/api/v1/images/{i.id}", seed=i.seed, subseed=i.subseed, infotext=i.infotext)
+        ImageView(
+            id=i.id,
+            url=f"/api/v1/images/{i.id}",
+            seed=i.seed,
+            subseed=i.subseed,
+            infotext=i.infotext,
+            detected_map=i in maps,
+        )
         for i in record.images
     ]
     spec = record.spec

@@ -158,13 +158,15 @@ class JobCreated(BaseModel):
 
 
 class ImageView(BaseModel):
-    """One result image: fetch it from ``url`` (by id only)."""
+    """One result image: fetch it from ``url`` (by id only). ``detected_map``: a ControlNet unit's detected
+    map (after the generated images; seeds -1, no infotext)."""
 
     id: str
     url: str
     seed: int
     subseed: int
     infotext: str
+    detected_map: bool = False
 
 
 class JobParameters(BaseModel):

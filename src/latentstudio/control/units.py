@@ -63,7 +63,9 @@ class ControlUnit:
     opaque, the extension's "canvas scribble" input — the mask itself becomes the control image.
     ``processor_res``/``threshold_a``/``threshold_b`` -1: the module's defaults. ``guidance_start``/``_end``:
     the fraction of each pass's sampling steps the unit acts in. ``advanced_weighting``: one weight per
-    control output (13 for an SD ControlNet, 4 for an adapter), replacing ``weight`` and the mode's scales."""
+    control output (13 for an SD ControlNet, 4 for an adapter), replacing ``weight`` and the mode's scales.
+    ``save_detected_map``: the job also returns the unit's detected map, fitted to each pass's size (the
+    extension appends them to the response's images)."""
 
     module: str = "none"
     model: str = "None"
@@ -81,6 +83,7 @@ class ControlUnit:
     hr_option: HiresOption = HiresOption.BOTH
     low_vram: bool = False
     advanced_weighting: tuple[float, ...] | None = None
+    save_detected_map: bool = True
 
     def validate(self, index: int) -> None:
         """Raise :class:`FieldError` naming ``control.<index>.<field>`` for the first invalid field."""

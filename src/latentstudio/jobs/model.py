@@ -180,16 +180,31 @@ class JobRecord:
         return [image.id for image in self.images]
 
     @property
+    def pictures(self) -> tuple[ImageRef, ...]:
+        """The images a generation made, or an extras job's images: :attr:`images` without the
+        :attr:`detected_maps`."""
+        maps = set(self.detected_maps)
+        return tuple(image for image in self.images if image not in maps)
+
+    @property
+    def detected_maps(self) -> tuple[ImageRef, ...]:
+        """A generation's ControlNet detected maps: stored after its pictures, without seeds (a generated
+        image's seed is never negative) or infotext."""
+        if not isinstance(self.spec, JobSpec):
+            return ()
+        return tuple(image for image in self.images if image.seed < 0)
+
+    @property
     def infotexts(self) -> list[str]:
-        return [image.infotext for image in self.images]
+        return [image.infotext for image in self.pictures]
 
     @property
     def seeds(self) -> list[int]:
-        return [image.seed for image in self.images]
+        return [image.seed for image in self.pictures]
 
     @property
     def subseeds(self) -> list[int]:
-        return [image.subseed for image in self.images]
+        return [image.subseed for image in self.pictures]
 
     @property
     def fraction(self) -> float:

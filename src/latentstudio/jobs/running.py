@@ -220,6 +220,8 @@ class JobRunner:
             _Output(image, result.seeds[i], result.subseeds[i], text, text)
             for i, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True))
         ]
+        # after the images, without seeds or infotext: JobRecord.detected_maps
+        outputs += [_Output(image, -1, -1, "", None) for image in result.detected_maps]
         facts = GenerationFacts(
             model_name=identity.name, model_hash=identity.shorthash, vae_name=identity.vae_name,
             vae_hash=identity.vae_hash, all_seeds=tuple(result.all_seeds),

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+from PIL import Image
 
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.networks import ControlKind, ControlNetwork
@@ -90,6 +91,17 @@ def detect_units(
         detected = hint.detect_map(unit, picture, resize, (params.height, params.width), numpy_seed)
         out.append(Detected(unit, network, detected, resize))
     return out
+
+
+def detected_maps(detected: Sequence[Detected], sizes: Sequence[tuple[int, int]]) -> list[Image.Image]:
+    """The detected maps a job returns, as the extension collects them: per unit that saves its map, the
+    map fitted to each pass's ``(height, width)`` in ``sizes`` (the hires pass's first, as there)."""
+    return [
+        Image.fromarray(hint.fit(d.detected, d.resize, height, width))
+        for d in detected
+        if d.unit.save_detected_map
+        for height, width in sizes
+    ]
 
 
 def pass_units(detected: Sequence[Detected], size: tuple[int, int], stage: Stage) -> list[PassUnit]:

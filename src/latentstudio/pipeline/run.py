@@ -70,6 +70,7 @@ class GenerationResult:
     all_subseeds: list[int] = field(default_factory=list)
     extra_generation_params: dict[str, object] = field(default_factory=dict)
     inpainting_conditioning: bool = False
+    detected_maps: list[Image.Image] = field(default_factory=list)  # ControlNet units' (cn.detected_maps)
 
 
 def _batch_seeds(params: GenerationParams) -> tuple[list[int], list[int]]:
@@ -223,10 +224,12 @@ def _generate(
     inpainting = first.components.info.inpainting or (
         second is not None and second.stage.components.info.inpainting
     )
+    sizes = [(second.plan.height, second.plan.width)] if second is not None else []
     return GenerationResult(
         images, lines, seeds[:n], subseeds[:n], params, interrupted, warnings,
         all_seeds=seeds, all_subseeds=subseeds, extra_generation_params=extra,
         inpainting_conditioning=inpainting,
+        detected_maps=cn.detected_maps(detected, [*sizes, (params.height, params.width)]),
     )  # fmt: skip
 
 

@@ -84,7 +84,7 @@ def _view_outputs(view: JobView, job_id: str) -> tuple[Any, ...]:
         preview = gr.update(value=view.preview, visible=True) if view.preview is not None else skip
         return (view.progress_html, preview, skip, skip, error_update(""), job_id, skip, skip)
     images = list(view.results)
-    gallery = [(r.path, f"Seed {r.seed}") for r in images]
+    gallery = [(r.path, f"Seed {r.seed}" if r.seed >= 0 else "Detected map") for r in images]
     info = images[0].infotext if images else ""
     return (
         view.progress_html,

@@ -77,10 +77,15 @@ def info(prepared: Prepared, record: JobRecord, infotexts: Sequence[str], first_
 
 
 def build(
-    prepared: Prepared, record: JobRecord, pngs: Sequence[bytes], request: GenerationRequest
+    prepared: Prepared,
+    record: JobRecord,
+    pngs: Sequence[bytes],
+    request: GenerationRequest,
+    maps: Sequence[bytes] = (),
 ) -> GenerationResponse:
     """The response: base64 PNGs as stored (with infotext); with ``save_images`` and several images a grid
-    first (A1111's ``return_grid``), carrying the first image's infotext."""
+    first (A1111's ``return_grid``), carrying the first image's infotext; then the ControlNet units'
+    detected ``maps`` (the extension appends them to ``images``, not to the infotexts)."""
     texts = list(record.infotexts)
     encoded = list(pngs)
     first = 0
@@ -91,6 +96,7 @@ def build(
         encoded.insert(0, png_bytes(grid(opened, rows, prepared.spec.params.batch_size), texts[0]))
         texts.insert(0, texts[0])
         first = 1
+    encoded += maps
     images = [base64.b64encode(data).decode("ascii") for data in encoded] if request.send_images else []
     body = info(prepared, record, texts, first)
     return GenerationResponse(images=images, parameters=prepared.parameters, info=json.dumps(body))

@@ -10,7 +10,7 @@ A1111. Unlike A1111, overlapping calls queue instead of racing, and each call ge
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -40,7 +40,7 @@ from latentstudio.api.sdapi.models import (
 from latentstudio.api.sdapi.pasting import apply_infotext
 from latentstudio.api.state import Services, ServicesDep
 from latentstudio.core import FieldError
-from latentstudio.jobs import JobRecord, JobSpec, JobStatus
+from latentstudio.jobs import ImageRef, JobRecord, JobSpec, JobStatus
 
 router = APIRouter(tags=["A1111 compatible"])
 T = TypeVar("T")
@@ -70,7 +70,10 @@ async def _generate(
     done = await _finished(svc, job_id)
     if isinstance(done, JSONResponse):
         return done
-    return await _in_thread(svc, lambda: response.build(prepared, done, _pngs(svc, done), req))
+    maps = done.detected_maps
+    return await _in_thread(
+        svc, lambda: response.build(prepared, done, _pngs(svc, done.pictures), req, _pngs(svc, maps))
+    )
 
 
 def _decode(svc: Services, data: str, field: str) -> Image.Image:
@@ -118,8 +121,8 @@ async def _finished(svc: Services, job_id: str) -> JobRecord | JSONResponse:
     return record
 
 
-def _pngs(svc: Services, record: JobRecord) -> list[bytes]:
-    return [svc.jobs.image_path(image.id).read_bytes() for image in record.images]
+def _pngs(svc: Services, images: Sequence[ImageRef]) -> list[bytes]:
+    return [svc.jobs.image_path(image.id).read_bytes() for image in images]
 
 
 @router.post("/txt2img", response_model=GenerationResponse, responses=_ERRORS, summary="Text to image")
@@ -166,7 +169,7 @@ async def extra_single_image(
     done = await _extras(svc, req, lambda: [decode_image(req.image, "image", max_pixels=limit)])
     if isinstance(done, JSONResponse):
         return done
-    image_b64 = await _in_thread(svc, lambda: extras.encode(_pngs(svc, done)[0]))
+    image_b64 = await _in_thread(svc, lambda: extras.encode(_pngs(svc, done.images)[0]))
     return ExtrasSingleResponse(html_info=extras.html_info(done.infotexts), image=image_b64)
 
 
@@ -187,7 +190,7 @@ async def extra_batch_images(req: ExtrasBatchRequest, svc: ServicesDep) -> Extra
     done = await _extras(svc, req, decode)
     if isinstance(done, JSONResponse):
         return done
-    images = await _in_thread(svc, lambda: [extras.encode(png) for png in _pngs(svc, done)])
+    images = await _in_thread(svc, lambda: [extras.encode(png) for png in _pngs(svc, done.images)])
     return ExtrasBatchResponse(html_info=extras.html_info(done.infotexts), images=images)
 
 
