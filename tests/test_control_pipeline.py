@@ -4,6 +4,7 @@ A1111's steps, two units, control modes, hires options and the infotext entry.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +21,9 @@ from latentstudio.core import FieldError
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
-from latentstudio.pipeline.control import ControlledUNet, Detected, PassUnit, pass_units
-from latentstudio.pipeline.params import GenerationParams, Hires
+from latentstudio.pipeline import inpaint
+from latentstudio.pipeline.control import ControlledUNet, Detected, PassUnit, detect_units, pass_units
+from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
 from tests.conftest import MakeTiny
 
@@ -189,6 +191,36 @@ def test_img2img_unit_without_image_uses_the_init_image(sd1: Components, control
     plain = _pixels(_run(sd1, init_image=init, denoising_strength=0.8))
     guided = _pixels(_run(sd1, (_unit(image=None),), (controlnet,), init_image=init, denoising_strength=0.8))
     assert np.abs(guided - plain).mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("blur", "invert", "own_image"), [(0, False, False), (6, False, True), (3, True, False)]
+)
+def test_only_masked_inpainting_crops_the_control_image_as_the_picture(
+    sd1: Components, controlnet: ControlNetwork, blur: int, invert: bool, own_image: bool
+) -> None:
+    """The extension crops a unit's image to the region A1111 inpaints: module "none" on the init image (or
+    the same picture as the unit's own) gives exactly the picture A1111's "only masked" inpaints."""
+    rng = np.random.default_rng(blur)
+    init = Image.fromarray(rng.integers(0, 256, (80, 112, 3), dtype=np.uint8))
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (70, 20, 92, 44))
+    unit = _unit(module="none", image=init if own_image else None, resize_mode=ControlResize.JUST_RESIZE)
+    params = GenerationParams(
+        prompt="x", width=64, height=64, init_image=init, control=(unit,),
+        inpaint=Inpaint(mask, blur=blur, only_masked=True, padding=6, invert=invert),
+    ).resolved()  # fmt: skip
+    (detected,) = detect_units(params.control, (controlnet,), params, 1, 0)
+    assert detected.detected.shape == (64, 64, 3)
+    assert np.array_equal(detected.detected, np.asarray(inpaint.prepare(params).image))
+    # without the crop (the unit's inpaint_crop_input_image off) the whole picture is the hint
+    whole = dataclasses.replace(params, control=(dataclasses.replace(unit, inpaint_crop_input_image=False),))
+    (uncropped,) = detect_units(whole.control, (controlnet,), whole, 1, 0)
+    assert uncropped.detected.shape == (80, 112, 3)
+    # and the job runs with it
+    result = _run(sd1, (unit,), (controlnet,), init_image=init, denoising_strength=0.6,
+                  inpaint=Inpaint(mask, blur=blur, only_masked=True, padding=6, invert=invert))  # fmt: skip
+    assert result.images[0].size == init.size
 
 
 def test_unit_needs_an_image_in_txt2img() -> None:

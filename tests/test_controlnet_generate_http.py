@@ -115,6 +115,19 @@ def test_img2img_unit_takes_the_init_image(client: httpx.Client) -> None:
     assert np.abs(_pixels(guided) - _pixels(plain)).mean() > 0.5
 
 
+def test_inpainting_only_masked_takes_units(client: httpx.Client) -> None:
+    """The A1111 API inpaints "only masked" by default: the unit's image is cropped as the picture is."""
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (30, 8, 50, 30))
+    base = {"init_images": [png_b64(_picture())], "mask": png_b64(mask), "denoising_strength": 0.7}
+    body = generate(client, "img2img", _payload(_unit(module="invert", image=None), **base))
+    assert [decode(image).size for image in body["images"]] == [(64, 64), (64, 64)]
+    assert "Inpaint area: Only masked" in body["info"]["infotexts"][0]
+    # the map is the cropped region of the init image, inverted and scaled up: not the whole picture's
+    whole = 255 - np.asarray(_picture())
+    assert not np.array_equal(np.asarray(decode(body["images"][1]).convert("RGB")), whole)
+
+
 def test_native_jobs_take_units(client: httpx.Client) -> None:
     unit = {"module": "canny", "model": "control_tiny_canny", "image": png_b64(_picture())}
     body = {"kind": "txt2img", "prompt": "a box", "steps": 2, "width": 64, "height": 64, "control": [unit]}

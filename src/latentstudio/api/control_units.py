@@ -101,6 +101,7 @@ class ControlNetUnitRequest(StrictModel):
             threshold_b=self.threshold_b, guidance_start=self.guidance_start, guidance_end=self.guidance_end,
             pixel_perfect=self.pixel_perfect, control_mode=mode, hr_option=self.hr_option,
             low_vram=self.low_vram, advanced_weighting=weights, save_detected_map=self.save_detected_map,
+            inpaint_crop_input_image=self.inpaint_crop_input_image,
         )  # fmt: skip
 
     def _images(self, field: str, decode: Decode) -> tuple[Image.Image | None, Image.Image | None]:

@@ -65,7 +65,8 @@ class ControlUnit:
     the fraction of each pass's sampling steps the unit acts in. ``advanced_weighting``: one weight per
     control output (13 for an SD ControlNet, 4 for an adapter), replacing ``weight`` and the mode's scales.
     ``save_detected_map``: the job also returns the unit's detected map, fitted to each pass's size (the
-    extension appends them to the response's images)."""
+    extension appends them to the response's images). ``inpaint_crop_input_image``: with "only masked"
+    inpainting, the control image is cropped to the inpainted region as the job's picture is."""
 
     module: str = "none"
     model: str = "None"
@@ -84,6 +85,7 @@ class ControlUnit:
     low_vram: bool = False
     advanced_weighting: tuple[float, ...] | None = None
     save_detected_map: bool = True
+    inpaint_crop_input_image: bool = True
 
     def validate(self, index: int) -> None:
         """Raise :class:`FieldError` naming ``control.<index>.<field>`` for the first invalid field."""

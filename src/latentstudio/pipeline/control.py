@@ -29,18 +29,25 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
-from PIL import Image
+from PIL import Image, ImageOps
 
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.networks import ControlKind, ControlNetwork
 from latentstudio.control.units import RESIZE_ALIASES, ControlMode, ControlResize, ControlUnit, HiresOption
 from latentstudio.models.families import Family
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.pipeline import inpaint
+from latentstudio.pipeline.params import GenerationParams, ResizeMode
+from latentstudio.pipeline.resize import resize_image
 from latentstudio.samplers.wrappers import UNetFn
 
 Stage = Literal["single", "low", "high"]
 _SOFT_ADAPTER = (0.25, 0.62, 0.825, 1.0)
 _HIRES_SOFT_MODULES = ("canny", "mlsd")  # the extension forces soft injection for these in the hires pass
+_RESIZE_MODE = {  # a unit's resize mode as A1111's resize_image numbers it
+    ControlResize.JUST_RESIZE: ResizeMode.JUST_RESIZE,
+    ControlResize.CROP_AND_RESIZE: ResizeMode.CROP_AND_RESIZE,
+    ControlResize.RESIZE_AND_FILL: ResizeMode.RESIZE_AND_FILL,
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ def detect_units(
 ) -> list[Detected]:
     """Run each unit's preprocessor once per job (the extension's ``get_control``) on the unit's image, or
     on the img2img init image fitted by the job's img2img resize mode; pixel-perfect resolution for the
-    first pass's size; the numpy seed of the job's first image for shuffle (:func:`numpy_seed`)."""
+    first pass's size; the numpy seed of the job's first image for shuffle (:func:`numpy_seed`); with
+    "only masked" inpainting, cropped as the job's picture is (:func:`masked_crop`)."""
     out = []
     numpy_seed = preprocessors.numpy_seed(seed, subseed)
     for unit, network in zip(units, networks, strict=True):
@@ -88,9 +96,31 @@ def detect_units(
             resize = RESIZE_ALIASES.get(int(params.resize_mode), ControlResize.JUST_RESIZE)
         else:  # the door refuses this
             raise ValueError("controlnet is enabled but no input image is given")
+        if params.inpaint is not None and params.inpaint.only_masked and unit.inpaint_crop_input_image:
+            picture = masked_crop(picture, resize, params)
         detected = hint.detect_map(unit, picture, resize, (params.height, params.width), numpy_seed)
         out.append(Detected(unit, network, detected, resize))
     return out
+
+
+def masked_crop(picture: np.ndarray, resize: ControlResize, params: GenerationParams) -> np.ndarray:
+    """The extension's ``try_crop_image_with_a1111_mask`` for "only masked" inpainting: ``picture``
+    (``[H, W, 3]`` uint8) fitted to the inpainting mask's size by ``resize``, cropped to the region A1111
+    inpaints (the mask inverted and blurred as the job's; its bounding box grown by the padding and to the
+    job's aspect ratio), then resized and filled to the job's size. A blank mask crops nothing (A1111 then
+    inpaints the whole picture)."""
+    spec = params.inpaint
+    assert spec is not None
+    mask = spec.mask.convert("L")
+    mask = ImageOps.invert(mask) if spec.invert else mask
+    mask = inpaint.blur_mask(mask, spec.blur, spec.blur)
+    region = inpaint.crop_region(mask, spec.padding)
+    if region is None:
+        return picture
+    region = inpaint.expand_crop_region(region, params.width, params.height, mask.width, mask.height)
+    fitted = resize_image(Image.fromarray(picture), mask.width, mask.height, _RESIZE_MODE[resize])
+    cropped = resize_image(fitted.crop(region), params.width, params.height, ResizeMode.RESIZE_AND_FILL)
+    return np.asarray(cropped)
 
 
 def detected_maps(detected: Sequence[Detected], sizes: Sequence[tuple[int, int]]) -> list[Image.Image]:

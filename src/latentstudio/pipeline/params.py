@@ -247,8 +247,6 @@ def _validate_control(params: GenerationParams) -> None:
             raise FieldError(f"control.{i}.image", "controlnet is enabled but no input image is given")
         if unit.mask is not None and (unit.image is None or unit.mask.size != unit.image.size):
             raise FieldError(f"control.{i}.mask", "a mask needs the unit's image, of the same size")
-        if params.inpaint is not None and params.inpaint.only_masked:  # the extension crops units to the mask
-            raise FieldError(f"control.{i}", "ControlNet with 'only masked' inpainting is not supported yet")
 
 
 def _validate_hires(params: GenerationParams, hires: Hires, max_side: int) -> None:
