@@ -8,16 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from latentstudio.cli import app
 from latentstudio.cli_control import ControlSpec, as_option, parse_control
-from latentstudio.control import preprocessors, synthetic
+from latentstudio.control import annotators, preprocessors, synthetic
 from latentstudio.core import FieldError
 from latentstudio.models.families import Family
 from latentstudio.pipeline.images import read_infotext
 from tests.conftest import MakeTiny
+from tests.test_control_hed import random_hed_state
 
 
 def _picture() -> Image.Image:
@@ -88,6 +90,25 @@ def test_detect_refuses_bad_input_in_one_line(cwd: Path, args: tuple[str, ...], 
     assert result.stderr.startswith(message)
     assert result.stderr.count("\n") == 1
     assert not (cwd / "refused").exists()
+
+
+def test_detect_runs_hed_from_the_models_folder(cwd: Path) -> None:
+    missing = CliRunner().invoke(
+        app, ["detect", "softedge_hed", "in.png", "-o", "hed.png", "--models-dir", "m"]
+    )
+    assert missing.exit_code == 1
+    assert missing.stderr.startswith(
+        "error: MODULE: 'softedge_hed' needs annotator weights (ControlNetHED.pth)"
+    )
+    folder = cwd / "m" / annotators.OWN_FOLDER / "hed"
+    folder.mkdir(parents=True)
+    torch.save(random_hed_state(), folder / "ControlNetHED.pth")
+    result = CliRunner().invoke(
+        app, ["detect", "softedge_hed", "in.png", "-o", "hed.png", "--models-dir", "m"]
+    )
+    assert result.exit_code == 0, result.stderr
+    expected = preprocessors.detect("softedge_hed", np.asarray(_picture()), roots=annotators.roots(cwd / "m"))
+    assert np.array_equal(np.asarray(Image.open(cwd / "hed.png")), expected)
 
 
 def test_detect_writes_png_only(cwd: Path) -> None:

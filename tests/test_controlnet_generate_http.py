@@ -12,13 +12,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from latentstudio.control import synthetic
+from latentstudio.control import annotators, hed, preprocessors, synthetic
 from latentstudio.models.families import Family
 from tests.conftest import MakeTiny
 from tests.sdapi_support import build_root, decode, generate, png_b64, refused_field
 from tests.serving import Served, serve, wait_job
+from tests.test_control_hed import random_hed_state
 
 ARGS = "alwayson_scripts.controlnet.args"
 
@@ -126,6 +128,36 @@ def test_inpainting_only_masked_takes_units(client: httpx.Client) -> None:
     # the map is the cropped region of the init image, inverted and scaled up: not the whole picture's
     whole = 255 - np.asarray(_picture())
     assert not np.array_equal(np.asarray(decode(body["images"][1]).convert("RGB")), whole)
+
+
+def test_hed_runs_from_the_file_the_user_placed(client: httpx.Client, server: Served) -> None:
+    """softedge_hed needs ControlNetHED.pth: without it a 422 naming the file and the folders; with it in
+    <models>/ControlNetPreprocessor/hed/ it is listed, detects, and guides (its map returned)."""
+    unit = _unit(module="softedge_hed", processor_res=64)
+    refused = client.post("/sdapi/v1/txt2img", json=_payload(unit))
+    assert refused_field(refused) == f"{ARGS}.0.module"
+    assert "ControlNetHED.pth" in refused.text
+    assert "hed" not in client.get("/controlnet/module_list").json()["module_list"]
+    models = server.app.state.services.settings.models_dir
+    path = models / annotators.OWN_FOLDER / hed.FILE
+    path.parent.mkdir(parents=True)
+    torch.save(random_hed_state(), path)
+    try:
+        listing = client.get("/controlnet/module_list", params={"alias_names": True}).json()
+        assert "softedge_hed" in listing["module_list"]
+        assert "softedge_hed" not in listing["unavailable"]
+        picture = np.asarray(_picture())
+        expected = preprocessors.detect("softedge_hed", picture, 64, roots=annotators.roots(models))
+        sent = {"controlnet_module": "softedge_hed", "controlnet_input_images": [png_b64(_picture())],
+                "controlnet_processor_res": 64}  # fmt: skip
+        detected = client.post("/controlnet/detect", json=sent)
+        assert detected.status_code == 200, detected.text
+        assert np.array_equal(np.asarray(decode(detected.json()["images"][0]).convert("RGB")), expected)
+        body = generate(client, "txt2img", _payload(unit))
+        assert np.array_equal(np.asarray(decode(body["images"][1]).convert("RGB")), expected)
+        assert 'ControlNet 0: "Module: softedge_hed, ' in body["info"]["infotexts"][0]
+    finally:
+        path.unlink()
 
 
 def test_native_jobs_take_units(client: httpx.Client) -> None:

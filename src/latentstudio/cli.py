@@ -230,7 +230,8 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         raise _fail(str(e)) from None
     identity = model_identity(manager, info, components)  # as the server's worker names it
     _run_and_save(components, params, identity, output, embeddings=manager.embeddings(components),
-                  loras=manager.lora_networks, hires_model=hires_model, controls=controls)  # fmt: skip
+                  loras=manager.lora_networks, hires_model=hires_model, controls=controls,
+                  annotator_roots=control_models.library.annotator_roots)  # fmt: skip
 
 
 def _rng_source(rng: str) -> Any:

@@ -57,11 +57,14 @@ def detect_command(  # noqa: PLR0917 - the extension's /controlnet/detect fields
     threshold_a: Annotated[float, typer.Option(help="Threshold A (-1: the module's default).")] = -1,
     threshold_b: Annotated[float, typer.Option(help="Threshold B (-1: the module's default).")] = -1,
     seed: Annotated[int, typer.Option(help="Seed of random modules such as shuffle (-1: random).")] = -1,
+    models_dir: Annotated[
+        Path, typer.Option("--models-dir", help="Models root: annotator files in ControlNetPreprocessor/.")
+    ] = Path("models"),
 ) -> None:
     """Run a ControlNet preprocessor on an image and write the detected map as PNG; print its path."""
     from PIL import Image
 
-    from latentstudio.control import hint, preprocessors
+    from latentstudio.control import annotators, hint, preprocessors
     from latentstudio.core import FieldError
     from latentstudio.pipeline.images import png_bytes, write_atomic
 
@@ -71,8 +74,9 @@ def detect_command(  # noqa: PLR0917 - the extension's /controlnet/detect fields
         picture = hint.array(open_image(input_image, "INPUT"))
         try:
             detected = preprocessors.detect(
-                module, picture, res, threshold_a, threshold_b, None if seed == -1 else seed
-            )
+                module, picture, res, threshold_a, threshold_b, None if seed == -1 else seed,
+                roots=annotators.roots(models_dir),
+            )  # fmt: skip
         except FieldError as e:
             raise FieldError(_DETECT_FIELDS.get(e.field, e.field), e.message) from None
         data = png_bytes(Image.fromarray(detected), None)
@@ -195,6 +199,7 @@ def control_files(manager: ModelManager, info: CheckpointInfo, units: Sequence[C
     """Each unit's model file under ``<models-dir>/ControlNet``, checked against the family of the
     checkpoint ``info`` from its header (before anything is loaded); :class:`FieldError` on ``--control``
     naming the unit for a model not found, unreadable, or of another family."""
+    from latentstudio.control import preprocessors
     from latentstudio.control.library import ControlLibrary, ControlModelNotFoundError
     from latentstudio.core import FieldError
     from latentstudio.models.files import ModelFileError
@@ -203,6 +208,9 @@ def control_files(manager: ModelManager, info: CheckpointInfo, units: Sequence[C
     family = manager.family(info).family  # from the header, cached: generate has read it already
     files = []
     for i, unit in enumerate(units, 1):
+        missing = preprocessors.missing_files(unit.module, library.annotator_roots)
+        if missing is not None:
+            raise FieldError("--control", f"unit {i} module: {missing}")
         try:
             files.append(library.resolve(unit.model, family, info.name))
         except (ControlModelNotFoundError, ModelFileError, OSError) as e:

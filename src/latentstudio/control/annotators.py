@@ -1,18 +1,23 @@
 """The sd-webui-controlnet preprocessors that need downloaded annotator weights (depth, pose, soft edges,
-line art, segmentation, normals …): which file each needs and where the extension keeps it.
+line art, segmentation, normals …): which file each needs and where it is looked for.
 
 The extension downloads these on first use into
-``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything, and
-it does not run these networks yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the
-file it would need, and a request naming one is a 422 that names that file and folder instead of "unknown
-module".
+``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
+reads a file the user placed there (beside an A1111 models folder) or in ``<models>/ControlNetPreprocessor/
+<folder>/`` (:func:`roots`, :func:`locate`). The HED family runs from its file
+(:mod:`latentstudio.control.hed`, registered in :mod:`latentstudio.control.preprocessors`); the others here
+(:data:`ANNOTATORS`) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the
+file it would need, and a request naming one is a 422 that names that file and folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 DOWNLOADS = "extensions/sd-webui-controlnet/annotator/downloads"  # relative to the A1111 root
+OWN_FOLDER = "ControlNetPreprocessor"  # under the models folder (Forge's name for it)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,6 @@ ANNOTATORS = (
         ("openpose/body_pose_model.pth", "openpose/hand_pose_model.pth", "openpose/facenet.pth"),
     ),
     Annotator(("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx")),
-    Annotator(("softedge_hed", "softedge_hedsafe", "scribble_hed"), ("hed/ControlNetHED.pth",)),
     Annotator(("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"), ("pidinet/table5_pidinet.pth",)),
     Annotator(("softedge_teed",), ("TEED/7_model.pth",)),
     Annotator(("mlsd",), ("mlsd/mlsd_large_512_fp32.pth",)),
@@ -47,6 +51,34 @@ ANNOTATORS = (
     Annotator(("inpaint_only+lama",), ("lama/ControlNetLama.pth",)),
 )
 BY_MODULE = {module: annotator for annotator in ANNOTATORS for module in annotator.modules}
+
+
+def roots(models_dir: Path) -> tuple[Path, ...]:
+    """The folders annotator files are looked for in, in order: ours under the models folder, then the
+    extension's downloads folder beside it (an A1111 install's ``models/`` and ``extensions/``)."""
+    return (Path(models_dir) / OWN_FOLDER, Path(models_dir).parent / DOWNLOADS)
+
+
+def locate(files: Sequence[str], folders: Sequence[Path]) -> tuple[Path, ...] | None:
+    """Each of ``files`` (``<folder>/<file>``) in the first of ``folders`` that has it; None if one is
+    missing."""
+    found = []
+    for name in files:
+        path = next((root / name for root in folders if (root / name).is_file()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return tuple(found)
+
+
+def missing(module: str, files: Sequence[str]) -> str:
+    """The refusal for a runnable annotator whose file is not there: what to put where."""
+    names = ", ".join(f.rsplit("/", 1)[1] for f in files)
+    folder = files[0].rsplit("/", 1)[0]
+    return (
+        f"{module!r} needs annotator weights ({names}): put them in <models>/{OWN_FOLDER}/{folder}/ or "
+        f"{DOWNLOADS}/{folder}/ (this server never downloads them)"
+    )
 
 
 def unavailable() -> dict[str, list[str]]:
@@ -63,6 +95,6 @@ def refusal(module: str) -> str | None:
     folder = f"{DOWNLOADS}/{annotator.files[0].rsplit('/', 1)[0]}/"
     return (
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
-        "never downloads them and does not run weight-needing annotators yet — send a detected map with "
-        "module 'none', or use a preprocessor that needs no weights"
+        "never downloads them and does not run this annotator yet — send a detected map with module "
+        "'none', or use a preprocessor that needs no weights (or the HED family, from its file)"
     )

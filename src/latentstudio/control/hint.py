@@ -11,6 +11,9 @@ maps stay one pixel wide (non-maximum suppression and thinning), maps of few col
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -59,15 +62,17 @@ def detect_map(
     resize: ControlResize,
     size: tuple[int, int],
     seed: int | None = None,
+    *,
+    roots: Sequence[Path] = (),
 ) -> np.ndarray:
     """The unit's preprocessor on ``picture`` (``[H, W, 3]`` uint8, fitted later by ``resize``), at the
     pixel-perfect resolution for a picture of ``size`` ``(height, width)`` when the unit asks for it:
     ``[H', W', 3]`` uint8. ``seed``: shuffle's numpy seed (:func:`preprocessors.numpy_seed`). The same call
-    for a generation and for the UI's preview of the detected map."""
+    for a generation and for the UI's preview of the detected map. ``roots``: where annotator files are."""
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(picture, size[0], size[1], resize)
-    return preprocessors.detect(unit.module, picture, res, unit.threshold_a, unit.threshold_b, seed)
+    return preprocessors.detect(unit.module, picture, res, unit.threshold_a, unit.threshold_b, seed, roots)
 
 
 def fit(detected: np.ndarray, mode: ControlResize, height: int, width: int) -> np.ndarray:

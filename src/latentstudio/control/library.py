@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
+from latentstudio.control import annotators
 from latentstudio.control.networks import (
     ControlFileInfo,
     ControlNetwork,
@@ -63,6 +64,11 @@ class ControlLibrary:
         # by file version and, for a difference ControlNet, the base UNet it was built on (kept referenced,
         # so that its id cannot be reused while the entry lives)
         self._loaded: OrderedDict[tuple[Path, int, int, int], tuple[ControlNetwork, object]] = OrderedDict()
+
+    @property
+    def annotator_roots(self) -> tuple[Path, ...]:
+        """Where weight-needing preprocessors find their files (:func:`annotators.roots`)."""
+        return annotators.roots(self.models_dir)
 
     def files(self) -> list[ControlFile]:
         """Every listed file, read anew (the extension rescans on ``model_list?update=true``); hashes are

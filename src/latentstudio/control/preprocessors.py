@@ -26,15 +26,19 @@ extension does not either: pixel-perfect resolutions are any integer).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
-from latentstudio.control import annotators
+from latentstudio.control import annotators, hed
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.core import FieldError
+from latentstudio.models.files import ModelFileError
 
 UNSET = -1  # the A1111 ControlNet API's "use the default" for processor_res / threshold_a / threshold_b
 
@@ -74,6 +78,7 @@ class Settings:
     a: float
     b: float
     seed: int | None
+    weights: tuple[Path, ...] = ()  # the annotator files of a weight-needing module, located
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class Preprocessor:
     """One preprocessor: its module ``name``, its ``aliases`` (the extension's display label where it
     differs), the sliders ``module_detail`` shows for ``processor_res`` (``resolution``; ``None`` where the
     extension hides it), ``threshold_a`` and ``threshold_b``, whether ``run`` reads the resolution, the
-    extension's ``sorting_priority`` and tags, and ``run`` itself (image ``[H, W, 3]`` uint8 in and out)."""
+    extension's ``sorting_priority`` and tags, ``run`` itself (image ``[H, W, 3]`` uint8 in and out), and the
+    annotator ``files`` it needs (none for most)."""
 
     name: str
     run: Callable[[np.ndarray, Settings], np.ndarray]
@@ -92,6 +98,7 @@ class Preprocessor:
     threshold_b: Slider | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # annotator weights it needs (``<folder>/<file>``, see annotators.locate)
 
     @property
     def label(self) -> str:
@@ -141,6 +148,10 @@ def _tile_resample(image: np.ndarray, s: Settings) -> np.ndarray:
         return ops.tile_resample(image, s.a)
     except ValueError as e:
         raise FieldError("threshold_a", str(e)) from e
+
+
+def _hed(image: np.ndarray, s: Settings, *, safe: bool = False) -> np.ndarray:
+    return hed.softedge(image, s.resolution, s.weights[0], safe=safe)
 
 
 _GAMMA = Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001)
@@ -232,6 +243,21 @@ _ALL = (
         priority=100,
         tags=("Tile",),
     ),
+    # the legacy preprocessors that need annotator weights and run here (annotators.py lists the others)
+    Preprocessor("hed", _hed, aliases=("softedge_hed",), tags=("SoftEdge",), files=(hed.FILE,)),
+    Preprocessor(
+        "hed_safe",
+        partial(_hed, safe=True),
+        aliases=("softedge_hedsafe",),
+        tags=("SoftEdge",),
+        files=(hed.FILE,),
+    ),
+    Preprocessor(
+        "scribble_hed",
+        lambda img, s: hed.scribble(img, s.resolution, s.weights[0]),
+        tags=("Scribble", "SparseCtrl"),
+        files=(hed.FILE,),
+    ),
 )
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in _ALL}
@@ -252,28 +278,29 @@ def find(module: str) -> Preprocessor:
     return found
 
 
-def module_list(alias_names: bool = False) -> list[str]:
+def module_list(alias_names: bool = False, roots: Sequence[Path] = ()) -> list[str]:
     """The names (or labels) in the extension's ``get_sorted_preprocessors`` order: ``none`` first, then by
-    ``str(priority).zfill(8) + label``, descending."""
-    rest = sorted(
-        (p for p in _ALL if p.name != "none"), key=lambda p: str(p.priority).zfill(8) + p.label, reverse=True
-    )
+    ``str(priority).zfill(8) + label``, descending; a module that needs annotator weights only when its
+    files are found in ``roots`` (:func:`annotators.roots`)."""
+    usable = (p for p in _ALL if p.name != "none" and (not p.files or annotators.locate(p.files, roots)))
+    rest = sorted(usable, key=lambda p: str(p.priority).zfill(8) + p.label, reverse=True)
     return [p.label if alias_names else p.name for p in [PREPROCESSORS["none"], *rest]]
 
 
-def control_types(models: list[str]) -> dict[str, dict[str, object]]:
+def control_types(models: list[str], roots: Sequence[Path] = ()) -> dict[str, dict[str, object]]:
     """The extension's ``/controlnet/control_types`` over these preprocessors and the listed ``models``
     (titles): "All", then every tag in sorted order, each with the labels of its preprocessors ("none"
     first), the models whose name holds the tag or one of its aliases (``tag_to_filters``; "None" first),
     the default preprocessor (the first after "none") and the default model (one with "11" in its name,
-    else the first listed)."""
+    else the first listed). ``roots``: where annotator files are found (as :func:`module_list`)."""
     everything = ["None", *models]
+    listed = module_list(True, roots)
     types: dict[str, dict[str, object]] = {
-        "All": {"module_list": module_list(True), "model_list": everything, "default_option": "none",
+        "All": {"module_list": listed, "model_list": everything, "default_option": "none",
                 "default_model": "None"},
     }  # fmt: skip
-    for tag in sorted({t for p in _ALL for t in p.tags}):
-        labels = [label for label in module_list(True) if label == "none" or tag in find(label).tags]
+    for tag in sorted({t for p in _ALL for t in p.tags if find(p.name).label in listed}):
+        labels = [label for label in listed if label == "none" or tag in find(label).tags]
         filters = {tag.lower(), *_TAG_FILTERS.get(tag.lower(), ())}
         chosen = [m for m in everything if m.lower() == "none" or any(f in m.lower() for f in filters)]
         default = chosen[1] if len(chosen) > 1 else "None"
@@ -292,9 +319,26 @@ _TAG_FILTERS = {  # the extension's Preprocessor.tag_to_filters aliases
 }  # fmt: skip
 
 
-def module_detail(alias_names: bool = False) -> dict[str, dict[str, object]]:
+def module_detail(alias_names: bool = False, roots: Sequence[Path] = ()) -> dict[str, dict[str, object]]:
     """The extension's ``module_detail`` for these modules, keyed as :func:`module_list`."""
-    return {key: find(key).module_detail() for key in module_list(alias_names)}
+    return {key: find(key).module_detail() for key in module_list(alias_names, roots)}
+
+
+def missing_files(module: str, roots: Sequence[Path]) -> str | None:
+    """Why ``module`` (a known one) cannot run for want of its annotator files in ``roots``; None if it
+    can."""
+    p = find(module)
+    if p.files and annotators.locate(p.files, roots) is None:
+        return annotators.missing(p.label, p.files)
+    return None
+
+
+def unavailable(roots: Sequence[Path] = ()) -> dict[str, list[str]]:
+    """The extension's weight-needing modules that cannot run here, with the files each needs: those not
+    run here yet, and those that run but whose files are not in ``roots``."""
+    missing = {p.label: [f"{annotators.DOWNLOADS}/{f}" for f in p.files] for p in _ALL
+               if p.files and annotators.locate(p.files, roots) is None}  # fmt: skip
+    return {**missing, **annotators.unavailable()}
 
 
 def numpy_seed(seed: int, subseed: int) -> int:
@@ -310,13 +354,16 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
     threshold_a: float | None = None,
     threshold_b: float | None = None,
     seed: int | None = None,
+    roots: Sequence[Path] = (),
 ) -> np.ndarray:
     """Run the preprocessor ``module`` (name or alias) on ``image`` and return ``[H', W', 3]`` uint8 RGB.
 
     ``image`` is uint8 ``[H, W, 3]`` RGB (``[H, W]``, ``[H, W, 1]`` and RGBA are converted as the extension's
     ``HWC3`` does: grey repeated, alpha composited over white). ``seed`` seeds shuffle's numpy
-    ``RandomState`` (see :func:`numpy_seed`); ``None``: fresh entropy, as the extension's ``/detect``. Raises
-    :class:`FieldError` for an unknown module, a bad image, or a parameter out of its slider's range."""
+    ``RandomState`` (see :func:`numpy_seed`); ``None``: fresh entropy, as the extension's ``/detect``.
+    ``roots``: where a weight-needing module's files are found. Raises :class:`FieldError` for an unknown
+    module, a missing or unusable annotator file (on ``module``), a bad image, or a parameter out of its
+    slider's range."""
     preprocessor = find(module)
     if not isinstance(image, np.ndarray) or min(image.shape[:2], default=0) < 1:
         raise FieldError("image", "expected a non-empty image array")
@@ -325,4 +372,12 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
     except ValueError as e:
         raise FieldError("image", str(e)) from e
     settings = preprocessor.settings(processor_res, threshold_a, threshold_b, seed)
-    return preprocessor.run(rgb, settings)
+    if preprocessor.files:
+        weights = annotators.locate(preprocessor.files, roots)
+        if weights is None:
+            raise FieldError("module", annotators.missing(preprocessor.label, preprocessor.files))
+        settings = dataclasses.replace(settings, weights=weights)
+    try:
+        return preprocessor.run(rgb, settings)
+    except ModelFileError as e:
+        raise FieldError("module", str(e)) from e

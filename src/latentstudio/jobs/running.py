@@ -280,6 +280,7 @@ class JobRunner:
                 self.controls.load(self.controls.find(unit.model), components.unet)
                 for unit in spec.params.control
             ],
+            annotator_roots=self.controls.annotator_roots,
         )
         return self._safety_filtered(result), identity
 

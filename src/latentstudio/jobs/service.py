@@ -25,6 +25,7 @@ from pathlib import Path
 from anyio import CapacityLimiter, to_thread
 
 from latentstudio.config import Settings
+from latentstudio.control import preprocessors
 from latentstudio.control.library import ControlModelNotFoundError
 from latentstudio.core import FieldError
 from latentstudio.jobs.codec import extras_input_pngs, input_pngs
@@ -175,7 +176,8 @@ class JobService:
             self._check_hires_checkpoint(hires.checkpoint, spec.checkpoint)
 
     def _check_control(self, spec: JobSpec) -> None:
-        """Each ControlNet unit's model: a listed file we can load, of the checkpoint's family."""
+        """Each ControlNet unit's model: a listed file we can load, of the checkpoint's family; its
+        preprocessor's annotator files, where it needs some, installed."""
         if not spec.params.control:
             return
         try:
@@ -184,6 +186,9 @@ class JobService:
         except (ModelFileError, OSError, ValueError):
             family = None  # the job fails on loading its own checkpoint, with that error
         for i, unit in enumerate(spec.params.control):
+            missing = preprocessors.missing_files(unit.module, self.worker.controls.annotator_roots)
+            if missing is not None:
+                raise FieldError(f"control.{i}.module", missing)
             try:
                 self.worker.controls.resolve(unit.model, family, base.name)
             except (ControlModelNotFoundError, ModelFileError, OSError) as e:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -80,11 +81,14 @@ def detect_units(
     params: GenerationParams,
     seed: int,
     subseed: int,
+    *,
+    roots: Sequence[Path] = (),
 ) -> list[Detected]:
     """Run each unit's preprocessor once per job (the extension's ``get_control``) on the unit's image, or
     on the img2img init image fitted by the job's img2img resize mode; pixel-perfect resolution for the
     first pass's size; the numpy seed of the job's first image for shuffle (:func:`numpy_seed`); with
-    "only masked" inpainting, cropped as the job's picture is (:func:`masked_crop`)."""
+    "only masked" inpainting, cropped as the job's picture is (:func:`masked_crop`); ``roots``: where
+    weight-needing preprocessors find their files."""
     out = []
     numpy_seed = preprocessors.numpy_seed(seed, subseed)
     for unit, network in zip(units, networks, strict=True):
@@ -98,7 +102,9 @@ def detect_units(
             raise ValueError("controlnet is enabled but no input image is given")
         if params.inpaint is not None and params.inpaint.only_masked and unit.inpaint_crop_input_image:
             picture = masked_crop(picture, resize, params)
-        detected = hint.detect_map(unit, picture, resize, (params.height, params.width), numpy_seed)
+        detected = hint.detect_map(
+            unit, picture, resize, (params.height, params.width), numpy_seed, roots=roots
+        )
         out.append(Detected(unit, network, detected, resize))
     return out
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,6 +91,7 @@ def run(
     upscaler: PixelUpscaler = hires.resize_pixels,
     hires_model: HiresModel | None = None,
     controls: Sequence[ControlNetwork] = (),
+    annotator_roots: Sequence[Path] = (),
 ) -> GenerationResult:
     """Generate ``batch_size × n_iter`` images of ``params``, made by :meth:`GenerationParams.resolved`.
 
@@ -101,7 +103,8 @@ def run(
     ``upscaler``: the hires fix's pixel upscalers (``image, name, width, height → image``); the default
     knows A1111's built-in None, Lanczos and Nearest.
     ``hires_model``: the checkpoint ``params.hires.checkpoint`` names (required with it, refused without).
-    ``controls``: the network of each of ``params.control``'s units, in order.
+    ``controls``: the network of each of ``params.control``'s units, in order; ``annotator_roots``: where
+    their weight-needing preprocessors find their files.
     """
     # 1. check (the parameters were validated once, by GenerationParams.resolved)
     if not isinstance(params, ResolvedParams):
@@ -115,7 +118,7 @@ def run(
             params, components, identity=identity, on_step=on_step, control=control or StepControl(),
             text=texts.Texts(embeddings, cache or ConditioningCache(), networks.text_key), networks=networks,
             warnings=[*warnings, *networks.warnings], upscaler=upscaler, hires_model=hires_model,
-            switch=_LoraSwitch(loras, requests, components), controls=controls,
+            switch=_LoraSwitch(loras, requests, components), controls=(controls, annotator_roots),
         )  # fmt: skip
 
 
@@ -169,7 +172,7 @@ def _generate(
     upscaler: PixelUpscaler,
     hires_model: HiresModel | None,
     switch: _LoraSwitch,
-    controls: Sequence[ControlNetwork],
+    controls: tuple[Sequence[ControlNetwork], Sequence[Path]],
 ) -> GenerationResult:
     """Steps 3 to 8 of :func:`run`, with the job's networks in force."""
     seeds, subseeds = _batch_seeds(params)
@@ -177,7 +180,7 @@ def _generate(
     prepared = inpaint.prepare(params) if params.is_img2img else None
     init, blend = vae.img2img_latents(components, params, prepared, seeds) if prepared else (None, None)
     warnings.extend(prepared.warnings if prepared is not None else ())
-    detected = cn.detect_units(params.control, controls, params, seeds[0], subseeds[0])
+    detected = cn.detect_units(params.control, controls[0], params, seeds[0], subseeds[0], roots=controls[1])
     first = _first_stage(components, params, text, prepared, blend)
     first = _controlled(first, detected, (params.height, params.width), "low" if params.hires else "single")
     second = (

@@ -156,7 +156,7 @@ class SdapiBackend:
         return {**request.model_dump(exclude={"infotext"}), "controlnet_units": units}
 
     def control_modules(self) -> list[ControlModule]:
-        return ui_control.control_modules()
+        return ui_control.control_modules(self.services.jobs.worker.controls.annotator_roots)
 
     def control_models(self, checkpoint: str | None) -> list[str]:
         svc = self.services
@@ -172,7 +172,7 @@ class SdapiBackend:
         with field_errors():
             if image.width * image.height > self.services.settings.max_image_pixels:
                 raise FieldError("image", f"larger than {self.services.settings.max_image_pixels} pixels")
-            return ui_control.detect(fields, image, size)
+            return ui_control.detect(fields, image, size, self.services.jobs.worker.controls.annotator_roots)
 
     def _current(self) -> CheckpointInfo | None:
         stored = self.store.load()

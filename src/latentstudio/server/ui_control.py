@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -29,8 +30,9 @@ ARGS = f"alwayson_scripts.{CONTROLNET}.args"  # how refusals name a UI unit: as 
 _ENTRY = re.compile(r"ControlNet (\d+)")
 
 
-def control_modules() -> list[ControlModule]:
-    """The preprocessors that need no weights, in the extension's order, with their sliders."""
+def control_modules(roots: Sequence[Path]) -> list[ControlModule]:
+    """The preprocessors that need no weights or whose annotator files are in ``roots``, in the extension's
+    order, with their sliders."""
 
     def spec(slider: preprocessors.Slider | None) -> SliderSpec | None:
         if slider is None:
@@ -38,7 +40,7 @@ def control_modules() -> list[ControlModule]:
         return SliderSpec(slider.label, slider.minimum, slider.maximum, slider.default, slider.step)
 
     out = []
-    for name in preprocessors.module_list():
+    for name in preprocessors.module_list(roots=roots):
         p = preprocessors.find(name)
         out.append(ControlModule(name, spec(p.resolution), spec(p.threshold_a), spec(p.threshold_b)))
     return out
@@ -86,8 +88,11 @@ def units(
     return found, indices, ARGS
 
 
-def detect(fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The detected map of ``image`` for a unit's ``fields`` (errors name the unit field)."""
+def detect(
+    fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int], roots: Sequence[Path]
+) -> Image.Image:
+    """The detected map of ``image`` for a unit's ``fields`` (errors name the unit field); ``roots``: where
+    annotator files are."""
     try:
         request = ControlNetUnitRequest.model_validate({**fields, "enabled": True, "image": None})
     except ValidationError as e:
@@ -95,7 +100,7 @@ def detect(fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int])
         raise FieldError(".".join(str(p) for p in error["loc"]) or "unit", error["msg"]) from None
     unit = request.to_unit("unit", _no_images)  # no model needed: the preprocessor checks its sliders
     picture = hint.input_image(hint.array(image), None)
-    return Image.fromarray(hint.detect_map(unit, picture, unit.resize_mode, size))
+    return Image.fromarray(hint.detect_map(unit, picture, unit.resize_mode, size, roots=roots))
 
 
 def _no_images(data: str, field: str) -> Image.Image:

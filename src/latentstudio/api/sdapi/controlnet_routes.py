@@ -1,6 +1,7 @@
 """The sd-webui-controlnet extension's own routes, ``/controlnet/...``, as its API clients (Krita, Photoshop
 and Blender bridges, scripts) call them: ``version``, ``module_list`` (with ``module_detail``), ``settings``,
-``detect`` with the preprocessors that need no weights (:mod:`latentstudio.control.preprocessors`) and
+``detect`` with the preprocessors that need no weights or whose annotator files are installed
+(:mod:`latentstudio.control.preprocessors`) and
 ``model_list`` (the files found, named as the extension names them).
 
 ``detect`` takes the extension's body fields; -1 (its default) means a slider's default, and an out-of-range
@@ -22,7 +23,7 @@ from latentstudio.api.common import Base64Image, Finite, StrictModel
 from latentstudio.api.imageio import decode_image, encode_png_base64
 from latentstudio.api.state import ServicesDep
 from latentstudio.config import MAX_IMAGES
-from latentstudio.control import annotators, preprocessors
+from latentstudio.control import preprocessors
 from latentstudio.control.units import MAX_UNITS
 from latentstudio.core import FieldError
 
@@ -74,15 +75,17 @@ def model_list(
 
 @router.get("/module_list", summary="Preprocessors (modules) and their sliders")
 def module_list(
+    svc: ServicesDep,
     alias_names: Annotated[bool, Query(description="Display labels instead of module names.")] = False,
 ) -> dict[str, Any]:
-    """``{module_list, module_detail}`` in the extension's order, the preprocessors that need no weights; and
-    ``unavailable``: the extension's weight-needing ones with the annotator files each would load (not run
-    here yet)."""
+    """``{module_list, module_detail}`` in the extension's order: the preprocessors that need no weights and
+    those whose annotator files are installed; and ``unavailable``: the extension's other weight-needing
+    ones, with the annotator files each would load."""
+    roots = svc.jobs.worker.controls.annotator_roots
     return {
-        "module_list": preprocessors.module_list(alias_names),
-        "module_detail": preprocessors.module_detail(alias_names),
-        "unavailable": annotators.unavailable(),
+        "module_list": preprocessors.module_list(alias_names, roots),
+        "module_detail": preprocessors.module_detail(alias_names, roots),
+        "unavailable": preprocessors.unavailable(roots),
     }
 
 
@@ -90,8 +93,9 @@ def module_list(
 def control_types(svc: ServicesDep) -> dict[str, dict[str, dict[str, object]]]:
     """The extension's ``{control_types: {tag: {module_list, model_list, default_option, default_model}}}``
     over the preprocessors that need no weights and the listed model files."""
-    titles = [file.title for file in svc.jobs.worker.controls.files()]
-    return {"control_types": preprocessors.control_types(titles)}
+    controls = svc.jobs.worker.controls
+    titles = [file.title for file in controls.files()]
+    return {"control_types": preprocessors.control_types(titles, controls.annotator_roots)}
 
 
 @router.post("/detect", response_model=DetectResponse, summary="Run a preprocessor on images")
@@ -112,7 +116,7 @@ def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
         try:
             out = preprocessors.detect(
                 req.controlnet_module, array, req.controlnet_processor_res, req.controlnet_threshold_a,
-                req.controlnet_threshold_b,
+                req.controlnet_threshold_b, roots=svc.jobs.worker.controls.annotator_roots,
             )  # fmt: skip
         except FieldError as e:
             raise FieldError(_FIELDS.get(e.field, field), e.message) from None
@@ -121,6 +125,7 @@ def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
 
 
 _FIELDS = {
+    "module": "controlnet_module",  # an annotator file missing or unusable
     "processor_res": "controlnet_processor_res",
     "threshold_a": "controlnet_threshold_a",
     "threshold_b": "controlnet_threshold_b",
