@@ -132,6 +132,8 @@ def test_the_registry_matches_the_extensions_table() -> None:
         "hed": (("softedge_hed",), RES, None, ("SoftEdge",), ("hed/ControlNetHED.pth",)),
         "hed_safe": (("softedge_hedsafe",), RES, None, ("SoftEdge",), ("hed/ControlNetHED.pth",)),
         "scribble_hed": ((), RES, None, ("Scribble", "SparseCtrl"), ("hed/ControlNetHED.pth",)),
+        "lineart": (("lineart_realistic",), RES, None, ("Lineart",), ("lineart/sk_model.pth",)),
+        "lineart_coarse": ((), RES, None, ("Lineart",), ("lineart/sk_model2.pth",)),
     }
     for name, (aliases, res, a, b, uses_res) in EXPECTED.items():
         p = PREPROCESSORS[name]

@@ -4,10 +4,11 @@ line art, segmentation, normals …): which file each needs and where it is look
 The extension downloads these on first use into
 ``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
 reads a file the user placed there (beside an A1111 models folder) or in ``<models>/ControlNetPreprocessor/
-<folder>/`` (:func:`roots`, :func:`locate`). The HED family runs from its file
-(:mod:`latentstudio.control.hed`, registered in :mod:`latentstudio.control.preprocessors`); the others here
-(:data:`ANNOTATORS`) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the
-file it would need, and a request naming one is a 422 that names that file and folder.
+<folder>/`` (:func:`roots`, :func:`locate`). The HED family and the line-art models run from their files
+(:mod:`latentstudio.control.hed`, :mod:`latentstudio.control.lineart`, registered in
+:mod:`latentstudio.control.preprocessors`); the others here (:data:`ANNOTATORS`) do not run yet: each is
+listed (``/controlnet/module_list`` ``unavailable``) with the file it would need, and a request naming one
+is a 422 that names that file and folder.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ ANNOTATORS = (
     Annotator(("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"), ("pidinet/table5_pidinet.pth",)),
     Annotator(("softedge_teed",), ("TEED/7_model.pth",)),
     Annotator(("mlsd",), ("mlsd/mlsd_large_512_fp32.pth",)),
-    Annotator(("lineart_realistic",), ("lineart/sk_model.pth",)),
-    Annotator(("lineart_coarse",), ("lineart/sk_model2.pth",)),
     Annotator(("lineart_anime",), ("lineart_anime/netG.pth",)),
     Annotator(("lineart_anime_denoise",), ("manga_line/erika.pth",)),
     Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",)),

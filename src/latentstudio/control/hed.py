@@ -12,7 +12,6 @@ user placed, through the weights-only loader (nothing downloads), once per file 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from latentstudio.control import preprocess_ops as ops
-from latentstudio.models.files import ModelFileError, read_tensor_file
+from latentstudio.control.weights import load_network
 
 FILE = "hed/ControlNetHED.pth"  # under the annotator downloads folder
 LAYERS = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))  # in, out, convolutions
@@ -64,31 +63,9 @@ class HEDNetwork(torch.nn.Module):
         return out
 
 
-_lock = threading.Lock()
-_loaded: dict[tuple[Path, int, int], HEDNetwork] = {}  # the last file version loaded
-
-
 def network(path: Path) -> HEDNetwork:
-    """The network with ``path``'s weights (kept while the file is unchanged); a file that is not the
-    network is :class:`ModelFileError`, one line naming it."""
-    stat = path.stat()
-    key = (path, stat.st_size, stat.st_mtime_ns)
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-    state = dict(read_tensor_file(path).tensors)
-    model = HEDNetwork()
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in state.items()}
-    if found != expected:
-        wrong = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
-        raise ModelFileError(path, f"not the ControlNetHED network (keys or shapes differ: {wrong[:3]})")
-    model.load_state_dict({name: t.float() for name, t in state.items()})
-    model.eval().requires_grad_(False)
-    with _lock:
-        _loaded.clear()
-        _loaded[key] = model
-    return model
+    """The network with ``path``'s weights (:func:`weights.load_network`)."""
+    return load_network(path, HEDNetwork, "ControlNetHED")
 
 
 def edges(image: np.ndarray, path: Path, *, safe: bool) -> np.ndarray:

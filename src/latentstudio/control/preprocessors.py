@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentstudio.control import annotators, hed
+from latentstudio.control import annotators, hed, lineart
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.core import FieldError
 from latentstudio.models.files import ModelFileError
@@ -257,6 +257,19 @@ _ALL = (
         lambda img, s: hed.scribble(img, s.resolution, s.weights[0]),
         tags=("Scribble", "SparseCtrl"),
         files=(hed.FILE,),
+    ),
+    Preprocessor(
+        "lineart",
+        lambda img, s: lineart.lineart(img, s.resolution, s.weights[0]),
+        aliases=("lineart_realistic",),
+        tags=("Lineart",),
+        files=(lineart.REALISTIC,),
+    ),
+    Preprocessor(
+        "lineart_coarse",
+        lambda img, s: lineart.lineart(img, s.resolution, s.weights[0]),
+        tags=("Lineart",),
+        files=(lineart.COARSE,),
     ),
 )
 

@@ -1,0 +1,46 @@
+"""Annotator networks loaded from the files the user placed: the weights-only loader, a check that the file
+holds exactly the network's tensors, and a small cache per file version (the extension keeps each
+annotator loaded once used)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from latentstudio.models.files import ModelFileError, read_tensor_file
+
+KEEP = 2  # annotator networks kept loaded
+M = TypeVar("M", bound=torch.nn.Module)
+
+_lock = threading.Lock()
+_loaded: OrderedDict[tuple[Path, int, int], torch.nn.Module] = OrderedDict()
+
+
+def load_network(path: Path, build: Callable[[], M], name: str) -> M:
+    """``build()`` with ``path``'s weights (fp32, eval, no gradients), kept while the file is unchanged. A
+    file whose tensors are not exactly the network's is :class:`ModelFileError` naming it and ``name``."""
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    with _lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]  # type: ignore[return-value]
+    state = dict(read_tensor_file(path).tensors)
+    model = build()
+    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    found = {k: tuple(t.shape) for k, t in state.items()}
+    if found != expected:
+        wrong = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+        raise ModelFileError(path, f"not the {name} network (keys or shapes differ: {wrong[:3]})")
+    model.load_state_dict({k: t.float() for k, t in state.items()})
+    model.eval().requires_grad_(False)
+    with _lock:
+        _loaded[key] = model
+        while len(_loaded) > KEEP:
+            _loaded.popitem(last=False)
+    return model
