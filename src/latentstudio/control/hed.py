@@ -97,16 +97,7 @@ def nms(x: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
     """``annotator.util.nms``: blur, keep the maxima along the four line directions, threshold → 0/255."""
     import cv2
 
-    blurred = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
-    lines = (
-        np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], np.uint8),
-        np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], np.uint8),
-        np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.uint8),
-        np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.uint8),
-    )
-    kept = np.zeros_like(blurred)
-    for line in lines:
-        np.putmask(kept, cv2.dilate(blurred, kernel=line) == blurred, blurred)
+    kept = ops.line_maxima(cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma))
     out = np.zeros_like(kept, dtype=np.uint8)
     out[kept > threshold] = 255
     return out

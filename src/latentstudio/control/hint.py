@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from latentstudio.control import preprocessors
-from latentstudio.control.preprocess_ops import hwc3
+from latentstudio.control.preprocess_ops import hwc3, line_maxima
 from latentstudio.control.units import ControlResize, ControlUnit
 
 
@@ -136,28 +136,12 @@ def _high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     if binary:
         gray = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
         if one_pixel_edge:
-            gray = _nms(gray)
+            gray = line_maxima(gray)
             _, gray = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
             gray = _thin(gray, prune=bigger)
         else:
             _, gray = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         y = np.stack([gray] * 3, axis=2)
-    return y
-
-
-def _nms(x: np.ndarray) -> np.ndarray:
-    """Keep a pixel where it is the maximum along any of the four line directions through it."""
-    import cv2
-
-    lines = (
-        np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], np.uint8),
-        np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], np.uint8),
-        np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.uint8),
-        np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.uint8),
-    )
-    y = np.zeros_like(x)
-    for line in lines:
-        np.putmask(y, cv2.dilate(x, kernel=line) == x, x)
     return y
 
 

@@ -41,6 +41,23 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
+def line_maxima(x: np.ndarray) -> np.ndarray:
+    """Non-maximum suppression: keep a pixel where it is the maximum along any of the four line directions
+    through it (3×3 dilations), else 0; same shape and dtype."""
+    import cv2
+
+    lines = (
+        np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], np.uint8),
+        np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], np.uint8),
+        np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.uint8),
+        np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], np.uint8),
+    )
+    kept = np.zeros_like(x)
+    for line in lines:
+        np.putmask(kept, cv2.dilate(x, kernel=line) == x, x)
+    return kept
+
+
 def pad64(size: int) -> int:
     """How many pixels bring ``size`` up to the next multiple of 64."""
     return int(np.ceil(float(size) / 64.0) * 64 - size)

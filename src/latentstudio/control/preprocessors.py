@@ -154,6 +154,10 @@ def _hed(image: np.ndarray, s: Settings, *, safe: bool = False) -> np.ndarray:
     return hed.softedge(image, s.resolution, s.weights[0], safe=safe)
 
 
+def _lineart(image: np.ndarray, s: Settings) -> np.ndarray:
+    return lineart.lineart(image, s.resolution, s.weights[0])
+
+
 _GAMMA = Slider("Gamma Correction", 0.1, 2.0, 1.0, 0.001)
 _VARIATION = Slider("Variation", 3.0, 32.0, 8.0, 1.0)
 
@@ -259,18 +263,9 @@ _ALL = (
         files=(hed.FILE,),
     ),
     Preprocessor(
-        "lineart",
-        lambda img, s: lineart.lineart(img, s.resolution, s.weights[0]),
-        aliases=("lineart_realistic",),
-        tags=("Lineart",),
-        files=(lineart.REALISTIC,),
+        "lineart", _lineart, aliases=("lineart_realistic",), tags=("Lineart",), files=(lineart.REALISTIC,)
     ),
-    Preprocessor(
-        "lineart_coarse",
-        lambda img, s: lineart.lineart(img, s.resolution, s.weights[0]),
-        tags=("Lineart",),
-        files=(lineart.COARSE,),
-    ),
+    Preprocessor("lineart_coarse", _lineart, tags=("Lineart",), files=(lineart.COARSE,)),
 )
 
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in _ALL}
