@@ -90,21 +90,20 @@ def _slider(page: Any, elem: str) -> str:
 
 
 def _generate(page: Any, served: Served, tab: str) -> Any:
-    """Click Generate; the finished job (the page shows it done, with no error)."""
+    """Click Generate; the finished job (the page shows its infotext, and no error)."""
     before = served.jobs.count()
+    shown = json.dumps(page.input_value(f"#{tab}_info textarea"))  # the last job's (seeds are random)
     time.sleep(0.3)  # let the last input event land before the click reads the values
     page.click(f"#{tab}_generate")
     page.wait_for_function(
-        f"document.querySelector('#{tab}_info textarea').value.includes('Steps: ')"
+        f"document.querySelector('#{tab}_info textarea').value !== {shown}"
         f" || document.querySelector('#{tab}_error')?.offsetParent != null"
     )
     assert not page.locator(f"#{tab}_error").is_visible(), page.inner_text(f"#{tab}_error")
     assert served.jobs.count() == before + 1
     record = served.jobs.wait(served.jobs.list(limit=1)[0].id, 120)
     assert record.status is JobStatus.DONE, record.error
-    page.wait_for_function(
-        f"document.querySelector('#{tab}_info textarea').value === {json.dumps(record.infotexts[0])}"
-    )
+    assert page.input_value(f"#{tab}_info textarea") == record.infotexts[0]
     return record
 
 
