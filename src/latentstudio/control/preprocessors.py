@@ -290,7 +290,7 @@ def module_list(alias_names: bool = False, roots: Sequence[Path] = ()) -> list[s
     """The names (or labels) in the extension's ``get_sorted_preprocessors`` order: ``none`` first, then by
     ``str(priority).zfill(8) + label``, descending; a module that needs annotator weights only when its
     files are found in ``roots`` (:func:`annotators.roots`)."""
-    usable = (p for p in _ALL if p.name != "none" and (not p.files or annotators.locate(p.files, roots)))
+    usable = (p for p in _ALL if p.name != "none" and _runnable(p, roots))
     rest = sorted(usable, key=lambda p: str(p.priority).zfill(8) + p.label, reverse=True)
     return [p.label if alias_names else p.name for p in [PREPROCESSORS["none"], *rest]]
 
@@ -307,7 +307,7 @@ def control_types(models: list[str], roots: Sequence[Path] = ()) -> dict[str, di
         "All": {"module_list": listed, "model_list": everything, "default_option": "none",
                 "default_model": "None"},
     }  # fmt: skip
-    for tag in sorted({t for p in _ALL for t in p.tags if find(p.name).label in listed}):
+    for tag in sorted({t for p in _ALL for t in p.tags if p.label in listed}):
         labels = [label for label in listed if label == "none" or tag in find(label).tags]
         filters = {tag.lower(), *_TAG_FILTERS.get(tag.lower(), ())}
         chosen = [m for m in everything if m.lower() == "none" or any(f in m.lower() for f in filters)]
@@ -336,17 +336,20 @@ def missing_files(module: str, roots: Sequence[Path]) -> str | None:
     """Why ``module`` (a known one) cannot run for want of its annotator files in ``roots``; None if it
     can."""
     p = find(module)
-    if p.files and annotators.locate(p.files, roots) is None:
-        return annotators.missing(p.label, p.files)
-    return None
+    return None if _runnable(p, roots) else annotators.missing(p.label, p.files)
 
 
 def unavailable(roots: Sequence[Path] = ()) -> dict[str, list[str]]:
     """The extension's weight-needing modules that cannot run here, with the files each needs: those not
     run here yet, and those that run but whose files are not in ``roots``."""
     missing = {p.label: [f"{annotators.DOWNLOADS}/{f}" for f in p.files] for p in _ALL
-               if p.files and annotators.locate(p.files, roots) is None}  # fmt: skip
+               if not _runnable(p, roots)}  # fmt: skip
     return {**missing, **annotators.unavailable()}
+
+
+def _runnable(p: Preprocessor, roots: Sequence[Path]) -> bool:
+    """Whether ``p`` needs no annotator files or finds them all in ``roots``."""
+    return not p.files or annotators.locate(p.files, roots) is not None
 
 
 def numpy_seed(seed: int, subseed: int) -> int:

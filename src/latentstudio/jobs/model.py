@@ -183,8 +183,9 @@ class JobRecord:
     def pictures(self) -> tuple[ImageRef, ...]:
         """The images a generation made, or an extras job's images: :attr:`images` without the
         :attr:`detected_maps`."""
-        maps = set(self.detected_maps)
-        return tuple(image for image in self.images if image not in maps)
+        if not isinstance(self.spec, JobSpec):
+            return self.images
+        return tuple(image for image in self.images if image.seed >= 0)
 
     @property
     def detected_maps(self) -> tuple[ImageRef, ...]:

@@ -175,21 +175,19 @@ def unit_input(
 def wire_units(get: GetBackend, units: Sequence[UnitControls], size: Sequence[Any], init: Any) -> None:
     """Each unit's preprocessor choice (its sliders), model refresh and preview; ``size``: the tab's Width
     and Height; ``init``: img2img's image (None in txt2img)."""
+
+    def choose(name: str) -> tuple[Any, ...]:
+        return slider_updates(next((m for m in get().control_modules() if m.name == name), None))
+
+    async def refresh() -> Any:
+        backend = get()
+        return gr.update(choices=await to_thread.run_sync(backend.control_models, None))
+
+    extra = [init] if init is not None else []
     for unit in units:
         module = cast(gr.Dropdown, unit.fields["module"])
-
-        def choose(name: str) -> tuple[Any, ...]:
-            found = next((m for m in get().control_modules() if m.name == name), None)
-            return slider_updates(found)
-
         module.input(choose, module, unit.sliders, queue=False, show_progress="hidden")
-
-        async def refresh() -> Any:
-            backend = get()
-            return gr.update(choices=await to_thread.run_sync(backend.control_models, None))
-
         unit.refresh.click(refresh, None, unit.fields["model"], queue=False)
-        extra = [init] if init is not None else []
         unit.run.click(
             _preview_fn(get, unit, init is not None), [*unit.inputs(), *size, *extra],
             [unit.preview, unit.error], queue=False,
