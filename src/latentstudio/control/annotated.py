@@ -1,0 +1,42 @@
+"""The sd-webui-controlnet preprocessors that need annotator weights and run here, from the files the user
+placed (:mod:`latentstudio.control.annotators` says where they are looked for, and lists the ones that do not
+run yet). Each entry's ``files`` are located before it runs and passed as :attr:`Settings.weights`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from latentstudio.control import hed, lineart
+from latentstudio.control.preprocessor_types import Preprocessor, Settings
+
+
+def _hed(image: np.ndarray, s: Settings, *, safe: bool = False) -> np.ndarray:
+    return hed.softedge(image, s.resolution, s.weights[0], safe=safe)
+
+
+def _lineart(image: np.ndarray, s: Settings) -> np.ndarray:
+    return lineart.lineart(image, s.resolution, s.weights[0])
+
+
+ENTRIES = (
+    Preprocessor("hed", _hed, aliases=("softedge_hed",), tags=("SoftEdge",), files=(hed.FILE,)),
+    Preprocessor(
+        "hed_safe",
+        partial(_hed, safe=True),
+        aliases=("softedge_hedsafe",),
+        tags=("SoftEdge",),
+        files=(hed.FILE,),
+    ),
+    Preprocessor(
+        "scribble_hed",
+        lambda img, s: hed.scribble(img, s.resolution, s.weights[0]),
+        tags=("Scribble", "SparseCtrl"),
+        files=(hed.FILE,),
+    ),
+    Preprocessor(
+        "lineart", _lineart, aliases=("lineart_realistic",), tags=("Lineart",), files=(lineart.REALISTIC,)
+    ),
+    Preprocessor("lineart_coarse", _lineart, tags=("Lineart",), files=(lineart.COARSE,)),
+)
