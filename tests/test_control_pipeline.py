@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import uniform_filter
 
 from latentstudio.control import synthetic
 from latentstudio.control.networks import ControlNetwork, load_control_network
@@ -21,7 +23,7 @@ from latentstudio.core import FieldError
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
-from latentstudio.pipeline import inpaint
+from latentstudio.pipeline import inpaint, vae
 from latentstudio.pipeline.control import ControlledUNet, Detected, PassUnit, detect_units, pass_units
 from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
@@ -253,3 +255,64 @@ def test_a_shuffle_controlnet_is_pooled_and_guides_the_prompt_only(sd1: Componen
     assert all(r.shape[-2:] == (1, 1) for r in residuals)
     assert all((r[1] == 0).all() for r in residuals)  # the negative prompt's entry
     assert all((r[0] != 0).any() for r in residuals)
+
+
+def _blur_reference(x: np.ndarray, k: int) -> np.ndarray:
+    """A (2k+1)² box mean with the edge values repeated, per ``[B, C]`` plane (float64)."""
+    return uniform_filter(x, size=(1, 1, 2 * k + 1, 2 * k + 1), mode="nearest")
+
+
+@pytest.mark.parametrize("case", [
+    ("tile_colorfix", None, "single", HiresOption.BOTH),
+    ("tile_colorfix+sharp", 1.5, "high", HiresOption.BOTH),
+    ("tile_colorfix+sharp", 2.0, "high", HiresOption.LOW_RES_ONLY),
+])  # fmt: skip
+def test_a_colour_fix_steers_eps_as_the_extension_does(
+    sd1: Components, controlnet: ControlNetwork, case: tuple[str, float | None, str, HiresOption]
+) -> None:
+    """x0 = ᾱ^-½ x − (ᾱ^-1 − 1)^½ ε; x0 − blur(x0) + blur(hint latent) (sharp: the negative entries get
+    d·blur + (1 − d)·x0); ε recomputed and blended by the weight — outside the guidance window too, with
+    the radius doubled in the hires pass unless the unit is off there (then its network does not run)."""
+    module, b, stage, option = case
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    unit = _unit(module=module, threshold_a=3.0, threshold_b=b, weight=0.6, hr_option=option,
+                 guidance_start=0.9)  # fmt: skip
+    (pass_unit,) = pass_units([Detected(unit, controlnet, picture, ControlResize.JUST_RESIZE)], (64, 64),
+                              stage, partial(vae.vae_encode, sd1))  # type: ignore[arg-type]  # fmt: skip
+    doubled = stage == "high" and option is HiresOption.BOTH
+    assert pass_unit.guides is (option is HiresOption.BOTH)
+    eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([499.6, 499.6])
+    fn = ControlledUNet(lambda x_, t_, **_: eps, [pass_unit], total=4,
+                        alphas_cumprod=sd1.alphas_cumprod.double())  # fmt: skip
+    with _calls(controlnet) as seen:
+        out = fn(x, t, encoder_hidden_states=torch.randn(2, 77, 64), cond_mark=[True, False])
+    assert seen == []  # sampling_step 0 is outside [0.9, 1]: the network rests, the colour fix does not
+    alpha = float(sd1.alphas_cumprod[500])
+    k = 6 if doubled else 3
+    hint_latent = vae.vae_encode(
+        sd1, torch.from_numpy(picture).permute(2, 0, 1)[None].double().div(127.5) - 1
+    )
+    x64, e64 = x.double().numpy(), eps.double().numpy()
+    x0 = x64 / alpha**0.5 - (1 / alpha - 1) ** 0.5 * e64
+    x0 = x0 - _blur_reference(x0, k) + _blur_reference(hint_latent.double().numpy(), k)
+    if b is not None:
+        soft = b / 100 * _blur_reference(x0, k) + (1 - b / 100) * x0
+        x0 = np.concatenate([x0[:1], soft[1:]])
+    expected = 0.6 * (x64 / alpha**0.5 - x0) / (1 / alpha - 1) ** 0.5 + 0.4 * e64
+    assert np.abs(out.double().numpy() - expected).max() < 1e-4
+
+
+def test_tile_colorfix_changes_the_picture_and_weight_zero_does_not(
+    sd1: Components, controlnet: ControlNetwork
+) -> None:
+    resample = _pixels(_run(sd1, (_unit(module="tile_resample"),), (controlnet,)))
+    fixed = _run(sd1, (_unit(module="tile_colorfix"),), (controlnet,))
+    assert np.abs(_pixels(fixed) - resample).mean() > 1.0
+    plain = _pixels(_run(sd1))
+    assert (
+        _pixels(_run(sd1, (_unit(module="tile_colorfix+sharp", weight=0.0),), (controlnet,))) == plain
+    ).all()
+    assert "Module: tile_colorfix, " in fixed.infotexts[0]

@@ -218,7 +218,7 @@ def test_native_jobs_mark_the_detected_maps(client: httpx.Client) -> None:
         ([_unit(), _unit(model="control_tiny_sd21")], f"{ARGS}.1.model", "sd2"),
         ([_unit(model="broken")], f"{ARGS}.0.model", "broken.safetensors"),
         ([_unit(module="depth_midas")], f"{ARGS}.0.module", "annotator/downloads/midas/"),
-        ([_unit(module="tile_colorfix")], f"{ARGS}.0.module", "colour fix"),
+        ([_unit(module="tile_colorfix", threshold_a=2)], f"{ARGS}.0.threshold_a", "Variation"),
         ([_unit(weight=3)], f"{ARGS}.0.weight", "2"),
         ([_unit(threshold_a=0)], f"{ARGS}.0.threshold_a", "Low Threshold"),
         ([_unit(guidance_start=0.8, guidance_end=0.2)], f"{ARGS}.0.guidance_start", "guidance_end"),

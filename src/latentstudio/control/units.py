@@ -91,16 +91,9 @@ class ControlUnit:
         """Raise :class:`FieldError` naming ``control.<index>.<field>`` for the first invalid field."""
         name = f"control.{index}."
         try:
-            preprocessor = preprocessors.find(self.module)
-            preprocessor.settings(self.processor_res, self.threshold_a, self.threshold_b)
+            preprocessors.find(self.module).settings(self.processor_res, self.threshold_a, self.threshold_b)
         except FieldError as e:
             raise FieldError(name + e.field, e.message) from None
-        if (
-            "colorfix" in preprocessor.name
-        ):  # the extension also blends the prediction with the hint's latents
-            raise FieldError(
-                name + "module", f"{preprocessor.name} guides with a colour fix not supported here"
-            )
         if self.model in ("", "None"):
             raise FieldError(name + "model", "You have not selected any ControlNet Model.")
         for field, value in (("weight", self.weight), ("guidance_start", self.guidance_start),

@@ -18,11 +18,17 @@ The guidance window uses A1111's step counter as the extension reads it: ``sampl
 model calls still see 0) and ``total`` the pass's step count; a unit acts while ``start ≤ fraction ≤ end``.
 A unit outside its window, disabled for the pass, or of weight 0 adds nothing: with no active unit the
 UNet is called exactly as without ControlNet.
+
+``tile_colorfix`` / ``tile_colorfix+sharp`` units also steer the colours (the extension's "post-processing
+for color fix", :class:`ColorFix`): the UNet's output read as ε gives a predicted x0, whose local mean (a
+box blur of radius ``k`` = the unit's Variation, doubled in the hires pass unless the unit is off there) is
+replaced by that of the hint's VAE latent; ε is recomputed from it and blended in by ``min(weight, 1)``.
+As there, this acts in every step and pass, outside the guidance window and ``hr_option`` too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +68,18 @@ class Detected:
 
 
 @dataclass(frozen=True)
+class ColorFix:
+    """A colour-fix unit's part of a pass: the hint's VAE latent ``[1, 4, h, w]``, the blur radius ``k`` in
+    latent pixels, the ``+sharp`` detail weight (``threshold_b / 100``; None without sharpening) and the
+    blend weight ``min(max(weight, 0), 1)``."""
+
+    latent: torch.Tensor
+    k: int
+    sharp: float | None
+    weight: float
+
+
+@dataclass(frozen=True)
 class PassUnit:
     """One unit ready for one pass: its hint ``[1, C, H, W]`` (on the network's device and dtype), the
     scale of each control output, whether only the prompt's batch entries get them, and whether each
@@ -73,6 +91,8 @@ class PassUnit:
     scales: tuple[float, ...]
     cond_only: bool
     pooled: bool = False
+    guides: bool = True  # whether its network acts in this pass (a colour fix acts even where it does not)
+    colorfix: ColorFix | None = None
 
 
 def detect_units(
@@ -140,10 +160,16 @@ def detected_maps(detected: Sequence[Detected], sizes: Sequence[tuple[int, int]]
     ]
 
 
-def pass_units(detected: Sequence[Detected], size: tuple[int, int], stage: Stage) -> list[PassUnit]:
+def pass_units(
+    detected: Sequence[Detected],
+    size: tuple[int, int],
+    stage: Stage,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[PassUnit]:
     """The units that act in a pass of ``size`` ``(height, width)`` with their hints fitted to it and
     their scales. ``stage``: "single" (no hires fix: every unit acts, whatever its ``hr_option``), "low"
-    or "high" (the hires fix's first and second pass)."""
+    or "high" (the hires fix's first and second pass). ``encode``: the pass's VAE encoder (images
+    ``[B, 3, H, W]`` in [-1, 1] → latents), which colour-fix units need."""
     out = []
     hires = stage == "high"
     for d in detected:
@@ -152,9 +178,11 @@ def pass_units(detected: Sequence[Detected], size: tuple[int, int], stage: Stage
         skipped = (option is HiresOption.LOW_RES_ONLY and hires) or (
             option is HiresOption.HIGH_RES_ONLY and stage == "low"
         )
-        if skipped or (unit.weight == 0 and unit.advanced_weighting is None):
+        fix = "colorfix" in preprocessors.find(unit.module).name and unit.weight > 0
+        if (skipped or (unit.weight == 0 and unit.advanced_weighting is None)) and not fix:
             continue
         fitted = hint.to_tensor(hint.fit(d.detected, d.resize, size[0], size[1]))
+        colorfix = _color_fix(unit, fitted, hires and not skipped, encode) if fix else None
         if net.info.kind is ControlKind.T2I_ADAPTER and net.info.hint_channels == 1:
             fitted = fitted[:, :1]
         param = next(net.module.parameters())
@@ -162,9 +190,28 @@ def pass_units(detected: Sequence[Detected], size: tuple[int, int], stage: Stage
             hires and any(name in unit.module for name in _HIRES_SOFT_MODULES)
         )
         pooled = _pooled(net)
+        guides = not skipped and (unit.weight != 0 or unit.advanced_weighting is not None)
         out.append(PassUnit(unit, net, fitted.to(param.device, param.dtype), _scales(unit, net, soft),
-                            unit.control_mode is ControlMode.CONTROL or pooled, pooled))  # fmt: skip
+                            unit.control_mode is ControlMode.CONTROL or pooled, pooled, guides,
+                            colorfix))  # fmt: skip
     return out
+
+
+def _color_fix(
+    unit: ControlUnit,
+    fitted: torch.Tensor,
+    doubled: bool,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> ColorFix:
+    """The colour fix of ``unit`` from its hint fitted to the pass ``[1, C, H, W]`` in [0, 1]."""
+    if encode is None:
+        raise ValueError("a colour-fix unit needs the pass's VAE encoder")
+    module = preprocessors.find(unit.module)
+    settings = module.settings(unit.processor_res, unit.threshold_a, unit.threshold_b)
+    k = int(settings.a) * (2 if doubled else 1)
+    sharp = settings.b * 0.01 if "+sharp" in module.name else None
+    latent = encode(fitted[:, :3] * 2.0 - 1.0)
+    return ColorFix(latent, k, sharp, min(max(float(unit.weight), 0.0), 1.0))
 
 
 def _pooled(network: ControlNetwork) -> bool:
@@ -198,6 +245,7 @@ class ControlledUNet:
     unet: UNetFn
     units: Sequence[PassUnit]
     total: int
+    alphas_cumprod: torch.Tensor | None = None  # ``[1000]``: the ᾱ a colour fix reads ε against
     sampling_step: int = 0
     _features: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
@@ -210,11 +258,29 @@ class ControlledUNet:
         fraction = self.sampling_step / max(self.total, 1)
         active = [
             (i, u) for i, u in enumerate(self.units)
-            if u.unit.guidance_start <= fraction <= u.unit.guidance_end
+            if u.guides and u.unit.guidance_start <= fraction <= u.unit.guidance_end
         ]  # fmt: skip
-        if not active:
-            return self.unet(x, t, **cond)
         mark = torch.tensor(marks, device=x.device, dtype=x.dtype)[:, None, None, None]
+        out = self._guided(active, mark, x, t, cond) if active else self.unet(x, t, **cond)
+        for u in self.units:
+            if u.colorfix is not None:
+                out = _apply_color_fix(u.colorfix, x, t, out, mark, self._alphas())
+        return out
+
+    def _alphas(self) -> torch.Tensor:
+        if self.alphas_cumprod is None:
+            raise ValueError("a colour-fix unit needs the model's alphas_cumprod")
+        return self.alphas_cumprod
+
+    def _guided(
+        self,
+        active: Sequence[tuple[int, PassUnit]],
+        mark: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: dict[str, Any],
+    ) -> torch.Tensor:
+        """The UNet with the residuals of the ``active`` units (index, unit) added."""
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         adapter: list[torch.Tensor] | None = None
@@ -242,6 +308,38 @@ class ControlledUNet:
         if index not in self._features:
             self._features[index] = list(unit.network.module(unit.hint))
         return self._features[index]
+
+
+def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A box mean over ``(2k+1)²`` with the edges replicated, size kept: ``[B, C, h, w]``."""
+    padded = F.pad(x, (k, k, k, k), mode="replicate")
+    return F.avg_pool2d(padded, (2 * k + 1, 2 * k + 1), stride=(1, 1))
+
+
+def _apply_color_fix(  # noqa: PLR0917 - one UNet call's state
+    fix: ColorFix,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    out: torch.Tensor,
+    mark: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+) -> torch.Tensor:
+    """The UNet output ``out`` ``[B, 4, h, w]`` (read as ε) steered so that the predicted x0 has the hint
+    latent's local mean: x0 = x0 − blur(x0) + blur(hint); with sharpening the negative prompt's entries
+    (``mark`` 0) get ``d · blur(x0) + (1 − d) · x0`` instead. ``x``: the UNet input (x_t), ``t`` ``[B]``
+    its timesteps (rounded, as the extension indexes ᾱ)."""
+    xt = x[:, :4]
+    index = torch.round(t.float()).long().clamp(0, alphas_cumprod.numel() - 1)
+    alpha = alphas_cumprod.to(xt.device, torch.float64)[index][:, None, None, None]
+    recip = (1.0 / alpha).sqrt().to(xt.dtype)
+    recip_m1 = (1.0 / alpha - 1.0).sqrt().to(xt.dtype)
+    x0 = recip * xt - recip_m1 * out
+    x0 = x0 - _blur(x0, fix.k) + _blur(fix.latent.to(x0), fix.k)
+    if fix.sharp is not None:
+        softened = fix.sharp * _blur(x0, fix.k) + (1 - fix.sharp) * x0
+        x0 = mark * x0 + (1 - mark) * softened
+    eps = (recip * xt - x0) / recip_m1
+    return eps * fix.weight + out * (1 - fix.weight)
 
 
 def _scaled(outs: Sequence[torch.Tensor], unit: PassUnit, mark: torch.Tensor) -> list[torch.Tensor]:
@@ -279,6 +377,12 @@ def _aligned(features: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor
     return out
 
 
-def controlled(unet: UNetFn, units: Sequence[PassUnit], total: int) -> ControlledUNet | None:
-    """The pass's controlled UNet, or None when no unit acts in it."""
-    return ControlledUNet(unet, units, total) if units else None
+def controlled(
+    unet: UNetFn, units: Sequence[PassUnit], total: int, model_sigmas: torch.Tensor | None = None
+) -> ControlledUNet | None:
+    """The pass's controlled UNet, or None when no unit acts in it. ``model_sigmas`` ``[1000]``: the
+    model's training σ (ᾱ = 1 / (1 + σ²)), which colour-fix units need."""
+    if not units:
+        return None
+    alphas = None if model_sigmas is None else 1.0 / (1.0 + model_sigmas.double() ** 2)
+    return ControlledUNet(unet, units, total, alphas)

@@ -129,7 +129,7 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     else:
         x = noise * ((1 + sigmas[0] ** 2).sqrt() if sampling.vp_terminal else sigmas[0])
     # a fresh guidance object per pass and batch: its step counter drives prompt editing
-    controlled = cn.controlled(denoiser.unet, sampling.control, sampling.steps)
+    controlled = cn.controlled(denoiser.unet, sampling.control, sampling.steps, denoiser.model_sigmas)
     if controlled is not None:
         denoiser = dataclasses.replace(denoiser, unet=controlled)
     guided = CFGDenoiser(

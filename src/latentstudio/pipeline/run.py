@@ -361,7 +361,7 @@ def _controlled(
     stage: _Stage, detected: Sequence[cn.Detected], size: tuple[int, int], kind: cn.Stage
 ) -> _Stage:
     """``stage`` with the ControlNet units that act in it (hints fitted to its ``size``)."""
-    units = cn.pass_units(detected, size, kind) if detected else []
+    units = cn.pass_units(detected, size, kind, partial(vae.vae_encode, stage.components)) if detected else []
     return dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, control=tuple(units)))
 
 
