@@ -17,6 +17,7 @@ import pytest
 from latentstudio.control.preprocessors import (
     PREPROCESSORS,
     Preprocessor,
+    Slider,
     detect,
     find,
     module_detail,
@@ -123,6 +124,11 @@ def _slider(p: Preprocessor, which: str) -> tuple | None:
     return None if s is None else (s.label, s.minimum, s.maximum, s.default, s.step)
 
 
+MIDAS, MLSD = "midas/dpt_hybrid-midas-501f0c75.pt", "mlsd/mlsd_large_512_fp32.pth"
+_NORMAL_BG = Slider("Normal Background Threshold", 0.0, 1.0, 0.4)
+BODY, HAND, FACE = (f"openpose/{name}.pth" for name in ("body_pose_model", "hand_pose_model", "facenet"))
+
+
 def test_the_registry_matches_the_extensions_table() -> None:
     assert {name for name, p in PREPROCESSORS.items() if not p.files} == set(EXPECTED)
     # the weight-needing ones that run here (test_control_hed): legacy name, label, sliders, tags
@@ -134,6 +140,16 @@ def test_the_registry_matches_the_extensions_table() -> None:
         "scribble_hed": ((), RES, None, ("Scribble", "SparseCtrl"), ("hed/ControlNetHED.pth",)),
         "lineart": (("lineart_realistic",), RES, None, ("Lineart",), ("lineart/sk_model.pth",)),
         "lineart_coarse": ((), RES, None, ("Lineart",), ("lineart/sk_model2.pth",)),
+        "mlsd": ((), RES, Slider("MLSD Value Threshold", 0.01, 2.0, 0.1), ("MLSD",), (MLSD,)),
+        "depth": (("depth_midas",), RES, None, ("Depth",), (MIDAS,)),
+        "normal_map": (("normal_midas",), RES, _NORMAL_BG, ("NormalMap",), (MIDAS,)),
+        # the legacy table hides openpose_face/_faceonly/_hand's resolution, but only in self.resolution:
+        # module_detail shows the class's Resolution slider and processor_res reaches them all
+        "openpose": ((), RES, None, ("OpenPose",), (BODY,)),
+        "openpose_face": ((), RES, None, ("OpenPose",), (BODY, FACE)),
+        "openpose_faceonly": ((), RES, None, ("OpenPose",), (BODY, FACE)),
+        "openpose_full": ((), RES, None, ("OpenPose",), (BODY, HAND, FACE)),
+        "openpose_hand": ((), RES, None, ("OpenPose",), (BODY, HAND)),
     }
     for name, (aliases, res, a, b, uses_res) in EXPECTED.items():
         p = PREPROCESSORS[name]

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from latentstudio.control import hed, lineart
+from latentstudio.control import hed, lineart, midas, mlsd, openpose
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
 
 
@@ -39,4 +39,7 @@ ENTRIES = (
         "lineart", _lineart, aliases=("lineart_realistic",), tags=("Lineart",), files=(lineart.REALISTIC,)
     ),
     Preprocessor("lineart_coarse", _lineart, tags=("Lineart",), files=(lineart.COARSE,)),
+    *mlsd.ENTRIES,
+    *midas.ENTRIES,
+    *openpose.ENTRIES,
 )

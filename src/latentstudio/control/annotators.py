@@ -3,12 +3,12 @@ line art, segmentation, normals …): which file each needs and where it is look
 
 The extension downloads these on first use into
 ``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
-reads a file the user placed there (beside an A1111 models folder) or in ``<models>/ControlNetPreprocessor/
-<folder>/`` (:func:`roots`, :func:`locate`). The HED family and the line-art models run from their files
-(:mod:`latentstudio.control.hed`, :mod:`latentstudio.control.lineart`, registered in
-:mod:`latentstudio.control.preprocessors`); the others here (:data:`ANNOTATORS`) do not run yet: each is
-listed (``/controlnet/module_list`` ``unavailable``) with the file it would need, and a request naming one
-is a 422 that names that file and folder.
+reads a file the user placed there (beside an A1111 models folder) or in
+``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, the line-art models,
+M-LSD, MiDaS (depth and normals) and OpenPose run from their files (registered in
+:mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by label, with the extension's
+older names too) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the
+file it would need, and a request naming one is a 422 that names that file and folder.
 """
 
 from __future__ import annotations
@@ -23,33 +23,40 @@ OWN_FOLDER = "ControlNetPreprocessor"  # under the models folder (Forge's name f
 
 @dataclass(frozen=True)
 class Annotator:
-    """A weight-needing preprocessor: its module names and the files (``<folder>/<file>``) it loads."""
+    """A weight-needing preprocessor: its modules' labels, the files (``<folder>/<file>``) it loads, and
+    the extension's other (legacy) names for those modules, which a request may use too."""
 
     modules: tuple[str, ...]
     files: tuple[str, ...]
+    names: tuple[str, ...] = ()
 
 
 ANNOTATORS = (
-    Annotator(("depth_midas", "normal_midas"), ("midas/dpt_hybrid-midas-501f0c75.pt",)),
     Annotator(("depth_leres", "depth_leres++"), ("leres/res101.pth", "leres/latest_net_G.pth")),
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
     Annotator(("depth_anything",), ("depth_anything/depth_anything_vitl14.pth",)),
     Annotator(("depth_anything_v2",), ("depth_anything_v2/depth_anything_v2_vitl.safetensors",)),
     Annotator(("normal_bae",), ("normal_bae/scannet.pt",)),
-    Annotator(
-        ("openpose", "openpose_face", "openpose_faceonly", "openpose_full", "openpose_hand"),
-        ("openpose/body_pose_model.pth", "openpose/hand_pose_model.pth", "openpose/facenet.pth"),
-    ),
     Annotator(("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx")),
-    Annotator(("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"), ("pidinet/table5_pidinet.pth",)),
+    Annotator(
+        ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "t2ia_sketch_pidi"),
+        ("pidinet/table5_pidinet.pth",),
+        ("pidinet", "pidinet_safe", "pidinet_scribble", "pidinet_sketch"),
+    ),
     Annotator(("softedge_teed",), ("TEED/7_model.pth",)),
-    Annotator(("mlsd",), ("mlsd/mlsd_large_512_fp32.pth",)),
+    Annotator(("softedge_anyline",), ("TEED/MTEED.pth",)),
     Annotator(("lineart_anime",), ("lineart_anime/netG.pth",)),
     Annotator(("lineart_anime_denoise",), ("manga_line/erika.pth",)),
-    Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",)),
+    Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",), ("segmentation",)),
+    Annotator(
+        ("seg_ofade20k",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",), ("oneformer_ade20k",)
+    ),
+    Annotator(("seg_ofcoco",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",), ("oneformer_coco",)),
+    Annotator(("seg_anime_face",), ("anime_face_segment/UNet.pth",), ("anime_face_segment",)),
     Annotator(("inpaint_only+lama",), ("lama/ControlNetLama.pth",)),
 )
 BY_MODULE = {module: annotator for annotator in ANNOTATORS for module in annotator.modules}
+_BY_NAME = {**{name: annotator for annotator in ANNOTATORS for name in annotator.names}, **BY_MODULE}
 
 
 def roots(models_dir: Path) -> tuple[Path, ...]:
@@ -87,7 +94,7 @@ def unavailable() -> dict[str, list[str]]:
 
 def refusal(module: str) -> str | None:
     """Why ``module`` cannot run here, naming its files and their folder; None if it is not one of these."""
-    annotator = BY_MODULE.get(module)
+    annotator = _BY_NAME.get(module)
     if annotator is None:
         return None
     files = ", ".join(f.rsplit("/", 1)[1] for f in annotator.files)
@@ -95,5 +102,6 @@ def refusal(module: str) -> str | None:
     return (
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
         "never downloads them and does not run this annotator yet — send a detected map with module "
-        "'none', or use a preprocessor that needs no weights (or the HED family, from its file)"
+        "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, line art, "
+        "MLSD, MiDaS depth/normal, OpenPose)"
     )

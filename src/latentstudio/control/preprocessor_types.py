@@ -59,8 +59,9 @@ class Preprocessor:
     """One preprocessor: its module ``name``, its ``aliases`` (the extension's display label where it
     differs), the sliders ``module_detail`` shows for ``processor_res`` (``resolution``; ``None`` where the
     extension hides it), ``threshold_a`` and ``threshold_b``, whether ``run`` reads the resolution, the
-    extension's ``sorting_priority`` and tags, ``run`` itself (image ``[H, W, 3]`` uint8 in and out), and the
-    annotator ``files`` it needs (none for most)."""
+    extension's ``sorting_priority`` and tags, ``run`` itself (image ``[H, W, 3]`` uint8 in and out), the
+    annotator ``files`` it needs (none for most), and for a pose estimator ``pose``: ``run`` that also gives
+    the pose as the extension's JSON (``people``, ``canvas_width``, ``canvas_height``)."""
 
     name: str
     run: Callable[[np.ndarray, Settings], np.ndarray]
@@ -72,6 +73,7 @@ class Preprocessor:
     priority: int = 0
     tags: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # annotator weights it needs (``<folder>/<file>``, see annotators.locate)
+    pose: Callable[[np.ndarray, Settings], tuple[np.ndarray, dict[str, object]]] | None = None
 
     @property
     def label(self) -> str:

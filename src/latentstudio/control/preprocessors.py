@@ -259,6 +259,20 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
     ``roots``: where a weight-needing module's files are found. Raises :class:`FieldError` for an unknown
     module, a missing or unusable annotator file (on ``module``), a bad image, or a parameter out of its
     slider's range."""
+    return detect_with_pose(module, image, processor_res, threshold_a, threshold_b, seed, roots)[0]
+
+
+def detect_with_pose(  # noqa: PLR0917 - as detect
+    module: str,
+    image: np.ndarray,
+    processor_res: int | None = None,
+    threshold_a: float | None = None,
+    threshold_b: float | None = None,
+    seed: int | None = None,
+    roots: Sequence[Path] = (),
+) -> tuple[np.ndarray, dict[str, object] | None]:
+    """:func:`detect`, and for a pose estimator (the openpose modules) the pose it found as the extension's
+    JSON (``/controlnet/detect``'s ``poses``); None for the others."""
     preprocessor = find(module)
     if not isinstance(image, np.ndarray) or min(image.shape[:2], default=0) < 1:
         raise FieldError("image", "expected a non-empty image array")
@@ -273,6 +287,8 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
             raise FieldError("module", annotators.missing(preprocessor.label, preprocessor.files))
         settings = dataclasses.replace(settings, weights=weights)
     try:
-        return preprocessor.run(rgb, settings)
+        if preprocessor.pose is not None:
+            return preprocessor.pose(rgb, settings)
+        return preprocessor.run(rgb, settings), None
     except ModelFileError as e:
         raise FieldError("module", str(e)) from e

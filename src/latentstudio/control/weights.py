@@ -14,7 +14,7 @@ import torch
 
 from latentstudio.models.files import ModelFileError, read_tensor_file
 
-KEEP = 2  # annotator networks kept loaded
+KEEP = 3  # annotator networks kept loaded (openpose_full uses three)
 M = TypeVar("M", bound=torch.nn.Module)
 
 _lock = threading.Lock()
