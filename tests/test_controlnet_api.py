@@ -14,12 +14,14 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from latentstudio.control import preprocessors
+from latentstudio.control import annotators, preprocessors
 from tests.conftest import MakeTiny
 from tests.sdapi_support import build_root, png_b64, refused_field
 from tests.serving import Served, serve
+from tests.test_control_openpose import random_state
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +179,27 @@ def test_control_types_group_modules_and_models_by_tag(client: httpx.Client) -> 
     assert [m.split(" [")[0] for m in adapter["model_list"]] == ["None", "t2iadapter_canny_sd15v2"]
     assert adapter["default_model"].startswith("t2iadapter_canny_sd15v2 [")
     assert set(types) >= {"Tile", "Shuffle", "Lineart", "Scribble", "Recolor", "InstructP2P"}
+
+
+def test_detect_openpose_returns_the_pose_json_beside_the_map(server: Served, client: httpx.Client) -> None:
+    """An openpose module answers ``poses`` too (one per image, the extension's JSON); others do not."""
+    models = server.app.state.services.settings.models_dir
+    folder = models / annotators.OWN_FOLDER / "openpose"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(random_state("body", 4), folder / "body_pose_model.pth")
+    try:
+        pictures = [png_b64(_picture()), png_b64(_picture(64, 72))]
+        body = {"controlnet_module": "openpose", "controlnet_input_images": pictures,
+                "controlnet_processor_res": 64}  # fmt: skip
+        answer = client.post("/controlnet/detect", json=body).json()
+        assert len(answer["images"]) == len(answer["poses"]) == 2
+        expected = preprocessors.detect_with_pose(
+            "openpose", np.asarray(_picture()), 64, roots=annotators.roots(models)
+        )
+        assert (_decode(answer["images"][0]) == expected[0]).all()
+        assert answer["poses"][0] == expected[1]
+        assert {"people", "canvas_width", "canvas_height"} <= set(answer["poses"][1])
+        canny = client.post("/controlnet/detect", json={**body, "controlnet_module": "canny"}).json()
+        assert "poses" not in canny
+    finally:
+        (folder / "body_pose_model.pth").unlink()

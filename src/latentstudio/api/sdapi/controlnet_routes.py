@@ -47,10 +47,12 @@ class DetectRequest(StrictModel):
 
 
 class DetectResponse(StrictModel):
-    """``{images, info}``: one base64 PNG per input image."""
+    """``{images, info}``: one base64 PNG per input image; ``poses``: for an openpose module, the pose found
+    in each image as the extension's JSON (absent for other modules, as there)."""
 
     images: list[str]
     info: str = "Success"
+    poses: list[dict[str, Any]] | None = None
 
 
 @router.get("/version", summary="The extension API's version")
@@ -98,7 +100,12 @@ def control_types(svc: ServicesDep) -> dict[str, dict[str, dict[str, object]]]:
     return {"control_types": preprocessors.control_types(titles, controls.annotator_roots)}
 
 
-@router.post("/detect", response_model=DetectResponse, summary="Run a preprocessor on images")
+@router.post(
+    "/detect",
+    response_model=DetectResponse,
+    response_model_exclude_none=True,
+    summary="Run a preprocessor on images",
+)
 def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
     """Each input image through ``controlnet_module`` (its name or display label), as base64 PNGs."""
     try:
@@ -107,21 +114,22 @@ def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
         raise FieldError("controlnet_module", e.message) from None
     if not req.controlnet_input_images:
         raise FieldError("controlnet_input_images", "No image selected")
-    images = []
+    images, poses = [], []
     for i, data in enumerate(req.controlnet_input_images):
         field = f"controlnet_input_images.{i}"
         array = np.asarray(
             decode_image(data, field, max_pixels=svc.settings.max_image_pixels), dtype=np.uint8
         )
         try:
-            out = preprocessors.detect(
+            out, pose = preprocessors.detect_with_pose(
                 req.controlnet_module, array, req.controlnet_processor_res, req.controlnet_threshold_a,
                 req.controlnet_threshold_b, roots=svc.jobs.worker.controls.annotator_roots,
             )  # fmt: skip
         except FieldError as e:
             raise FieldError(_FIELDS.get(e.field, field), e.message) from None
         images.append(encode_png_base64(Image.fromarray(out), None))
-    return DetectResponse(images=images)
+        poses += [pose] if pose is not None else []
+    return DetectResponse(images=images, poses=poses or None)
 
 
 _FIELDS = {
