@@ -10,13 +10,14 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from scipy.ndimage import uniform_filter
 
-from latentstudio.control import synthetic
+from latentstudio.control import preprocessors, synthetic
 from latentstudio.control.networks import ControlNetwork, load_control_network
 from latentstudio.control.units import ControlMode, ControlResize, ControlUnit, HiresOption
 from latentstudio.core import FieldError
@@ -316,3 +317,26 @@ def test_tile_colorfix_changes_the_picture_and_weight_zero_does_not(
         _pixels(_run(sd1, (_unit(module="tile_colorfix+sharp", weight=0.0),), (controlnet,))) == plain
     ).all()
     assert "Module: tile_colorfix, " in fixed.infotexts[0]
+
+
+@pytest.mark.parametrize(("module", "space", "channel"), [
+    ("recolor_luminance", cv2.COLOR_RGB2LAB, 0), ("recolor_intensity", cv2.COLOR_RGB2HSV, 2),
+])  # fmt: skip
+def test_a_recolor_unit_gives_the_picture_its_maps_lightness(
+    sd1: Components, controlnet: ControlNetwork, module: str, space: int, channel: int
+) -> None:
+    """The extension's recolor post-processing: the map replaces the decoded picture's L (Lab) or V (HSV)."""
+    x = np.linspace(0, 255, 64, dtype=np.float32)
+    source = np.stack([np.add.outer(x, x[::-1]) / 2, np.add.outer(x, x) / 2, np.full((64, 64), 90.0)], 2)
+    picture = Image.fromarray(source.astype(np.uint8))
+    unit = _unit(module=module, image=picture, threshold_a=0.8)
+    result = _run(sd1, (unit,), (controlnet,))
+    expected = preprocessors.detect(module, np.asarray(picture), None, 0.8)[:, :, 0].astype(np.int16)
+    got = cv2.cvtColor(np.asarray(result.images[0]), space)[:, :, channel].astype(np.int16)
+    error = np.abs(got - expected)  # the 8-bit round trip through RGB (and its gamut) costs a little
+    assert error.mean() < 0.5
+    assert np.quantile(error, 0.95) <= 3
+    weightless = _unit(module=module, image=picture, threshold_a=0.8, weight=0.0)
+    plain = _pixels(_run(sd1, (weightless,), (controlnet,)))
+    assert (plain == _pixels(_run(sd1))).all()
+    assert np.abs(_pixels(result) - plain).mean() > 1.0

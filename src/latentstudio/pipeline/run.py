@@ -23,7 +23,7 @@ from latentstudio.control.networks import ControlNetwork
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
-from latentstudio.pipeline import color, hires, infotexts, inpaint, texts, vae
+from latentstudio.pipeline import color, control_post, hires, infotexts, inpaint, texts, vae
 from latentstudio.pipeline import control as cn
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
@@ -209,7 +209,7 @@ def _generate(
         interrupted = interrupted or stopped
         extra_info.update(dict.fromkeys(sorted(padded), True))
         # 7. decode; A1111 order: colour correction, then the inpainting overlay
-        decoded = to_pil(vae.decode(decoder, latents))
+        decoded = control_post.finish(vae.decode(decoder, latents), detected)
         if target is not None:
             decoded = [color.apply_color_correction(target, image) for image in decoded]
         images.extend(decoded if overlay is None else [inpaint.apply_overlay(i, overlay) for i in decoded])
