@@ -125,6 +125,8 @@ def _slider(p: Preprocessor, which: str) -> tuple | None:
 
 
 MIDAS, MLSD = "midas/dpt_hybrid-midas-501f0c75.pt", "mlsd/mlsd_large_512_fp32.pth"
+PIDI = "pidinet/table5_pidinet.pth"
+_SAFE_STEPS = Slider("Safe Steps", 0, 10, 2, 1)
 _NORMAL_BG = Slider("Normal Background Threshold", 0.0, 1.0, 0.4)
 BODY, HAND, FACE = (f"openpose/{name}.pth" for name in ("body_pose_model", "hand_pose_model", "facenet"))
 
@@ -150,6 +152,27 @@ def test_the_registry_matches_the_extensions_table() -> None:
         "openpose_faceonly": ((), RES, None, ("OpenPose",), (BODY, FACE)),
         "openpose_full": ((), RES, None, ("OpenPose",), (BODY, HAND, FACE)),
         "openpose_hand": ((), RES, None, ("OpenPose",), (BODY, HAND)),
+        "depth_anything": ((), RES, None, ("Depth",), ("depth_anything/depth_anything_vitl14.pth",)),
+        "depth_anything_v2": (
+            (),
+            RES,
+            None,
+            ("Depth",),
+            ("depth_anything_v2/depth_anything_v2_vitl.safetensors",),
+        ),
+        "pidinet": (("softedge_pidinet",), RES, None, ("SoftEdge",), (PIDI,)),
+        "pidinet_safe": (("softedge_pidisafe",), RES, None, ("SoftEdge",), (PIDI,)),
+        "pidinet_scribble": (("scribble_pidinet",), RES, None, ("Scribble", "SparseCtrl"), (PIDI,)),
+        "pidinet_sketch": (("t2ia_sketch_pidi",), RES, None, ("T2I-Adapter",), (PIDI,)),
+        # not legacy preprocessors: scripts/preprocessor/teed.py sets their sliders
+        "softedge_teed": ((), RES, _SAFE_STEPS, ("SoftEdge",), ("TEED/7_model.pth",)),
+        "softedge_anyline": (
+            (),
+            ("Resolution", 64, 2048, 1280, 8),
+            _SAFE_STEPS,
+            ("SoftEdge",),
+            ("TEED/MTEED.pth",),
+        ),
     }
     for name, (aliases, res, a, b, uses_res) in EXPECTED.items():
         p = PREPROCESSORS[name]

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from latentstudio.control import hed, lineart, midas, mlsd, openpose
+from latentstudio.control import depth_anything, hed, lineart, midas, mlsd, openpose, pidinet, teed
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
 
 
@@ -42,4 +42,7 @@ ENTRIES = (
     *mlsd.ENTRIES,
     *midas.ENTRIES,
     *openpose.ENTRIES,
+    *pidinet.ENTRIES,
+    *teed.ENTRIES,
+    *depth_anything.ENTRIES,
 )

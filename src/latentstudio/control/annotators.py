@@ -4,11 +4,12 @@ line art, segmentation, normals …): which file each needs and where it is look
 The extension downloads these on first use into
 ``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
 reads a file the user placed there (beside an A1111 models folder) or in
-``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, the line-art models,
-M-LSD, MiDaS (depth and normals) and OpenPose run from their files (registered in
-:mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by label, with the extension's
-older names too) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the
-file it would need, and a request naming one is a 422 that names that file and folder.
+``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, PiDiNet, TEED/Anyline,
+the line-art models, M-LSD, MiDaS (depth and normals), Depth Anything (v1, v2) and OpenPose run from their
+files (registered in :mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by
+label, with the extension's older names too) do not run yet: each is listed (``/controlnet/module_list``
+``unavailable``) with the file it would need, and a request naming one is a 422 that names that file and
+folder.
 """
 
 from __future__ import annotations
@@ -34,17 +35,8 @@ class Annotator:
 ANNOTATORS = (
     Annotator(("depth_leres", "depth_leres++"), ("leres/res101.pth", "leres/latest_net_G.pth")),
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
-    Annotator(("depth_anything",), ("depth_anything/depth_anything_vitl14.pth",)),
-    Annotator(("depth_anything_v2",), ("depth_anything_v2/depth_anything_v2_vitl.safetensors",)),
     Annotator(("normal_bae",), ("normal_bae/scannet.pt",)),
     Annotator(("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx")),
-    Annotator(
-        ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "t2ia_sketch_pidi"),
-        ("pidinet/table5_pidinet.pth",),
-        ("pidinet", "pidinet_safe", "pidinet_scribble", "pidinet_sketch"),
-    ),
-    Annotator(("softedge_teed",), ("TEED/7_model.pth",)),
-    Annotator(("softedge_anyline",), ("TEED/MTEED.pth",)),
     Annotator(("lineart_anime",), ("lineart_anime/netG.pth",)),
     Annotator(("lineart_anime_denoise",), ("manga_line/erika.pth",)),
     Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",), ("segmentation",)),
@@ -102,6 +94,6 @@ def refusal(module: str) -> str | None:
     return (
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
         "never downloads them and does not run this annotator yet — send a detected map with module "
-        "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, line art, "
-        "MLSD, MiDaS depth/normal, OpenPose)"
+        "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, PiDiNet, "
+        "TEED, line art, MLSD, MiDaS, Depth Anything, OpenPose)"
     )

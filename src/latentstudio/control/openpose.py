@@ -284,7 +284,7 @@ def hand_points(crop: np.ndarray, net: Net) -> np.ndarray:
         if not above.any():
             points.append((0, 0))
             continue
-        blobs, count = label(above.astype(np.uint8), return_num=True, connectivity=2)  # type: ignore[no-untyped-call]
+        blobs, count = label(above.astype(np.uint8), return_num=True, connectivity=2)  # type: ignore[no-untyped-call,unused-ignore]
         heaviest = int(np.argmax([raw[blobs == i].sum() for i in range(1, count + 1)])) + 1
         kept = np.where(blobs == heaviest, raw, 0.0)
         row = int(kept.max(axis=1).argmax())
