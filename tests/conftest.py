@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +64,13 @@ def models_dir(tmp_path: Path) -> Path:
     (root / "Stable-diffusion").mkdir(parents=True)
     (root / "VAE").mkdir()
     return root
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a test: tiny convolutions run fastest so, and far faster than on two threads
+    of a busy 2-core machine (OpenMP hand-off costs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ the file is there, and a missing or wrong file one refusal naming it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -157,13 +156,7 @@ def _padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
     return np.pad(resized, [[0, -height % 64], [0, -width % 64], [0, 0]], mode="edge"), height, width
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small convolutions: one thread is fastest, and much faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 @pytest.fixture

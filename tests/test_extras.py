@@ -4,7 +4,6 @@ size known beforehand, and the checks an extras job passes before it is queued."
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,7 @@ from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers, dis
 from latentstudio.postprocess.upscalers import UpscalerNotFoundError, UpscalerRegistry
 from tests.esrgan_files import random_esrgan_state
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ tiny VAE is a worst case for it (real SD latents and weights are smoother). Boun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -17,13 +15,7 @@ from latentstudio.models import synthetic
 from latentstudio.models.families import Family
 from latentstudio.postprocess import tiled_vae
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ A1111 output sizes. The model is a tiny Real-ESRGAN-layout RRDBNet with random w
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +29,7 @@ from tests.esrgan_files import random_esrgan_state
 RECEPTIVE_RADIUS = 19
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions: one thread avoids OpenMP hand-off costs (×50 on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

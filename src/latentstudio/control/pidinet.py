@@ -22,7 +22,6 @@ read too, as the extension does) and the tensors must then be exactly the networ
 
 from __future__ import annotations
 
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -34,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from latentstudio.control import hed
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
-from latentstudio.models.files import ModelFileError, read_tensor_file
+from latentstudio.control.weights import load_network
 
 FILE = "pidinet/table5_pidinet.pth"  # under the annotator downloads folder
 STAGES = ((60, 3), (120, 4), (240, 4), (240, 4))  # channels, blocks (the first of stages 2–4 pools)
@@ -171,33 +170,10 @@ class PiDiNet(torch.nn.Module):
         return torch.sigmoid(self.classifier(torch.cat(sides, dim=1)))
 
 
-_lock = threading.Lock()
-_loaded: dict[tuple[Path, int, int], PiDiNet] = {}
-
-
 def network(path: Path) -> PiDiNet:
     """The network with ``path``'s weights (fp32, eval, no gradients), kept while the file is unchanged. A
     file whose tensors (``module.`` dropped) are not exactly the network's is :class:`ModelFileError`."""
-    stat = path.stat()
-    key = (path, stat.st_size, stat.st_mtime_ns)
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-    state: dict[str, torch.Tensor] = {}
-    for name, tensor in read_tensor_file(path).tensors.items():  # the "state_dict" entry, unwrapped
-        state[name.removeprefix(PREFIX)] = tensor
-    model = PiDiNet()
-    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-    found = {k: tuple(t.shape) for k, t in state.items()}
-    if found != expected:
-        wrong = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
-        raise ModelFileError(path, f"not the PiDiNet network (keys or shapes differ: {wrong[:3]})")
-    model.load_state_dict({k: t.float() for k, t in state.items()})
-    model.eval().requires_grad_(False)
-    with _lock:
-        _loaded.clear()  # one PiDiNet file in use at a time
-        _loaded[key] = model
-    return model
+    return load_network(path, PiDiNet, "PiDiNet", prefix=PREFIX)
 
 
 def edges(image: np.ndarray, path: Path, mode: Mode = "soft") -> np.ndarray:

@@ -21,16 +21,17 @@ _lock = threading.Lock()
 _loaded: OrderedDict[tuple[Path, int, int], torch.nn.Module] = OrderedDict()
 
 
-def load_network(path: Path, build: Callable[[], M], name: str) -> M:
+def load_network(path: Path, build: Callable[[], M], name: str, prefix: str = "") -> M:
     """``build()`` with ``path``'s weights (fp32, eval, no gradients), kept while the file is unchanged. A
-    file whose tensors are not exactly the network's is :class:`ModelFileError` naming it and ``name``."""
+    file whose tensors (``prefix`` dropped from their keys where present) are not exactly the network's is
+    :class:`ModelFileError` naming it and ``name``."""
     stat = path.stat()
     key = (path, stat.st_size, stat.st_mtime_ns)
     with _lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]  # type: ignore[return-value]
-    state = dict(read_tensor_file(path).tensors)
+    state = {k.removeprefix(prefix): t for k, t in read_tensor_file(path).tensors.items()}
     model = build()
     expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     found = {k: tuple(t.shape) for k, t in state.items()}
