@@ -12,6 +12,7 @@ user placed, through the weights-only loader (nothing downloads), once per file 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,18 +71,28 @@ def network(path: Path) -> HEDNetwork:
 
 def edges(image: np.ndarray, path: Path, *, safe: bool) -> np.ndarray:
     """``apply_hed``: ``[H, W, 3]`` uint8 → ``[H, W]`` uint8 soft edges (``safe``: quantised to 3 levels)."""
+    return fused_edges(network(path), image, 2 if safe else None)
+
+
+def fused_edges(
+    net: Callable[[torch.Tensor], Sequence[torch.Tensor]], image: np.ndarray, steps: int | None
+) -> np.ndarray:
+    """The HED-style fusion (HED's and TEED's detectors): ``net``'s side outputs ``[1, 1, h_k, w_k]`` on
+    ``image`` ``[H, W, 3]`` uint8 (0–255 as given), each resized bilinearly (OpenCV) to ``H × W``,
+    averaged, sigmoid, floored to ``steps`` + 1 levels unless None (:func:`safe_step`), × 255 → ``[H, W]``
+    uint8."""
     import cv2
 
     height, width = image.shape[:2]
     with torch.no_grad():
         x = torch.from_numpy(image.copy()).float().permute(2, 0, 1)[None]
-        logits = [p[0, 0].numpy().astype(np.float32) for p in network(path)(x)]
+        logits = [p[0, 0].numpy().astype(np.float32) for p in net(x)]
     stacked = np.stack(
         [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in logits], axis=2
     )
     edge: np.ndarray = 1 / (1 + np.exp(-np.mean(stacked, axis=2).astype(np.float64)))
-    if safe:
-        edge = safe_step(edge)
+    if steps is not None:
+        edge = safe_step(edge, steps)
     out: np.ndarray = (edge * 255.0).clip(0, 255).astype(np.uint8)
     return out
 

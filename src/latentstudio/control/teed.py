@@ -165,21 +165,8 @@ def network(path: Path) -> TEEDNetwork:
 
 def edges(image: np.ndarray, path: Path, safe_steps: int) -> np.ndarray:
     """``TEEDDetector.__call__``: ``[H, W, 3]`` uint8 (``H``, ``W`` multiples of 4) → ``[H, W]`` uint8 soft
-    edges, floored to ``safe_steps`` + 1 levels unless 0."""
-    import cv2
-
-    height, width = image.shape[:2]
-    with torch.no_grad():
-        x = torch.from_numpy(image.copy()).float().permute(2, 0, 1)[None]
-        logits = [m[0, 0].numpy().astype(np.float32) for m in network(path)(x)]
-    stacked = np.stack(
-        [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in logits], axis=2
-    )
-    edge: np.ndarray = 1 / (1 + np.exp(-np.mean(stacked, axis=2).astype(np.float64)))
-    if safe_steps != 0:
-        edge = hed.safe_step(edge, safe_steps)
-    out: np.ndarray = (edge * 255.0).clip(0, 255).astype(np.uint8)
-    return out
+    edges, floored to ``safe_steps`` + 1 levels unless 0 (HED's fusion, :func:`hed.fused_edges`)."""
+    return hed.fused_edges(network(path), image, safe_steps or None)
 
 
 def softedge(image: np.ndarray, resolution: int, path: Path, safe_steps: int) -> np.ndarray:
