@@ -57,15 +57,19 @@ EXPECTED: dict[str, tuple[tuple[str, ...], tuple | None, tuple | None, tuple | N
         False,
     ),  # :1287
     "tile_resample": ((), RES, ("Down Sampling Rate", 1.0, 8.0, 1.0, 0.01), None, False),  # :1315
+    # scripts/preprocessor/inpaint.py: slider_resolution invisible, no other slider
+    "inpaint": (("inpaint_global_harmonious",), None, None, None, False),
+    "inpaint_only": ((), None, None, None, False),
 }
 # get_sorted_preprocessors (scripts/supported_preprocessor.py:131-137): "none" first, then descending by
 # str(sorting_priority).zfill(8) + label; priorities: canny 100, invert 20, none 10, the legacy ones from
-# their "priority" (lineart_standard, recolor_luminance, tile_resample 100), the rest 0.
+# their "priority" (lineart_standard, recolor_luminance, tile_resample 100), inpaint_only 100, the rest 0.
 EXPECTED_ORDER = [
     "none",
     "tile_resample",
     "recolor_luminance",
     "lineart_standard",
+    "inpaint_only",
     "canny",
     "invert",
     "tile_colorfix+sharp",
@@ -75,6 +79,7 @@ EXPECTED_ORDER = [
     "shuffle",
     "scribble_xdog",
     "recolor_intensity",
+    "inpaint",  # label inpaint_global_harmonious
     "blur_gaussian",
 ]
 
@@ -180,6 +185,8 @@ def test_the_registry_matches_the_extensions_table() -> None:
         assert p.aliases == aliases, name
         assert (_slider(p, "resolution"), _slider(p, "threshold_a"), _slider(p, "threshold_b")) == (res, a, b)
         assert p.uses_resolution is uses_res, name
+        assert p.accepts_mask is name.startswith("inpaint"), name  # accepts_mask (and requires_mask) there
+        assert ("Inpaint" in p.tags) is p.accepts_mask, name
         for alias in aliases:
             assert find(alias) is p
 
@@ -188,8 +195,9 @@ def test_module_list_and_detail_as_the_api_gives_them() -> None:
     assert module_list() == EXPECTED_ORDER
     labels = module_list(alias_names=True)
     assert labels[3] == "lineart_standard (from white bg & black line)"
-    assert labels[5] == "invert (from white bg & black line)"
-    assert labels[9] == "t2ia_color_grid"
+    assert labels[6] == "invert (from white bg & black line)"
+    assert labels[10] == "t2ia_color_grid"
+    assert labels[-2] == "inpaint_global_harmonious"
     # the extension's own web API test (tests/web_api/modules_test.py) pins canny's detail:
     assert module_detail()["canny"] == {
         "model_free": False,
@@ -519,8 +527,15 @@ def test_recolor_intensity_is_the_largest_channel_with_gamma() -> None:
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_every_module_returns_uint8_rgb(name: str) -> None:
-    out = detect(name, noise_image(70, 110, seed=12, blur=1), seed=0)
+    """RGB, or for the inpaint modules RGBA: the picture and its mask (zeros without one), unchanged."""
+    picture = noise_image(70, 110, seed=12, blur=1)
+    out = detect(name, picture, seed=0)
     assert out.dtype == np.uint8
     assert out.ndim == 3
-    assert out.shape[2] == 3
+    assert out.shape[2] == (4 if name.startswith("inpaint") else 3)
     assert out.flags["C_CONTIGUOUS"]
+    if name.startswith("inpaint"):
+        assert np.array_equal(out[:, :, :3], picture)
+        assert (out[:, :, 3] == 0).all()
+        mask = noise_image(70, 110, seed=13)
+        assert np.array_equal(detect(name, picture, mask=mask)[:, :, 3], mask[:, :, 0])

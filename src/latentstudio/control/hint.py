@@ -65,19 +65,27 @@ def detect_map(
     *,
     roots: Sequence[Path] = (),
 ) -> np.ndarray:
-    """The unit's preprocessor on ``picture`` (``[H, W, 3]`` uint8, fitted later by ``resize``), at the
-    pixel-perfect resolution for a picture of ``size`` ``(height, width)`` when the unit asks for it:
-    ``[H', W', 3]`` uint8. ``seed``: shuffle's numpy seed (:func:`preprocessors.numpy_seed`). The same call
-    for a generation and for the UI's preview of the detected map. ``roots``: where annotator files are."""
+    """The unit's preprocessor on ``picture`` (``[H, W, 3]`` uint8, fitted later by ``resize``; an inpaint
+    unit's ``[H, W, 4]``, its mask last), at the pixel-perfect resolution for a picture of ``size``
+    ``(height, width)`` when the unit asks for it: ``[H', W', 3]`` uint8 (an inpaint unit's ``[H, W, 4]``).
+    ``seed``: shuffle's numpy seed (:func:`preprocessors.numpy_seed`). The same call for a generation and
+    for the UI's preview of the detected map. ``roots``: where annotator files are."""
     res = unit.processor_res
     if unit.pixel_perfect:
         res = pixel_perfect_resolution(picture, size[0], size[1], resize)
-    return preprocessors.detect(unit.module, picture, res, unit.threshold_a, unit.threshold_b, seed, roots)
+    mask = picture[:, :, 3] if picture.ndim == 3 and picture.shape[2] == 4 else None
+    return preprocessors.detect(
+        unit.module, picture[:, :, :3], res, unit.threshold_a, unit.threshold_b, seed, roots, mask=mask
+    )
 
 
 def fit(detected: np.ndarray, mode: ControlResize, height: int, width: int) -> np.ndarray:
-    """The detected map (``[h, w]`` or ``[h, w, C]`` uint8) fitted to ``height``×``width``: ``[H, W, 3]``."""
-    x = hwc3(detected)
+    """The detected map (``[h, w]`` or ``[h, w, C]`` uint8) fitted to ``height``×``width``: ``[H, W, 3]``
+    uint8. An inpaint map (``[h, w, 4]``, the mask last) gives ``[H, W, 4]`` in float32 as the extension
+    keeps it (a cubic resize's overshoot and all), its mask 0 or 255 (> 127 after resizing), and Resize and
+    Fill marks the filled border as masked (to be drawn)."""
+    inpaint = detected.ndim == 3 and detected.shape[2] == 4
+    x = detected.astype(np.float32) if inpaint else hwc3(detected)
     if mode is ControlResize.JUST_RESIZE:
         return np.ascontiguousarray(_high_quality_resize(x, width, height))
     old_h, old_w = float(x.shape[0]), float(x.shape[1])
@@ -86,8 +94,10 @@ def fit(detected: np.ndarray, mode: ControlResize, height: int, width: int) -> n
         k = min(k0, k1)
         borders = np.concatenate([x[0, :, :], x[-1, :, :], x[:, 0, :], x[:, -1, :]], axis=0)
         color = np.median(borders, axis=0).astype(x.dtype)
-        out = np.tile(color[None, None], [height, width, 1])
+        if inpaint:
+            color[3] = 255
         y = _high_quality_resize(x, int(np.round(old_w * k)), int(np.round(old_h * k)))
+        out = np.tile(color[None, None], [height, width, 1])
         new_h, new_w = y.shape[:2]
         top, left = max(0, (height - new_h) // 2), max(0, (width - new_w) // 2)
         out[top : top + new_h, left : left + new_w] = y
@@ -100,7 +110,8 @@ def fit(detected: np.ndarray, mode: ControlResize, height: int, width: int) -> n
 
 
 def to_tensor(control: np.ndarray) -> torch.Tensor:
-    """``[H, W, C]`` uint8 → ``[1, C, H, W]`` float32 in [0, 1] (``get_pytorch_control``)."""
+    """``[H, W, C]`` uint8 (or float32 on the same scale) → ``[1, C, H, W]`` float32 in [0, 1]
+    (``get_pytorch_control``)."""
     return torch.from_numpy(np.ascontiguousarray(control)).float().div(255.0).permute(2, 0, 1)[None].clone()
 
 
@@ -110,11 +121,25 @@ def _unique_colors(x: np.ndarray) -> int:
 
 
 def _high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[h, w, 3]`` uint8 → ``[height, width, 3]``, keeping binary and one-pixel-edge maps crisp."""
+    """``[h, w, 3]`` → ``[height, width, 3]``, keeping binary and one-pixel-edge maps crisp (uint8 in, uint8
+    out). An inpaint map ``[h, w, 4]`` (float32) keeps its dtype but where the map is binary; its mask is
+    resized alike, then set to 255 where it is over 127, else 0."""
+    mask = x[:, :, 3] if x.shape[2] == 4 else None
+    y, resized_mask = _resized(x[:, :, :3], width, height, mask)
+    if resized_mask is None:
+        return y
+    binary_mask = np.where(resized_mask > 127, np.uint8(255), np.uint8(0))
+    return np.concatenate([y, binary_mask[:, :, None]], axis=2)
+
+
+def _resized(
+    x: np.ndarray, width: int, height: int, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_high_quality_resize` of the colours ``x``, and of ``mask`` by the same interpolation."""
     import cv2
 
     if x.shape[0] == height and x.shape[1] == width:
-        return x
+        return x, mask
     smaller = width * height < x.shape[0] * x.shape[1]
     bigger = width * height > x.shape[0] * x.shape[1]
     colors = _unique_colors(x)
@@ -133,6 +158,8 @@ def _high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     else:
         interpolation = cv2.INTER_CUBIC
     y: np.ndarray = cv2.resize(x, (width, height), interpolation=interpolation)
+    if mask is not None:
+        mask = cv2.resize(mask, (width, height), interpolation=interpolation)
     if binary:
         gray = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
         if one_pixel_edge:
@@ -142,7 +169,7 @@ def _high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
         else:
             _, gray = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         y = np.stack([gray] * 3, axis=2)
-    return y
+    return y, mask
 
 
 def _rotations(*kernels: list[list[int]]) -> list[np.ndarray]:

@@ -36,6 +36,30 @@ def hwc3(image: np.ndarray) -> np.ndarray:
     return composited
 
 
+def with_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """An inpaint unit's input, ``[H, W, 4]`` uint8 (the extension's ``combine_image_and_mask``): ``image``
+    through :func:`hwc3`, then the first channel of ``mask`` (through :func:`hwc3` too; zeros without
+    one). Raises ValueError when the sizes differ."""
+    rgb = hwc3(image)
+    alpha = np.zeros(rgb.shape[:2], np.uint8) if mask is None else hwc3(mask)[:, :, 0]
+    if alpha.shape != rgb.shape[:2]:
+        raise ValueError(
+            f"the mask is {alpha.shape[1]}x{alpha.shape[0]}, the image {rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    return np.ascontiguousarray(np.concatenate([rgb, alpha[:, :, None]], axis=2))
+
+
+def show_mask(rgba: np.ndarray) -> np.ndarray:
+    """What the extension shows for an inpaint map ``[H, W, 4]`` (``visualize_inpaint_mask``): the picture
+    with alpha ``255 − mask // 2``, the masked part half transparent, as uint8 (a fitted float map clipped
+    to [0, 255] and truncated); any other map as it is."""
+    if rgba.ndim != 3 or rgba.shape[2] != 4:
+        return rgba
+    out: np.ndarray = np.clip(rgba, 0, 255).astype(np.uint8)
+    out[:, :, 3] = 255 - out[:, :, 3] // 2
+    return out
+
+
 def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     """``[H, W]`` to ``[H, W, 3]`` (each channel a copy), as ``cv2.COLOR_GRAY2RGB`` and ``HWC3`` do."""
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))

@@ -61,7 +61,9 @@ class Preprocessor:
     extension hides it), ``threshold_a`` and ``threshold_b``, whether ``run`` reads the resolution, the
     extension's ``sorting_priority`` and tags, ``run`` itself (image ``[H, W, 3]`` uint8 in and out), the
     annotator ``files`` it needs (none for most), and for a pose estimator ``pose``: ``run`` that also gives
-    the pose as the extension's JSON (``people``, ``canvas_width``, ``canvas_height``)."""
+    the pose as the extension's JSON (``people``, ``canvas_width``, ``canvas_height``). An inpaint module
+    (``accepts_mask``, the extension's ``accepts_mask``/``requires_mask``) gets the picture with its mask as
+    the fourth channel (255: to be drawn anew) and gives it back unchanged."""
 
     name: str
     run: Callable[[np.ndarray, Settings], np.ndarray]
@@ -74,6 +76,7 @@ class Preprocessor:
     tags: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # annotator weights it needs (``<folder>/<file>``, see annotators.locate)
     pose: Callable[[np.ndarray, Settings], tuple[np.ndarray, dict[str, object]]] | None = None
+    accepts_mask: bool = False  # an inpaint module: ``run`` takes and gives RGBA, the alpha the mask
 
     @property
     def label(self) -> str:

@@ -149,6 +149,25 @@ _ALL = (
         priority=100,
         tags=("Tile",),
     ),
+    # scripts/preprocessor/inpaint.py: the picture and its mask, as they are; the pipeline does the rest
+    Preprocessor(
+        "inpaint",
+        _identity,
+        aliases=("inpaint_global_harmonious",),
+        resolution=None,
+        uses_resolution=False,
+        tags=("Inpaint",),
+        accepts_mask=True,
+    ),
+    Preprocessor(
+        "inpaint_only",
+        _identity,
+        resolution=None,
+        uses_resolution=False,
+        priority=100,
+        tags=("Inpaint",),
+        accepts_mask=True,
+    ),
     *annotated.ENTRIES,  # the legacy preprocessors that need annotator weights and run here
 )
 
@@ -236,6 +255,12 @@ def _runnable(p: Preprocessor, roots: Sequence[Path]) -> bool:
     return not p.files or annotators.locate(p.files, roots) is not None
 
 
+def display(module: str, detected: np.ndarray) -> np.ndarray:
+    """A detected map as the extension shows and returns it: an inpaint module's with the masked part half
+    transparent (:func:`ops.show_mask`), the others as they are."""
+    return ops.show_mask(detected) if find(module).accepts_mask else detected
+
+
 def numpy_seed(seed: int, subseed: int) -> int:
     """The numpy seed the extension sets before preprocessing for a generation (``set_numpy_seed``):
     ``(max(seed, 0) + max(subseed, 0)) & 0xFFFFFFFF``, with -1 seeds already resolved to the first image's."""
@@ -250,8 +275,11 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
     threshold_b: float | None = None,
     seed: int | None = None,
     roots: Sequence[Path] = (),
+    *,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run the preprocessor ``module`` (name or alias) on ``image`` and return ``[H', W', 3]`` uint8 RGB.
+    """Run the preprocessor ``module`` (name or alias) on ``image`` and return ``[H', W', 3]`` uint8 RGB
+    (``[H, W, 4]`` for an inpaint module: the picture and ``mask``, see :func:`ops.with_mask`).
 
     ``image`` is uint8 ``[H, W, 3]`` RGB (``[H, W]``, ``[H, W, 1]`` and RGBA are converted as the extension's
     ``HWC3`` does: grey repeated, alpha composited over white). ``seed`` seeds shuffle's numpy
@@ -259,7 +287,7 @@ def detect(  # noqa: PLR0917 - the extension's /controlnet/detect fields, in its
     ``roots``: where a weight-needing module's files are found. Raises :class:`FieldError` for an unknown
     module, a missing or unusable annotator file (on ``module``), a bad image, or a parameter out of its
     slider's range."""
-    return detect_with_pose(module, image, processor_res, threshold_a, threshold_b, seed, roots)[0]
+    return detect_with_pose(module, image, processor_res, threshold_a, threshold_b, seed, roots, mask=mask)[0]
 
 
 def detect_with_pose(  # noqa: PLR0917 - as detect
@@ -270,6 +298,8 @@ def detect_with_pose(  # noqa: PLR0917 - as detect
     threshold_b: float | None = None,
     seed: int | None = None,
     roots: Sequence[Path] = (),
+    *,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, object] | None]:
     """:func:`detect`, and for a pose estimator (the openpose modules) the pose it found as the extension's
     JSON (``/controlnet/detect``'s ``poses``); None for the others."""
@@ -280,6 +310,11 @@ def detect_with_pose(  # noqa: PLR0917 - as detect
         rgb = ops.hwc3(image)
     except ValueError as e:
         raise FieldError("image", str(e)) from e
+    if preprocessor.accepts_mask:
+        try:
+            rgb = ops.with_mask(rgb, mask)
+        except ValueError as e:
+            raise FieldError("mask", str(e)) from e
     settings = preprocessor.settings(processor_res, threshold_a, threshold_b, seed)
     if preprocessor.files:
         weights = annotators.locate(preprocessor.files, roots)

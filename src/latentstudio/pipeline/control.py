@@ -19,64 +19,33 @@ model calls still see 0) and ``total`` the pass's step count; a unit acts while 
 A unit outside its window, disabled for the pass, or of weight 0 adds nothing: with no active unit the
 UNet is called exactly as without ControlNet.
 
-``tile_colorfix`` / ``tile_colorfix+sharp`` units also steer the colours (the extension's "post-processing
-for color fix", :class:`ColorFix`): the UNet's output read as ε gives a predicted x0, whose local mean (a
-box blur of radius ``k`` = the unit's Variation, doubled in the hires pass unless the unit is off there) is
-replaced by that of the hint's VAE latent; ε is recomputed from it and blended in by ``min(weight, 1)``.
-As there, this acts in every step and pass, outside the guidance window and ``hr_option`` too.
+Each unit's map is detected once per job (:mod:`latentstudio.pipeline.control_input`). Colour-fix
+(``tile_colorfix``), ``inpaint_only`` and other inpaint units also steer the prediction itself
+(:mod:`latentstudio.pipeline.control_fix`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
-from PIL import Image, ImageOps
 
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.networks import ControlKind, ControlNetwork
-from latentstudio.control.units import RESIZE_ALIASES, ControlMode, ControlResize, ControlUnit, HiresOption
+from latentstudio.control.units import ControlMode, ControlUnit, HiresOption
 from latentstudio.models.families import Family
-from latentstudio.pipeline import inpaint
-from latentstudio.pipeline.params import GenerationParams, ResizeMode
-from latentstudio.pipeline.resize import resize_image
+from latentstudio.pipeline import control_fix as fix
+from latentstudio.pipeline.control_input import Detected, detect_units, detected_maps
 from latentstudio.samplers.wrappers import UNetFn
+
+__all__ = ["Detected", "PassUnit", "controlled", "detect_units", "detected_maps", "pass_units"]
 
 Stage = Literal["single", "low", "high"]
 _SOFT_ADAPTER = (0.25, 0.62, 0.825, 1.0)
 _HIRES_SOFT_MODULES = ("canny", "mlsd")  # the extension forces soft injection for these in the hires pass
-_RESIZE_MODE = {  # a unit's resize mode as A1111's resize_image numbers it
-    ControlResize.JUST_RESIZE: ResizeMode.JUST_RESIZE,
-    ControlResize.CROP_AND_RESIZE: ResizeMode.CROP_AND_RESIZE,
-    ControlResize.RESIZE_AND_FILL: ResizeMode.RESIZE_AND_FILL,
-}
-
-
-@dataclass(frozen=True)
-class Detected:
-    """A unit's detected map (``[H', W', 3]`` uint8, before fitting) and how it is fitted."""
-
-    unit: ControlUnit
-    network: ControlNetwork
-    detected: np.ndarray
-    resize: ControlResize
-
-
-@dataclass(frozen=True)
-class ColorFix:
-    """A colour-fix unit's part of a pass: the hint's VAE latent ``[1, 4, h, w]``, the blur radius ``k`` in
-    latent pixels, the ``+sharp`` detail weight (``threshold_b / 100``; None without sharpening) and the
-    blend weight ``min(max(weight, 0), 1)``."""
-
-    latent: torch.Tensor
-    k: int
-    sharp: float | None
-    weight: float
 
 
 @dataclass(frozen=True)
@@ -92,84 +61,24 @@ class PassUnit:
     cond_only: bool
     pooled: bool = False
     guides: bool = True  # whether its network acts in this pass (a colour fix acts even where it does not)
-    colorfix: ColorFix | None = None
-
-
-def detect_units(
-    units: Sequence[ControlUnit],
-    networks: Sequence[ControlNetwork],
-    params: GenerationParams,
-    seed: int,
-    subseed: int,
-    *,
-    roots: Sequence[Path] = (),
-) -> list[Detected]:
-    """Run each unit's preprocessor once per job (the extension's ``get_control``) on the unit's image, or
-    on the img2img init image fitted by the job's img2img resize mode; pixel-perfect resolution for the
-    first pass's size; the numpy seed of the job's first image for shuffle (:func:`numpy_seed`); with
-    "only masked" inpainting, cropped as the job's picture is (:func:`masked_crop`); ``roots``: where
-    weight-needing preprocessors find their files."""
-    out = []
-    numpy_seed = preprocessors.numpy_seed(seed, subseed)
-    for unit, network in zip(units, networks, strict=True):
-        if unit.image is not None:
-            mask = None if unit.mask is None else hint.array(unit.mask)
-            picture, resize = hint.input_image(hint.array(unit.image), mask), unit.resize_mode
-        elif params.init_image is not None:
-            picture = np.asarray(params.init_image.convert("RGB"))
-            resize = RESIZE_ALIASES.get(int(params.resize_mode), ControlResize.JUST_RESIZE)
-        else:  # the door refuses this
-            raise ValueError("controlnet is enabled but no input image is given")
-        if params.inpaint is not None and params.inpaint.only_masked and unit.inpaint_crop_input_image:
-            picture = masked_crop(picture, resize, params)
-        detected = hint.detect_map(
-            unit, picture, resize, (params.height, params.width), numpy_seed, roots=roots
-        )
-        out.append(Detected(unit, network, detected, resize))
-    return out
-
-
-def masked_crop(picture: np.ndarray, resize: ControlResize, params: GenerationParams) -> np.ndarray:
-    """The extension's ``try_crop_image_with_a1111_mask`` for "only masked" inpainting: ``picture``
-    (``[H, W, 3]`` uint8) fitted to the inpainting mask's size by ``resize``, cropped to the region A1111
-    inpaints (the mask inverted and blurred as the job's; its bounding box grown by the padding and to the
-    job's aspect ratio), then resized and filled to the job's size. A blank mask crops nothing (A1111 then
-    inpaints the whole picture)."""
-    spec = params.inpaint
-    assert spec is not None
-    mask = spec.mask.convert("L")
-    mask = ImageOps.invert(mask) if spec.invert else mask
-    mask = inpaint.blur_mask(mask, spec.blur, spec.blur)
-    region = inpaint.crop_region(mask, spec.padding)
-    if region is None:
-        return picture
-    region = inpaint.expand_crop_region(region, params.width, params.height, mask.width, mask.height)
-    fitted = resize_image(Image.fromarray(picture), mask.width, mask.height, _RESIZE_MODE[resize])
-    cropped = resize_image(fitted.crop(region), params.width, params.height, ResizeMode.RESIZE_AND_FILL)
-    return np.asarray(cropped)
-
-
-def detected_maps(detected: Sequence[Detected], sizes: Sequence[tuple[int, int]]) -> list[Image.Image]:
-    """The detected maps a job returns, as the extension collects them: per unit that saves its map, the
-    map fitted to each pass's ``(height, width)`` in ``sizes`` (the hires pass's first, as there)."""
-    return [
-        Image.fromarray(hint.fit(d.detected, d.resize, height, width))
-        for d in detected
-        if d.unit.save_detected_map
-        for height, width in sizes
-    ]
+    colorfix: fix.ColorFix | None = None
+    restore: fix.Restore | None = None
+    conditioning: torch.Tensor | None = None  # ``[1, 5, h, w]``: an inpainting checkpoint's extra input
 
 
 def pass_units(
     detected: Sequence[Detected],
     size: tuple[int, int],
     stage: Stage,
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    encode: fix.Encode | None = None,
+    *,
+    inpainting: bool = False,
 ) -> list[PassUnit]:
     """The units that act in a pass of ``size`` ``(height, width)`` with their hints fitted to it and
     their scales. ``stage``: "single" (no hires fix: every unit acts, whatever its ``hr_option``), "low"
     or "high" (the hires fix's first and second pass). ``encode``: the pass's VAE encoder (images
-    ``[B, 3, H, W]`` in [-1, 1] → latents), which colour-fix units need."""
+    ``[B, 3, H, W]`` in [-1, 1] → latents), which colour-fix and inpaint units need; ``inpainting``: the
+    pass's checkpoint is an inpainting one (9 input channels)."""
     out = []
     hires = stage == "high"
     for d in detected:
@@ -178,40 +87,52 @@ def pass_units(
         skipped = (option is HiresOption.LOW_RES_ONLY and hires) or (
             option is HiresOption.HIGH_RES_ONLY and stage == "low"
         )
-        fix = "colorfix" in preprocessors.find(unit.module).name and unit.weight > 0
-        if (skipped or (unit.weight == 0 and unit.advanced_weighting is None)) and not fix:
+        name = preprocessors.find(unit.module).name
+        masked = d.detected.ndim == 3 and d.detected.shape[2] == 4
+        steers = unit.weight > 0 and ("colorfix" in name or "inpaint_only" in name or (masked and inpainting))
+        guides = not skipped and (unit.weight != 0 or unit.advanced_weighting is not None)
+        if not guides and not steers:
             continue
         fitted = hint.to_tensor(hint.fit(d.detected, d.resize, size[0], size[1]))
-        colorfix = _color_fix(unit, fitted, hires and not skipped, encode) if fix else None
+        steering = _steering(unit, name, fitted, hires and not skipped, encode, inpainting) if steers else {}
+        if masked:
+            fitted = fix.masked_hint(fitted)
         if net.info.kind is ControlKind.T2I_ADAPTER and net.info.hint_channels == 1:
             fitted = fitted[:, :1]
         param = next(net.module.parameters())
         soft = unit.control_mode is not ControlMode.BALANCED or (
-            hires and any(name in unit.module for name in _HIRES_SOFT_MODULES)
+            hires and any(soft_module in unit.module for soft_module in _HIRES_SOFT_MODULES)
         )
         pooled = _pooled(net)
-        guides = not skipped and (unit.weight != 0 or unit.advanced_weighting is not None)
         out.append(PassUnit(unit, net, fitted.to(param.device, param.dtype), _scales(unit, net, soft),
                             unit.control_mode is ControlMode.CONTROL or pooled, pooled, guides,
-                            colorfix))  # fmt: skip
+                            **steering))  # fmt: skip
     return out
 
 
-def _color_fix(
+def _steering(  # noqa: PLR0917 - a unit's state in one pass
     unit: ControlUnit,
+    name: str,
     fitted: torch.Tensor,
     doubled: bool,
-    encode: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> ColorFix:
-    """The colour fix of ``unit`` from its hint fitted to the pass ``[1, C, H, W]`` in [0, 1]."""
+    encode: fix.Encode | None,
+    inpainting: bool,
+) -> dict[str, Any]:
+    """The :class:`PassUnit` fields of a unit that steers the prediction (see :mod:`control_fix`), from its
+    map fitted to the pass ``[1, C, H, W]`` in [0, 1]; ``doubled``: a colour fix's radius doubles."""
     if encode is None:
-        raise ValueError("a colour-fix unit needs the pass's VAE encoder")
-    module = preprocessors.find(unit.module)
-    settings = module.settings(unit.processor_res, unit.threshold_a, unit.threshold_b)
-    k = int(settings.a) * (2 if doubled else 1)
-    sharp = settings.b * 0.01 if "+sharp" in module.name else None
-    latent = encode(fitted[:, :3] * 2.0 - 1.0)
-    return ColorFix(latent, k, sharp, min(max(float(unit.weight), 0.0), 1.0))
+        raise ValueError(f"a {name} unit needs the pass's VAE encoder")
+    if "colorfix" in name:
+        settings = preprocessors.find(name).settings(unit.processor_res, unit.threshold_a, unit.threshold_b)
+        k = int(settings.a) * (2 if doubled else 1)
+        sharp = settings.b * 0.01 if "+sharp" in name else None
+        return {"colorfix": fix.color_fix(fitted, k, sharp, unit.weight, encode)}
+    out: dict[str, Any] = {}
+    if "inpaint_only" in name:
+        out["restore"] = fix.restore(fitted, unit.weight, encode)
+    if inpainting and fitted.shape[1] == 4:
+        out["conditioning"] = fix.image_conditioning(fitted, encode)
+    return out
 
 
 def _pooled(network: ControlNetwork) -> bool:
@@ -245,7 +166,7 @@ class ControlledUNet:
     unet: UNetFn
     units: Sequence[PassUnit]
     total: int
-    alphas_cumprod: torch.Tensor | None = None  # ``[1000]``: the ᾱ a colour fix reads ε against
+    alphas_cumprod: torch.Tensor | None = None  # ``[1000]``: the ᾱ a colour fix (restore) reads ε by
     sampling_step: int = 0
     _features: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
@@ -261,15 +182,21 @@ class ControlledUNet:
             if u.guides and u.unit.guidance_start <= fraction <= u.unit.guidance_end
         ]  # fmt: skip
         mark = torch.tensor(marks, device=x.device, dtype=x.dtype)[:, None, None, None]
+        conditioning = [u.conditioning for u in self.units if u.conditioning is not None]
+        if conditioning:  # the last inpaint unit's, as the extension replaces x_t's extra channels in turn
+            cond["image_conditioning"] = conditioning[-1]
         out = self._guided(active, mark, x, t, cond) if active else self.unet(x, t, **cond)
         for u in self.units:
             if u.colorfix is not None:
-                out = _apply_color_fix(u.colorfix, x, t, out, mark, self._alphas())
+                out = fix.apply_color_fix(u.colorfix, x, t, out, mark, self._alphas())
+        for u in self.units:
+            if u.restore is not None:
+                out = fix.apply_restore(u.restore, x, t, out, self._alphas())
         return out
 
     def _alphas(self) -> torch.Tensor:
         if self.alphas_cumprod is None:
-            raise ValueError("a colour-fix unit needs the model's alphas_cumprod")
+            raise ValueError("colour-fix and inpaint_only units need the model's alphas_cumprod")
         return self.alphas_cumprod
 
     def _guided(
@@ -308,38 +235,6 @@ class ControlledUNet:
         if index not in self._features:
             self._features[index] = list(unit.network.module(unit.hint))
         return self._features[index]
-
-
-def _blur(x: torch.Tensor, k: int) -> torch.Tensor:
-    """A box mean over ``(2k+1)²`` with the edges replicated, size kept: ``[B, C, h, w]``."""
-    padded = F.pad(x, (k, k, k, k), mode="replicate")
-    return F.avg_pool2d(padded, (2 * k + 1, 2 * k + 1), stride=(1, 1))
-
-
-def _apply_color_fix(  # noqa: PLR0917 - one UNet call's state
-    fix: ColorFix,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    out: torch.Tensor,
-    mark: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-) -> torch.Tensor:
-    """The UNet output ``out`` ``[B, 4, h, w]`` (read as ε) steered so that the predicted x0 has the hint
-    latent's local mean: x0 = x0 − blur(x0) + blur(hint); with sharpening the negative prompt's entries
-    (``mark`` 0) get ``d · blur(x0) + (1 − d) · x0`` instead. ``x``: the UNet input (x_t), ``t`` ``[B]``
-    its timesteps (rounded, as the extension indexes ᾱ)."""
-    xt = x[:, :4]
-    index = torch.round(t.float()).long().clamp(0, alphas_cumprod.numel() - 1)
-    alpha = alphas_cumprod.to(xt.device, torch.float64)[index][:, None, None, None]
-    recip = (1.0 / alpha).sqrt().to(xt.dtype)
-    recip_m1 = (1.0 / alpha - 1.0).sqrt().to(xt.dtype)
-    x0 = recip * xt - recip_m1 * out
-    x0 = x0 - _blur(x0, fix.k) + _blur(fix.latent.to(x0), fix.k)
-    if fix.sharp is not None:
-        softened = fix.sharp * _blur(x0, fix.k) + (1 - fix.sharp) * x0
-        x0 = mark * x0 + (1 - mark) * softened
-    eps = (recip * xt - x0) / recip_m1
-    return eps * fix.weight + out * (1 - fix.weight)
 
 
 def _scaled(outs: Sequence[torch.Tensor], unit: PassUnit, mark: torch.Tensor) -> list[torch.Tensor]:
@@ -381,7 +276,7 @@ def controlled(
     unet: UNetFn, units: Sequence[PassUnit], total: int, model_sigmas: torch.Tensor | None = None
 ) -> ControlledUNet | None:
     """The pass's controlled UNet, or None when no unit acts in it. ``model_sigmas`` ``[1000]``: the
-    model's training σ (ᾱ = 1 / (1 + σ²)), which colour-fix units need."""
+    model's training σ (ᾱ = 1 / (1 + σ²)), which colour-fix and inpaint_only units need."""
     if not units:
         return None
     alphas = None if model_sigmas is None else 1.0 / (1.0 + model_sigmas.double() ** 2)

@@ -27,6 +27,23 @@ from latentstudio.samplers.wrappers import (
 )
 
 
+def denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None) -> Denoiser:
+    """The UNet as a k-diffusion denoiser; ``concat`` ``[1, 5, h, w]`` feeds an inpainting checkpoint (an
+    inpaint ControlNet unit may give its own in its place: the ``image_conditioning`` keyword)."""
+    unet = components.unet
+    extra = None if concat is None else concat.to(components.device, components.dtype)
+
+    def fn(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        own = kwargs.pop("image_conditioning", None)
+        if extra is not None:  # after c_in scaling, as A1111's c_concat
+            concat = extra if own is None else own.to(extra)
+            x = torch.cat([x, concat.expand(x.shape[0], -1, -1, -1)], dim=1)
+        out: torch.Tensor = unet(x, t, return_dict=False, **kwargs)[0]
+        return out
+
+    return Denoiser(fn, model_sigmas, components.info.prediction, components.dtype)
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """Progress of one job: ``step`` of ``total`` over all batches; ``latent`` is ``[B, C, h, w]``."""

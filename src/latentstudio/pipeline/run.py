@@ -13,7 +13,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -29,7 +28,7 @@ from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
 from latentstudio.pipeline.params import GenerationParams, Hires, ResolvedParams
-from latentstudio.pipeline.passes import Pass, Progress, StepInfo, make_rng, pass_sigmas, run_pass
+from latentstudio.pipeline.passes import Pass, Progress, StepInfo, denoiser, make_rng, pass_sigmas, run_pass
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import ImageRNG, all_seeds
@@ -295,7 +294,7 @@ def _first_stage(
     if components.info.inpainting:
         weight, full = params.inpainting_mask_weight, (params.width, params.height)
         concat = vae.image_conditioning(components, prepared, weight, full)
-    return _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
+    return _Stage(components, sampling, denoiser(components, model_sigmas, concat))
 
 
 def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
@@ -328,7 +327,7 @@ def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
     concat = None
     if components.info.inpainting:
         concat = vae.image_conditioning(components, None, 1.0, (plan.width, plan.height))
-    stage = _Stage(components, sampling, _denoiser(components, model_sigmas, concat))
+    stage = _Stage(components, sampling, denoiser(components, model_sigmas, concat))
     title = model.title if model is not None else None
     return _Hires(plan, stage, title, activation.warnings if activation is not None else ())
 
@@ -361,7 +360,8 @@ def _controlled(
     stage: _Stage, detected: Sequence[cn.Detected], size: tuple[int, int], kind: cn.Stage
 ) -> _Stage:
     """``stage`` with the ControlNet units that act in it (hints fitted to its ``size``)."""
-    units = cn.pass_units(detected, size, kind, partial(vae.vae_encode, stage.components)) if detected else []
+    encode, inpainting = partial(vae.vae_encode, stage.components), stage.components.info.inpainting
+    units = cn.pass_units(detected, size, kind, encode, inpainting=inpainting) if detected else []
     return dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, control=tuple(units)))
 
 
@@ -383,17 +383,3 @@ def _upscale_for_hires(
     ]
     encoded = torch.cat([vae.vae_encode(second, from_pil(image)) for image in upscaled])
     return hires.truncate(encoded, plan)
-
-
-def _denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None) -> Denoiser:
-    """The UNet as a k-diffusion denoiser; ``concat`` ``[1, 5, h, w]`` feeds an inpainting checkpoint."""
-    unet = components.unet
-    extra = None if concat is None else concat.to(components.device, components.dtype)
-
-    def fn(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        if extra is not None:  # after c_in scaling, as A1111's c_concat
-            x = torch.cat([x, extra.expand(x.shape[0], -1, -1, -1)], dim=1)
-        out: torch.Tensor = unet(x, t, return_dict=False, **kwargs)[0]
-        return out
-
-    return Denoiser(fn, model_sigmas, components.info.prediction, components.dtype)
