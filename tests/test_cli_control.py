@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from latentstudio.cli import app
 from latentstudio.cli_control import ControlSpec, as_option, parse_control
-from latentstudio.control import annotators, preprocessors, synthetic
+from latentstudio.control import annotators, hint, preprocessors, synthetic
+from latentstudio.control.units import ControlResize
 from latentstudio.core import FieldError
 from latentstudio.models.families import Family
 from latentstudio.pipeline.images import read_infotext
@@ -44,6 +45,10 @@ def workdir(make_tiny: MakeTiny, tmp_path_factory: pytest.TempPathFactory) -> Pa
     _picture().save(root / "dir:x" / "edges.png")
     _picture().save(root / "in.png")
     (root / "broken.png").write_bytes(b"not an image")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:30, 20:50] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.new("L", (32, 16), 255).save(root / "small.png")
     return root
 
 
@@ -70,6 +75,14 @@ def test_detect_writes_the_map_detect_makes(cwd: Path) -> None:
     )
     assert label.exit_code == 0, label.stderr
     assert (np.asarray(Image.open(cwd / "i.png")) == 255 - np.asarray(_picture())).all()
+    # an inpaint module: the picture, its mask half clear (as /controlnet/detect shows it)
+    masked = CliRunner().invoke(
+        app, ["detect", "inpaint_only", "in.png", "--mask", "mask.png", "-o", "m.png"]
+    )
+    assert masked.exit_code == 0, masked.stderr
+    shown = np.asarray(Image.open(cwd / "m.png"))
+    assert np.array_equal(shown[:, :, :3], np.asarray(_picture()))
+    assert np.array_equal(shown[:, :, 3], 255 - np.asarray(Image.open(cwd / "mask.png")) // 2)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +95,11 @@ def test_detect_writes_the_map_detect_makes(cwd: Path) -> None:
         (("shuffle", "in.png", "--seed", "-2"), "error: --seed: a numpy seed is in [0, 2**32), got -2"),
         (("canny", "missing.png"), "error: INPUT: cannot read image 'missing.png'"),
         (("canny", "broken.png"), "error: INPUT: cannot read image 'broken.png'"),
+        (("inpaint_only", "in.png", "--mask", "broken.png"), "error: --mask: cannot read image 'broken.png'"),
+        (
+            ("inpaint_only", "in.png", "--mask", "small.png"),
+            "error: --mask: the mask is 32x16, the image 64x64",
+        ),
     ],
 )
 def test_detect_refuses_bad_input_in_one_line(cwd: Path, args: tuple[str, ...], message: str) -> None:
@@ -167,6 +185,22 @@ def test_generate_with_a_control_unit(cwd: Path) -> None:
     assert "ControlNet 0" not in (read_infotext(plain_image) or "")
     difference = np.abs(np.asarray(image, np.int16) - np.asarray(plain_image, np.int16))
     assert difference.mean() > 0.5
+
+
+def test_generate_writes_the_detected_maps_on_request(cwd: Path) -> None:
+    """``--save-detected-maps``: after the images, each unit's map under detected_maps/<module>/ (the
+    extension's auto-save layout), the same map ``detect`` writes for it at the picture's size."""
+    controls = ["--control", "canny:control_tiny:dir:x/edges.png", "--control", "invert:control_tiny:in.png"]
+    result = CliRunner().invoke(app, [*_COMMON, *controls, "--save-detected-maps"])
+    assert result.exit_code == 0, result.stderr
+    image, canny, inverted = (cwd / line for line in result.stdout.split())
+    assert canny.parent.parent == image.parent.parent / "detected_maps" / "canny"
+    assert inverted.parent.parent.name == "invert"
+    assert Image.open(image).size == (64, 64)  # the picture in.png is: the map lands on it unresized
+    assert np.array_equal(np.asarray(Image.open(inverted)), 255 - np.asarray(_picture()))
+    expected = preprocessors.detect("canny", np.asarray(_picture()), 512)  # canny's defaults
+    fitted = hint.fit(expected, ControlResize.CROP_AND_RESIZE, 64, 64)  # the unit's resize mode
+    assert np.array_equal(np.asarray(Image.open(canny)), fitted)
 
 
 _GOOD = "canny:control_tiny:in.png"

@@ -135,6 +135,36 @@ def test_detect_by_display_label_and_default_module(client: httpx.Client) -> Non
     assert np.array_equal(_decode(plain.json()["images"][0]), np.asarray(picture))  # module "none"
 
 
+def test_detect_inpaint_returns_the_picture_with_its_mask_half_clear(client: httpx.Client) -> None:
+    """The inpaint modules take one mask per image (``controlnet_masks``, its first channel) and return the
+    picture with alpha 255 − mask // 2, as the extension's ``visualize_inpaint_mask``."""
+    picture = _picture()
+    mask = np.zeros((80, 96, 3), np.uint8)
+    mask[30:60, 40:70] = 255
+    mask[0:5, 0:5] = 90
+    for module in ("inpaint_only", "inpaint_global_harmonious", "inpaint"):
+        body = {"controlnet_module": module, "controlnet_input_images": [png_b64(picture)],
+                "controlnet_masks": [png_b64(Image.fromarray(mask))]}  # fmt: skip
+        response = client.post("/controlnet/detect", json=body)
+        assert response.status_code == 200, response.text
+        shown = _decode(response.json()["images"][0])
+        assert shown.shape == (80, 96, 4)
+        assert np.array_equal(shown[:, :, :3], np.asarray(picture))
+        assert np.array_equal(shown[:, :, 3], 255 - mask[:, :, 0] // 2)
+    no_mask = {"controlnet_module": "inpaint_only", "controlnet_input_images": [png_b64(picture)]}
+    assert refused_field(client.post("/controlnet/detect", json=no_mask)) == "controlnet_masks"
+    small = {**no_mask, "controlnet_masks": [png_b64(Image.fromarray(mask[:40]))]}
+    response = client.post("/controlnet/detect", json=small)
+    assert refused_field(response) == "controlnet_masks.0"
+    assert "96x40" in response.text
+    # a module that takes no mask ignores one, as there
+    canny = {"controlnet_module": "invert", "controlnet_input_images": [png_b64(picture)],
+             "controlnet_masks": [png_b64(Image.fromarray(mask))]}  # fmt: skip
+    assert np.array_equal(
+        _decode(client.post("/controlnet/detect", json=canny).json()["images"][0]), 255 - np.asarray(picture)
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

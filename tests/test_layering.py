@@ -65,7 +65,7 @@ def layer(module: str) -> str:
             return "api.native"
         if parts[1] in _API_SHARED:
             return "api.shared"
-    if parts[0] in {"cli", "cli_train", "cli_control"}:
+    if parts[0] in {"cli", "cli_train", "cli_control", "cli_run"}:
         return "cli"
     return parts[0]
 

@@ -179,6 +179,36 @@ def test_the_preview_is_what_detect_gives(backend: SdapiBackend, server: Served)
     assert refused.value.field.endswith("threshold_b")
 
 
+def test_an_inpaint_unit_takes_its_mask_from_the_ui_as_from_the_api(
+    backend: SdapiBackend, server: Served
+) -> None:
+    """The unit's "Inpaint mask" is the API unit's ``mask``: the same job, and the preview is detect's."""
+    picture = _picture(6)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:48] = 255
+    fields = _unit(module="inpaint_only", mask=Image.fromarray(mask), weight=1.0)
+    job = _done(backend, backend.submit("txt2img", FIELDS, controls=[(fields, picture)]).id)
+    api_unit = {**_unit(module="inpaint_only", weight=1.0), "enabled": True, "image": png_b64(picture),
+                "mask": png_b64(Image.fromarray(mask))}  # fmt: skip
+    body = {**FIELDS, "alwayson_scripts": {"controlnet": {"args": [api_unit]}}}
+    preview = {"controlnet_module": "inpaint_only", "controlnet_input_images": [png_b64(picture)],
+               "controlnet_masks": [png_b64(Image.fromarray(mask))]}  # fmt: skip
+    with httpx.Client(base_url=server.base, timeout=120) as client:
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        detected = client.post("/controlnet/detect", json=preview)
+    assert response.status_code == 200, response.text
+    api_pixels = np.asarray(decode(response.json()["images"][0]).convert("RGB")).astype(np.int16)
+    ui_pixels = _ui_pixels(backend, job)
+    assert np.array_equal(ui_pixels, api_pixels)
+    assert np.array_equal(ui_pixels[:8], np.asarray(picture).astype(np.int16)[:8])  # kept outside the mask
+    shown = np.asarray(backend.detect_control(fields, picture, (64, 64)))
+    assert shown.shape == (64, 64, 4)
+    assert np.array_equal(shown, np.asarray(decode(detected.json()["images"][0])))
+    with pytest.raises(FieldError) as refused:  # a mask of another size than the picture
+        backend.detect_control({**fields, "mask": Image.fromarray(mask[:30])}, picture, (64, 64))
+    assert refused.value.field.endswith("mask")
+
+
 def test_a_pasted_infotext_gives_back_the_units_settings(backend: SdapiBackend) -> None:
     second = _unit(module="invert", model="t2iadapter", control_mode=2, resize_mode="Just Resize",
                    guidance_start=0.25)  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from latentstudio.cli_control import ControlOption, as_option, control_files, control_units, detect_command
+from latentstudio.cli_run import DetectedMapsOption, run_and_save
 from latentstudio.cli_train import eval_app, train_app
 
 if TYPE_CHECKING:
@@ -189,6 +189,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     control: ControlOption = None,
+    save_detected_maps: DetectedMapsOption = False,
 ) -> None:
     """Generate images and print the written paths (PNG with A1111 infotext)."""
     with _importing(ctx):
@@ -229,9 +230,10 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None
     identity = model_identity(manager, info, components)  # as the server's worker names it
-    _run_and_save(components, params, identity, output, embeddings=manager.embeddings(components),
-                  loras=manager.lora_networks, hires_model=hires_model, controls=controls,
-                  annotator_roots=control_models.library.annotator_roots)  # fmt: skip
+    run_and_save(components, params, identity, output, save_detected_maps,
+                 embeddings=manager.embeddings(components), loras=manager.lora_networks,
+                 hires_model=hires_model, controls=controls,
+                 annotator_roots=control_models.library.annotator_roots)  # fmt: skip
 
 
 def _rng_source(rng: str) -> Any:
@@ -348,30 +350,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
-
-
-def _run_and_save(components: Any, params: Any, identity: Any, output: Path, **inputs: Any) -> None:
-    """Run the pipeline with a progress bar (``inputs``: ``run``'s optional ones); print each written path."""
-    from tqdm import tqdm
-
-    from latentstudio.pipeline.images import save_image
-    from latentstudio.pipeline.run import NaNLatentError, StepInfo, run
-
-    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr)
-
-    def on_step(step: StepInfo) -> None:
-        bar.total = step.total
-        bar.update(step.step - bar.n)
-
-    try:
-        result = run(params, components, identity=identity, on_step=on_step, **inputs)
-    except NaNLatentError as e:
-        raise _fail(str(e)) from None
-    finally:
-        bar.close()
-    folder = output / ("img2img-images" if params.is_img2img else "txt2img-images")
-    for image, text, seed in zip(result.images, result.infotexts, result.seeds, strict=True):
-        typer.echo(save_image(image, folder, seed, text))
 
 
 app.command("detect")(detect_command)

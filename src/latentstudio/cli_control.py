@@ -39,7 +39,7 @@ ControlOption = Annotated[
 
 _DETECT_FIELDS = {  # a field preprocessors.detect refuses → the detect argument that sets it
     "module": "MODULE", "image": "INPUT", "processor_res": "--res", "threshold_a": "--threshold-a",
-    "threshold_b": "--threshold-b", "seed": "--seed",
+    "threshold_b": "--threshold-b", "seed": "--seed", "mask": "--mask",
 }  # fmt: skip
 
 
@@ -57,6 +57,7 @@ def detect_command(  # noqa: PLR0917 - the extension's /controlnet/detect fields
     threshold_a: Annotated[float, typer.Option(help="Threshold A (-1: the module's default).")] = -1,
     threshold_b: Annotated[float, typer.Option(help="Threshold B (-1: the module's default).")] = -1,
     seed: Annotated[int, typer.Option(help="Seed of random modules such as shuffle (-1: random).")] = -1,
+    mask: Annotated[Path | None, typer.Option(help="The inpaint modules' mask (white: to redraw).")] = None,
     models_dir: Annotated[
         Path, typer.Option("--models-dir", help="Models root: annotator files in ControlNetPreprocessor/.")
     ] = Path("models"),
@@ -72,14 +73,15 @@ def detect_command(  # noqa: PLR0917 - the extension's /controlnet/detect fields
         if output.suffix.lower() != ".png":
             raise FieldError("--output", f"the map is written as PNG: name a .png file, got {str(output)!r}")
         picture = hint.array(open_image(input_image, "INPUT"))
+        masked = hint.array(open_image(mask, "--mask")) if mask is not None else None
         try:
             detected = preprocessors.detect(
                 module, picture, res, threshold_a, threshold_b, None if seed == -1 else seed,
-                roots=annotators.roots(models_dir),
+                roots=annotators.roots(models_dir), mask=masked,
             )  # fmt: skip
         except FieldError as e:
             raise FieldError(_DETECT_FIELDS.get(e.field, e.field), e.message) from None
-        data = png_bytes(Image.fromarray(detected), None)
+        data = png_bytes(Image.fromarray(preprocessors.display(module, detected)), None)
         try:
             write_atomic(output, data)
         except OSError as e:

@@ -20,6 +20,7 @@ from latentstudio.api.control_units import ControlNetUnitRequest, parse_units
 from latentstudio.api.sdapi.convert import CONTROLNET
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.library import ControlLibrary, ControlModelNotFoundError
+from latentstudio.control.preprocess_ops import with_mask
 from latentstudio.control.units import MAX_UNITS, ControlUnit, parse_infotext
 from latentstudio.core import FieldError
 from latentstudio.models.families import Family
@@ -73,13 +74,15 @@ def units(
             args.append(None)
             continue
         fields, image = control
-        token = None
-        if image is not None:
-            if image.width * image.height > max_pixels:
-                raise FieldError(f"{ARGS}.{i}.image", f"larger than {max_pixels} pixels")
-            token = f"ui-image-{i}"
-            images[token] = image
-        args.append({**fields, "enabled": True, "image": token, "mask": None})
+        tokens: dict[str, str | None] = {"image": None, "mask": None}
+        for name, picture in (("image", image), ("mask", fields.get("mask"))):
+            if not isinstance(picture, Image.Image):
+                continue
+            if picture.width * picture.height > max_pixels:
+                raise FieldError(f"{ARGS}.{i}.{name}", f"larger than {max_pixels} pixels")
+            tokens[name] = f"ui-{name}-{i}"
+            images[f"ui-{name}-{i}"] = picture
+        args.append({**fields, "enabled": True, **tokens})
 
     def decode(token: str, field: str) -> Image.Image:
         return images[token]
@@ -91,16 +94,27 @@ def units(
 def detect(
     fields: Mapping[str, Any], image: Image.Image, size: tuple[int, int], roots: Sequence[Path]
 ) -> Image.Image:
-    """The detected map of ``image`` for a unit's ``fields`` (errors name the unit field); ``roots``: where
-    annotator files are."""
+    """The detected map of ``image`` for a unit's ``fields`` (errors name the unit field; an inpaint
+    preprocessor's map shows its ``mask`` half clear); ``roots``: where annotator files are."""
+    mask = fields.get("mask")
     try:
-        request = ControlNetUnitRequest.model_validate({**fields, "enabled": True, "image": None})
+        request = ControlNetUnitRequest.model_validate(
+            {**fields, "enabled": True, "image": None, "mask": None}
+        )
     except ValidationError as e:
         error = e.errors()[0]
         raise FieldError(".".join(str(p) for p in error["loc"]) or "unit", error["msg"]) from None
     unit = request.to_unit("unit", _no_images)  # no model needed: the preprocessor checks its sliders
-    picture = hint.input_image(hint.array(image), None)
-    return Image.fromarray(hint.detect_map(unit, picture, unit.resize_mode, size, roots=roots))
+    if preprocessors.find(unit.module).accepts_mask:
+        masked = hint.array(mask) if isinstance(mask, Image.Image) else None
+        try:
+            picture = with_mask(hint.array(image), masked)
+        except ValueError as e:
+            raise FieldError("mask", str(e)) from None
+    else:
+        picture = hint.input_image(hint.array(image), None)
+    detected = hint.detect_map(unit, picture, unit.resize_mode, size, roots=roots)
+    return Image.fromarray(preprocessors.display(unit.module, detected))
 
 
 def _no_images(data: str, field: str) -> Image.Image:

@@ -1,9 +1,10 @@
 """The ControlNet accordion of txt2img and img2img, laid out as sd-webui-controlnet's: one tab per unit with
-its control image (in img2img the img2img image unless an independent one is uploaded), the detected map's
-preview, enable / low VRAM / pixel perfect, the preprocessor with its sliders, the model (the current
-checkpoint's family only), weight, guidance start and end, control mode, resize mode and (txt2img) the
-hires-fix option. A unit's controls are named by the extension's API fields, and what Generate sends is
-what ``alwayson_scripts.controlnet.args`` carries over HTTP.
+its control image (in img2img the img2img image unless an independent one is uploaded) and the inpaint
+preprocessors' mask beside it, the detected map's preview, enable / low VRAM / pixel perfect, the
+preprocessor with its sliders, the model (the current checkpoint's family only), weight, guidance start
+and end, control mode, resize mode and (txt2img) the hires-fix option. A unit's controls are named by the
+extension's API fields, and what Generate sends is what ``alwayson_scripts.controlnet.args`` carries over
+HTTP.
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ def _unit(e: str, index: int, kind: Kind) -> UnitControls:
             type="pil", label="Control image", elem_id=f"{e}_image", format="png", height=240,
             visible=kind == "txt2img", image_mode="RGBA",
         )  # fmt: skip
+        mask = gr.Image(
+            type="pil", label="Inpaint mask (white: redraw)", elem_id=f"{e}_mask", format="png", height=240,
+            visible=kind == "txt2img", image_mode="L",
+        )  # fmt: skip
         preview = gr.Image(
             label="Preprocessor preview", elem_id=f"{e}_preview", interactive=False, format="png", height=240
         )
     if upload is not None:
-        upload.change(lambda on: gr.update(visible=on), upload, image, queue=False, show_progress="hidden")
+        shown = [image, mask]
+        upload.change(
+            lambda on: [gr.update(visible=on)] * 2, upload, shown, queue=False, show_progress="hidden"
+        )
     with gr.Row():
         enabled = gr.Checkbox(False, label="Enable", elem_id=f"{e}_enable")
         low_vram = gr.Checkbox(False, label="Low VRAM", elem_id=f"{e}_low_vram")
@@ -102,7 +110,7 @@ def _unit(e: str, index: int, kind: Kind) -> UnitControls:
     fields: dict[str, gr.components.Component] = {
         "module": module, "model": model, "weight": weight, "guidance_start": start, "guidance_end": end,
         **dict(zip(SLIDERS, sliders, strict=True)), "control_mode": mode, "resize_mode": resize,
-        "pixel_perfect": pixel_perfect, "low_vram": low_vram,
+        "pixel_perfect": pixel_perfect, "low_vram": low_vram, "mask": mask,
     }  # fmt: skip
     if kind == "txt2img":
         fields["hr_option"] = gr.Dropdown([h.value for h in HiresOption], value=HiresOption.BOTH.value,
@@ -157,7 +165,8 @@ def unit_input(
     unit: UnitControls, values: Sequence[Any], modules: Sequence[ControlModule]
 ) -> ControlInput | None:
     """One unit from its controls' values (in :meth:`UnitControls.inputs` order): None when it is not
-    enabled; a slider its module hides is sent as -1 (the extension's hidden value)."""
+    enabled; a slider its module hides is sent as -1 (the extension's hidden value); ``mask`` (a picture,
+    for the inpaint preprocessors) only with the unit's own image."""
     enabled, *rest = values
     upload = bool(rest.pop(0)) if unit.upload is not None else True
     image, *field_values = rest
@@ -169,6 +178,8 @@ def unit_input(
         if module is None or getattr(module, name) is None or fields[name] is None:
             fields[name] = -1
     fields["processor_res"] = int(fields["processor_res"])
+    if not upload or image is None:  # a mask goes with the unit's own image (img2img's: A1111's mask)
+        fields["mask"] = None
     return fields, image if upload else None
 
 

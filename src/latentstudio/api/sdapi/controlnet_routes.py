@@ -41,7 +41,9 @@ class DetectRequest(StrictModel):
     controlnet_threshold_a: Finite = Field(default=-1, description="-1: the module's default")
     controlnet_threshold_b: Finite = Field(default=-1, description="-1: the module's default")
     controlnet_masks: list[Base64Image] = Field(
-        default_factory=list, max_length=MAX_IMAGES, description="Ignored: no weight-free module takes one."
+        default_factory=list,
+        max_length=MAX_IMAGES,
+        description="One per input image for the inpaint modules (white: to be drawn); ignored by others.",
     )
     low_vram: bool = False
 
@@ -109,27 +111,39 @@ def control_types(svc: ServicesDep) -> dict[str, dict[str, dict[str, object]]]:
 def detect(req: DetectRequest, svc: ServicesDep) -> DetectResponse:
     """Each input image through ``controlnet_module`` (its name or display label), as base64 PNGs."""
     try:
-        preprocessors.find(req.controlnet_module)
+        module = preprocessors.find(req.controlnet_module)
     except FieldError as e:
         raise FieldError("controlnet_module", e.message) from None
     if not req.controlnet_input_images:
         raise FieldError("controlnet_input_images", "No image selected")
+    if module.accepts_mask and len(req.controlnet_masks) != len(req.controlnet_input_images):
+        message = f"Preprocessor {req.controlnet_module} requires `controlnet_masks` param."
+        raise FieldError("controlnet_masks", f"{message} (one per input image)")
     images, poses = [], []
     for i, data in enumerate(req.controlnet_input_images):
         field = f"controlnet_input_images.{i}"
-        array = np.asarray(
-            decode_image(data, field, max_pixels=svc.settings.max_image_pixels), dtype=np.uint8
+        pixels = svc.settings.max_image_pixels
+        array = _decoded(data, field, pixels)
+        mask = (
+            _decoded(req.controlnet_masks[i], f"controlnet_masks.{i}", pixels)
+            if module.accepts_mask
+            else None
         )
         try:
             out, pose = preprocessors.detect_with_pose(
                 req.controlnet_module, array, req.controlnet_processor_res, req.controlnet_threshold_a,
-                req.controlnet_threshold_b, roots=svc.jobs.worker.controls.annotator_roots,
+                req.controlnet_threshold_b, roots=svc.jobs.worker.controls.annotator_roots, mask=mask,
             )  # fmt: skip
         except FieldError as e:
-            raise FieldError(_FIELDS.get(e.field, field), e.message) from None
-        images.append(encode_png_base64(Image.fromarray(out), None))
+            name = f"controlnet_masks.{i}" if e.field == "mask" else _FIELDS.get(e.field, field)
+            raise FieldError(name, e.message) from None
+        images.append(encode_png_base64(Image.fromarray(preprocessors.display(module.name, out)), None))
         poses += [pose] if pose is not None else []
     return DetectResponse(images=images, poses=poses or None)
+
+
+def _decoded(data: str, field: str, max_pixels: int) -> np.ndarray:
+    return np.asarray(decode_image(data, field, max_pixels=max_pixels), dtype=np.uint8)
 
 
 _FIELDS = {
