@@ -18,22 +18,27 @@ KEEP = 3  # annotator networks kept loaded (openpose_full uses three)
 M = TypeVar("M", bound=torch.nn.Module)
 
 _lock = threading.Lock()
-_loaded: OrderedDict[tuple[Path, int, int], torch.nn.Module] = OrderedDict()
+_loaded: OrderedDict[tuple[Path, int, int, object, str], torch.nn.Module] = OrderedDict()
 
 
 def load_network(path: Path, build: Callable[[], M], name: str, prefix: str = "") -> M:
     """``build()`` with ``path``'s weights (fp32, eval, no gradients), kept while the file is unchanged. A
     file whose tensors (``prefix`` dropped from their keys where present) are not exactly the network's is
-    :class:`ModelFileError` naming it and ``name``."""
+    :class:`ModelFileError` naming it and ``name`` (batch-norm ``num_batches_tracked`` counters, which no
+    forward reads, may be absent)."""
     stat = path.stat()
-    key = (path, stat.st_size, stat.st_mtime_ns)
+    key = (path, stat.st_size, stat.st_mtime_ns, build, prefix)
     with _lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]  # type: ignore[return-value]
     state = {k.removeprefix(prefix): t for k, t in read_tensor_file(path).tensors.items()}
     model = build()
-    expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    defaults = model.state_dict()
+    for counter, tensor in defaults.items():  # batch-norm step counters: files saved by old PyTorch lack them
+        if counter.endswith(".num_batches_tracked") and counter not in state:
+            state[counter] = tensor
+    expected = {k: tuple(t.shape) for k, t in defaults.items()}
     found = {k: tuple(t.shape) for k, t in state.items()}
     if found != expected:
         wrong = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
