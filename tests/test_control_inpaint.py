@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latentstudio.control import hint, synthetic
+from latentstudio.control import hint, lama, synthetic
 from latentstudio.control.networks import ControlNetwork, load_control_network
 from latentstudio.control.units import ControlResize, ControlUnit
 from latentstudio.models import loader
@@ -23,9 +24,11 @@ from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.pipeline import vae
 from latentstudio.pipeline.control import ControlledUNet, Detected, detect_units, pass_units
-from latentstudio.pipeline.params import GenerationParams, Inpaint
+from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
+from latentstudio.samplers.noise import ImageRNG
 from tests.conftest import MakeTiny
+from tests.test_control_lama import random_lama_state
 
 IDENTITY = ModelIdentity("tiny", "0123456789")
 CPU = torch.device("cpu")
@@ -229,3 +232,73 @@ def test_an_inpainting_checkpoint_takes_its_image_conditioning_from_the_unit(
     assert len(seen) == 4  # 4 steps (the prompt and the negative prompt in one batch)
     for extra in seen:
         assert torch.allclose(extra, expected.expand_as(extra), atol=1e-5)
+
+
+# ---------------------------------------------------------------- inpaint_only+lama
+
+
+@pytest.fixture(scope="module")
+def lama_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models") / "ControlNetPreprocessor"  # an annotator root
+    (root / "lama").mkdir(parents=True)
+    torch.save(random_lama_state(2), root / lama.FILE)
+    return root
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lama_fills_the_map_and_shifts_the_first_batchs_noise(
+    sd1: Components, controlnet: ControlNetwork, lama_root: Path
+) -> None:
+    """inpaint_only+lama: the map is LaMa's fill (then it restores and blends as inpaint_only), and the
+    first batch's noise becomes √ᾱ·latent + √(1 − ᾱ)·noise at t = 999, the latent the filled picture's
+    (the extension's HackedImageRNG); the second batch's noise is left alone."""
+    picture, mask = _picture(7), _mask()
+    unit = _unit("inpaint_only+lama", picture, mask)
+    params = GenerationParams(prompt="a box", width=64, height=64, steps=3, seed=21, sampler="Euler",
+                              n_iter=2, control=(unit,)).resolved()  # fmt: skip
+    (detected,) = detect_units(params.control, (controlnet,), params, 21, 0, roots=(lama_root,))
+    rgba = np.concatenate([picture, mask[:, :, None]], axis=2)
+    assert np.array_equal(detected.detected, lama.fill(rgba, lama_root / lama.FILE))
+    encode = partial(vae.vae_encode, sd1)
+    (single,) = pass_units([detected], (64, 64), "single", encode)  # type: ignore[arg-type]
+    (high,) = pass_units([detected], (64, 64), "high", encode)  # type: ignore[arg-type]
+    assert single.restore is not None
+    assert single.noise is single.restore.latent
+    assert high.noise is None  # the hires pass draws fresh noise, as A1111's
+    seen: list[torch.Tensor] = []
+    handle = sd1.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[0][:1].clone()))
+    try:
+        result = run(params, sd1, identity=IDENTITY, controls=(controlnet,), annotator_roots=(lama_root,))
+    finally:
+        handle.remove()
+    assert len(result.images) == 2
+    sigma = float(((1 - sd1.alphas_cumprod[999]) / sd1.alphas_cumprod[999]) ** 0.5)
+    alpha = float(sd1.alphas_cumprod[999])
+    for batch, expected_shift in ((0, True), (1, False)):
+        noise = ImageRNG((4, 8, 8), [21 + batch]).first()
+        if expected_shift:
+            latent = vae.vae_encode(sd1, torch.from_numpy(detected.detected[:, :, :3]).permute(2, 0, 1)[None]
+                                    .float().div(127.5).sub(1))  # fmt: skip
+            noise = alpha**0.5 * latent + (1 - alpha) ** 0.5 * noise
+        first_call = seen[batch * 3]  # Euler: one UNet call per step, the prompts batched
+        expected = noise * sigma / (sigma**2 + 1) ** 0.5  # x_T = noise·σ_max, through c_in
+        assert torch.allclose(first_call, expected, atol=1e-4), batch
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lama_outpaints_a_resize_and_fill_border_at_the_final_size(
+    controlnet: ControlNetwork, lama_root: Path
+) -> None:
+    """With Resize and Fill the extension fits the picture (float, the border masked) to the last pass's
+    size first, so LaMa fills the border too; with the hires fix that is the hires size."""
+    picture, mask = _picture(8, (40, 64)), _mask((40, 64), (10, 30, 20, 40))
+    unit = _unit("inpaint_only+lama", picture, mask, resize_mode=ControlResize.RESIZE_AND_FILL)
+    params = GenerationParams(prompt="x", width=64, height=64, control=(unit,),
+                              hires=Hires(1.5, denoising_strength=0.5)).resolved()  # fmt: skip
+    (detected,) = detect_units(params.control, (controlnet,), params, 1, 0, roots=(lama_root,))
+    rgba = np.concatenate([picture, mask[:, :, None]], axis=2)
+    fitted = hint.fit(rgba, ControlResize.RESIZE_AND_FILL, 96, 96)
+    assert fitted.dtype == np.float32
+    assert (fitted[:12, :, 3] == 255).all()  # the filled border is masked: LaMa draws it
+    assert detected.detected.shape == (96, 96, 4)
+    assert np.array_equal(detected.detected, lama.fill(fitted, lama_root / lama.FILE))

@@ -8,7 +8,20 @@ from functools import partial
 
 import numpy as np
 
-from latentstudio.control import depth_anything, hed, lineart, midas, mlsd, openpose, pidinet, teed
+from latentstudio.control import (
+    anime_face,
+    depth_anything,
+    hed,
+    lama,
+    lineart,
+    lineart_anime,
+    manga_line,
+    midas,
+    mlsd,
+    openpose,
+    pidinet,
+    teed,
+)
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
 
 
@@ -45,4 +58,8 @@ ENTRIES = (
     *pidinet.ENTRIES,
     *teed.ENTRIES,
     *depth_anything.ENTRIES,
+    *lineart_anime.ENTRIES,
+    *manga_line.ENTRIES,
+    *anime_face.ENTRIES,
+    *lama.ENTRIES,
 )

@@ -5,11 +5,11 @@ The extension downloads these on first use into
 ``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
 reads a file the user placed there (beside an A1111 models folder) or in
 ``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, PiDiNet, TEED/Anyline,
-the line-art models, M-LSD, MiDaS (depth and normals), Depth Anything (v1, v2) and OpenPose run from their
-files (registered in :mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by
-label, with the extension's older names too) do not run yet: each is listed (``/controlnet/module_list``
-``unavailable``) with the file it would need, and a request naming one is a 422 that names that file and
-folder.
+the line-art models (realistic, coarse, anime, anime denoise), M-LSD, MiDaS (depth and normals), Depth
+Anything (v1, v2), OpenPose, the anime face segmentation and LaMa run from their files (registered in
+:mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by label, with the extension's
+older names too) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the file
+it would need, and a request naming one is a 422 that names that file and folder.
 """
 
 from __future__ import annotations
@@ -37,15 +37,11 @@ ANNOTATORS = (
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
     Annotator(("normal_bae",), ("normal_bae/scannet.pt",)),
     Annotator(("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx")),
-    Annotator(("lineart_anime",), ("lineart_anime/netG.pth",)),
-    Annotator(("lineart_anime_denoise",), ("manga_line/erika.pth",)),
     Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",), ("segmentation",)),
     Annotator(
         ("seg_ofade20k",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",), ("oneformer_ade20k",)
     ),
     Annotator(("seg_ofcoco",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",), ("oneformer_coco",)),
-    Annotator(("seg_anime_face",), ("anime_face_segment/UNet.pth",), ("anime_face_segment",)),
-    Annotator(("inpaint_only+lama",), ("lama/ControlNetLama.pth",)),
 )
 BY_MODULE = {module: annotator for annotator in ANNOTATORS for module in annotator.modules}
 _BY_NAME = {**{name: annotator for annotator in ANNOTATORS for name in annotator.names}, **BY_MODULE}

@@ -39,7 +39,10 @@ def hwc3(image: np.ndarray) -> np.ndarray:
 def with_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """An inpaint unit's input, ``[H, W, 4]`` uint8 (the extension's ``combine_image_and_mask``): ``image``
     through :func:`hwc3`, then the first channel of ``mask`` (through :func:`hwc3` too; zeros without
-    one). Raises ValueError when the sizes differ."""
+    one); a float32 picture and mask (a map fitted before the preprocessor runs) are kept as they are.
+    Raises ValueError when the sizes differ."""
+    if image.dtype == np.float32 and mask is not None and mask.dtype == np.float32:  # a fitted map, kept
+        return np.ascontiguousarray(np.concatenate([image[:, :, :3], mask[:, :, None]], axis=2))
     rgb = hwc3(image)
     alpha = np.zeros(rgb.shape[:2], np.uint8) if mask is None else hwc3(mask)[:, :, 0]
     if alpha.shape != rgb.shape[:2]:

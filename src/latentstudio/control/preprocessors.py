@@ -306,8 +306,9 @@ def detect_with_pose(  # noqa: PLR0917 - as detect
     preprocessor = find(module)
     if not isinstance(image, np.ndarray) or min(image.shape[:2], default=0) < 1:
         raise FieldError("image", "expected a non-empty image array")
+    float_map = preprocessor.accepts_mask and image.dtype == np.float32  # fitted before (LaMa outpainting)
     try:
-        rgb = ops.hwc3(image)
+        rgb = image if float_map else ops.hwc3(image)
     except ValueError as e:
         raise FieldError("image", str(e)) from e
     if preprocessor.accepts_mask:

@@ -60,10 +60,11 @@ class PassUnit:
     scales: tuple[float, ...]
     cond_only: bool
     pooled: bool = False
-    guides: bool = True  # whether its network acts in this pass (a colour fix acts even where it does not)
+    guides: bool = True  # whether its network acts in this pass (the steering below acts even where not)
     colorfix: fix.ColorFix | None = None
     restore: fix.Restore | None = None
     conditioning: torch.Tensor | None = None  # ``[1, 5, h, w]``: an inpainting checkpoint's extra input
+    noise: torch.Tensor | None = None  # ``[1, 4, h, w]``: inpaint_only+lama's start (fix.ShiftedNoise)
 
 
 def pass_units(
@@ -94,7 +95,7 @@ def pass_units(
         if not guides and not steers:
             continue
         fitted = hint.to_tensor(hint.fit(d.detected, d.resize, size[0], size[1]))
-        steering = _steering(unit, name, fitted, hires and not skipped, encode, inpainting) if steers else {}
+        steering = _steering(unit, name, fitted, (hires, skipped), encode, inpainting) if steers else {}
         if masked:
             fitted = fix.masked_hint(fitted)
         if net.info.kind is ControlKind.T2I_ADAPTER and net.info.hint_channels == 1:
@@ -114,22 +115,26 @@ def _steering(  # noqa: PLR0917 - a unit's state in one pass
     unit: ControlUnit,
     name: str,
     fitted: torch.Tensor,
-    doubled: bool,
+    pass_state: tuple[bool, bool],
     encode: fix.Encode | None,
     inpainting: bool,
 ) -> dict[str, Any]:
     """The :class:`PassUnit` fields of a unit that steers the prediction (see :mod:`control_fix`), from its
-    map fitted to the pass ``[1, C, H, W]`` in [0, 1]; ``doubled``: a colour fix's radius doubles."""
+    map fitted to the pass ``[1, C, H, W]`` in [0, 1]; ``pass_state``: (the hires pass, the unit is off in
+    it by its ``hr_option``)."""
+    hires, skipped = pass_state
     if encode is None:
         raise ValueError(f"a {name} unit needs the pass's VAE encoder")
     if "colorfix" in name:
         settings = preprocessors.find(name).settings(unit.processor_res, unit.threshold_a, unit.threshold_b)
-        k = int(settings.a) * (2 if doubled else 1)
+        k = int(settings.a) * (2 if hires and not skipped else 1)
         sharp = settings.b * 0.01 if "+sharp" in name else None
         return {"colorfix": fix.color_fix(fitted, k, sharp, unit.weight, encode)}
     out: dict[str, Any] = {}
     if "inpaint_only" in name:
         out["restore"] = fix.restore(fitted, unit.weight, encode)
+        if "+lama" in name and not hires:
+            out["noise"] = out["restore"].latent
     if inpainting and fitted.shape[1] == 4:
         out["conditioning"] = fix.image_conditioning(fitted, encode)
     return out

@@ -13,6 +13,9 @@ restore" and "replace x_t to support inpaint models" steps).
 - **Inpainting checkpoints** (9 input channels): a unit with a mask gives the UNet its own image
   conditioning, ``[max_pool(m, 8), VAE((2c − 1)·(1 − m))]``, in place of the job's (the last such unit).
 - **The inpaint hint**: the network sees ``c·(1 − m) − m`` (the masked pixels at −1), m = mask > ½.
+- **LaMa's start** (``inpaint_only+lama``, the extension's ``HackedImageRNG``): in the first batch's first
+  pass every noise draw of the latent's size becomes ``√ᾱ·latent + √(1 − ᾱ)·noise`` at t = 999, the
+  latent being the unit's LaMa-filled picture's (:class:`ShiftedNoise`).
 
 As there, all but the hint act in every step and pass, outside the unit's guidance window and
 ``hr_option`` too. A unit of weight 0 (here) does none of this, so that it leaves the picture untouched.
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+
+from latentstudio.samplers.noise import ImageRNG
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # images [B, 3, H, W] in [-1, 1] → latents [B, 4, h, w]
 
@@ -140,3 +145,31 @@ def apply_restore(
     mask = fix.mask.to(out)
     x0 = step.x0(out) * mask + fix.latent.to(out) * (1 - mask)
     return step.eps(x0) * fix.weight + out * (1 - fix.weight)
+
+
+class ShiftedNoise:
+    """A batch's noise with every draw of ``latent``'s size (``[1, 4, h, w]``) pulled toward it as the
+    forward process at t = 999 would: ``√ᾱ·latent + √(1 − ᾱ)·noise``, ``alpha`` = ᾱ at t = 999; draws of
+    another size (the hires pass's) unchanged. Used as the :class:`ImageRNG` it wraps."""
+
+    def __init__(self, rng: ImageRNG, latent: torch.Tensor, alpha: float) -> None:
+        self.rng, self.latent, self.alpha = rng, latent, alpha
+        self.seeds = rng.seeds
+
+    def _shifted(self, noise: torch.Tensor) -> torch.Tensor:
+        if noise.shape[-2:] != self.latent.shape[-2:]:
+            return noise
+        shifted: torch.Tensor = self.alpha**0.5 * self.latent.to(noise) + (1.0 - self.alpha) ** 0.5 * noise
+        return shifted
+
+    def first(self) -> torch.Tensor:
+        """The initial noise ``[B, 4, h, w]``, shifted."""
+        return self._shifted(self.rng.first())
+
+    def next(self) -> torch.Tensor:
+        """The next draw ``[B, 4, h, w]``, shifted."""
+        return self._shifted(self.rng.next())
+
+    def noise_sampler(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """k-diffusion's ``noise_sampler``: the next draw, shifted (an ancestral sampler's noise too)."""
+        return self.next()

@@ -76,11 +76,29 @@ def detect_units(
             raise ValueError("controlnet is enabled but no input image is given")
         if params.inpaint is not None and params.inpaint.only_masked and unit.inpaint_crop_input_image:
             picture = masked_crop(picture, resize, params)
+        if (
+            preprocessors.find(unit.module).name == "inpaint_only+lama"
+            and resize is ControlResize.RESIZE_AND_FILL
+        ):
+            picture = hint.fit(picture, resize, *_final_size(params))  # LaMa outpaints the border it fills
         detected = hint.detect_map(
             unit, picture, resize, (params.height, params.width), numpy_seed, roots=roots
         )
         out.append(Detected(unit, network, detected, resize))
     return out
+
+
+def _final_size(params: GenerationParams) -> tuple[int, int]:
+    """The last pass's ``(height, width)`` as the extension's ``get_target_dimensions`` reckons it: the hires
+    size (``hr_resize_y/x``, else the size times ``hr_scale``) or the job's, each rounded down to 8."""
+    height, width = params.height, params.width
+    if params.hires is not None:
+        hires = params.hires
+        if hires.resize_x == 0 and hires.resize_y == 0:
+            height, width = int(height * hires.scale), int(width * hires.scale)
+        else:
+            height, width = hires.resize_y, hires.resize_x
+    return height // 8 * 8, width // 8 * 8
 
 
 def _fallback(unit: ControlUnit, params: GenerationParams) -> ControlUnit:

@@ -55,10 +55,11 @@ def finish(decoded: torch.Tensor, detected: Sequence[Detected]) -> list[Image.Im
 def _step(d: Detected, height: int, width: int) -> Step | None:
     """The post-processing of one unit at the final picture's size; None for a unit that has none."""
     name = preprocessors.find(d.unit.module).name
-    if d.unit.weight <= 0 or (name != "inpaint_only" and name not in _CHANNEL):
+    inpaint_only = "inpaint_only" in name  # +lama too, as the extension's test
+    if d.unit.weight <= 0 or (not inpaint_only and name not in _CHANNEL):
         return None
     fitted = hint.fit(d.detected, d.resize, height, width)
-    if name == "inpaint_only":
+    if inpaint_only:
         return _blend(fitted)
     forward, back, channel = _CHANNEL[name]
     feed = fitted[:, :, 0]

@@ -14,6 +14,7 @@ import torch
 
 from latentstudio.models.loader import Components
 from latentstudio.pipeline import control as cn
+from latentstudio.pipeline import control_fix as fix
 from latentstudio.pipeline.control import PassUnit
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
@@ -140,7 +141,13 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     """Sample one batch: ``(latents [B, C, h, w], stopped, padding used)``; ``init`` is the img2img
     latent (noised to the first σ) or None (pure noise). On interrupt/skip the last latent is returned."""
     sigmas = sampling.sigmas
-    noise = rng.first().to(sigmas.device)
+    source: ImageRNG | fix.ShiftedNoise = rng
+    shift = [u.noise for u in sampling.control if u.noise is not None]
+    if shift and progress.batch == 0:  # as the extension, which shifts the first batch's noise only
+        source = fix.ShiftedNoise(
+            rng, shift[-1], float(1.0 / (1.0 + denoiser.model_sigmas[-1].double() ** 2))
+        )
+    noise = source.first().to(sigmas.device)
     if init is not None:
         x = init + noise * sigmas[0]
     else:
@@ -153,7 +160,7 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
         denoiser, sampling.conds, sampling.uncond, params.cfg_scale, control, sampling.pad_empty,
         pad_last=params.pad_conds_v0, blend=sampling.blend, mark_conds=controlled is not None,
     )  # fmt: skip
-    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = rng.noise_sampler
+    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = source.noise_sampler
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
         noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
     observe = controlled.observe if controlled is not None else None
