@@ -9,6 +9,7 @@ generated here.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from latentstudio.control.preprocessors import (
     module_detail,
     module_list,
     numpy_seed,
+    unavailable,
 )
 from latentstudio.core import FieldError
 
@@ -242,6 +244,28 @@ def test_unknown_module_is_refused_with_the_allowed_names() -> None:
     assert all(name in e.value.message for name in EXPECTED)
     with pytest.raises(FieldError):
         detect("scribble_thr", noise_image(8, 8))  # never registered by the extension
+
+
+@pytest.mark.parametrize(
+    ("module", "files"),
+    [
+        ("dw_openpose_full", "dw-ll_ucoco_384.onnx, yolox_l.onnx"),
+        ("animal_openpose", "rtmpose-m_ap10k_256.onnx, yolox_l.onnx"),
+        ("densepose_parula", "densepose_r50_fpn_dl.torchscript"),
+    ],
+)
+def test_annotators_that_are_programs_are_never_run(module: str, files: str, tmp_path: Path) -> None:
+    """ONNX and TorchScript files hold programs: refused by name even with the files in place."""
+    for name in files.split(", "):
+        folder = tmp_path / ("densepose" if name.endswith(".torchscript") else "openpose")
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"not run")
+    with pytest.raises(FieldError) as e:
+        detect(module, noise_image(8, 8), roots=(tmp_path,))
+    assert e.value.field == "module"
+    assert f"({files}," in e.value.message
+    assert "never runs" in e.value.message
+    assert module in unavailable((tmp_path,))
 
 
 @pytest.mark.parametrize(

@@ -25,18 +25,30 @@ OWN_FOLDER = "ControlNetPreprocessor"  # under the models folder (Forge's name f
 @dataclass(frozen=True)
 class Annotator:
     """A weight-needing preprocessor: its modules' labels, the files (``<folder>/<file>``) it loads, and
-    the extension's other (legacy) names for those modules, which a request may use too."""
+    the extension's other (legacy) names for those modules, which a request may use too; ``program``: the
+    format (ONNX, TorchScript) of a file that holds a program, not weights, which this server never runs."""
 
     modules: tuple[str, ...]
     files: tuple[str, ...]
     names: tuple[str, ...] = ()
+    program: str = ""  # the file's format where it is a program rather than weights: never run
 
 
 ANNOTATORS = (
     Annotator(("depth_leres", "depth_leres++"), ("leres/res101.pth", "leres/latest_net_G.pth")),
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
     Annotator(("normal_bae",), ("normal_bae/scannet.pt",)),
-    Annotator(("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx")),
+    Annotator(
+        ("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx"), program="ONNX"
+    ),
+    Annotator(
+        ("animal_openpose",), ("openpose/rtmpose-m_ap10k_256.onnx", "openpose/yolox_l.onnx"), program="ONNX"
+    ),
+    Annotator(
+        ("densepose", "densepose_parula"),
+        ("densepose/densepose_r50_fpn_dl.torchscript",),
+        program="TorchScript",
+    ),
     Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",), ("segmentation",)),
     Annotator(
         ("seg_ofade20k",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",), ("oneformer_ade20k",)
@@ -87,9 +99,15 @@ def refusal(module: str) -> str | None:
         return None
     files = ", ".join(f.rsplit("/", 1)[1] for f in annotator.files)
     folder = f"{DOWNLOADS}/{annotator.files[0].rsplit('/', 1)[0]}/"
+    if annotator.program:
+        return (
+            f"{module!r} runs {annotator.program} models ({files}, which the extension keeps in {folder}): "
+            "a program inside a model file, which this server never runs (only weights, through the "
+            "safetensors or weights-only readers); send a detected map with module 'none' instead"
+        )
     return (
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
         "never downloads them and does not run this annotator yet — send a detected map with module "
         "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, PiDiNet, "
-        "TEED, line art, MLSD, MiDaS, Depth Anything, OpenPose)"
+        "TEED, line art, MLSD, MiDaS, Depth Anything, OpenPose, LaMa)"
     )
