@@ -22,7 +22,7 @@ from latentstudio.control.units import ControlResize, ControlUnit
 from latentstudio.models import loader
 from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
-from latentstudio.pipeline import vae
+from latentstudio.pipeline import inpaint, vae
 from latentstudio.pipeline.control import ControlledUNet, Detected, detect_units, pass_units
 from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint
 from latentstudio.pipeline.run import GenerationResult, ModelIdentity, run
@@ -302,3 +302,21 @@ def test_lama_outpaints_a_resize_and_fill_border_at_the_final_size(
     assert (fitted[:12, :, 3] == 255).all()  # the filled border is masked: LaMa draws it
     assert detected.detected.shape == (96, 96, 4)
     assert np.array_equal(detected.detected, lama.fill(fitted, lama_root / lama.FILE))
+
+
+def test_only_masked_inpainting_crops_the_picture_and_its_mask_alike(controlnet: ControlNetwork) -> None:
+    """With "only masked" the extension crops each channel of an inpaint unit's input as A1111 crops the
+    picture: the colours are the picture A1111 inpaints, the mask A1111's own mask at that size."""
+    rng = np.random.default_rng(9)
+    init = Image.fromarray(rng.integers(0, 256, (80, 112, 3), dtype=np.uint8))
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (60, 20, 90, 50))
+    params = GenerationParams(prompt="x", width=64, height=64, init_image=init,
+                              inpaint=Inpaint(mask, blur=4, only_masked=True, padding=8),
+                              control=(_unit("inpaint", None, None),)).resolved()  # fmt: skip
+    (detected,) = detect_units(params.control, (controlnet,), params, 1, 0)
+    prepared = inpaint.prepare(params)
+    assert detected.detected.shape == (64, 64, 4)
+    assert np.array_equal(detected.detected[:, :, :3], np.asarray(prepared.image))
+    assert prepared.mask is not None
+    assert np.array_equal(detected.detected[:, :, 3], np.asarray(prepared.mask))

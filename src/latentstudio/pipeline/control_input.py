@@ -139,11 +139,10 @@ def _prepared_mask(spec: Inpaint) -> Image.Image:
 
 def masked_crop(picture: np.ndarray, resize: ControlResize, params: GenerationParams) -> np.ndarray:
     """The extension's ``try_crop_image_with_a1111_mask`` for "only masked" inpainting: ``picture``
-    (``[H, W, 3]`` uint8; an inpaint unit's ``[H, W, 4]``) fitted to the inpainting mask's size by
-    ``resize``, cropped to the region A1111
-    inpaints (the mask inverted and blurred as the job's; its bounding box grown by the padding and to the
-    job's aspect ratio), then resized and filled to the job's size. A blank mask crops nothing (A1111 then
-    inpaints the whole picture)."""
+    (``[H, W, 3]`` uint8; an inpaint unit's ``[H, W, 4]``, each channel alone) fitted to the inpainting
+    mask's size by ``resize``, cropped to the region A1111 inpaints (the mask inverted and blurred as the
+    job's; its bounding box grown by the padding and to the job's aspect ratio), then resized and filled to
+    the job's size. A blank mask crops nothing (A1111 then inpaints the whole picture)."""
     spec = params.inpaint
     assert spec is not None
     if picture.shape[2] == 4:  # an inpaint unit's: channel by channel, as the extension crops them
