@@ -168,6 +168,14 @@ def test_the_registry_matches_the_extensions_table() -> None:
             ("depth_anything_v2/depth_anything_v2_vitl.safetensors",),
         ),
         "lineart_anime": ((), RES, None, ("Lineart",), ("lineart_anime/netG.pth",)),
+        "normal_bae": ((), RES, None, ("NormalMap",), ("normal_bae/scannet.pt",)),
+        "segmentation": (
+            ("seg_ufade20k",),
+            RES,
+            None,
+            ("Segmentation",),
+            ("uniformer/upernet_global_small.pth",),
+        ),
         "lineart_anime_denoise": ((), RES, None, ("Lineart",), ("manga_line/erika.pth",)),
         "inpaint_only+lama": ((), None, None, ("Inpaint",), ("lama/ControlNetLama.pth",)),
         "anime_face_segment": (

@@ -18,9 +18,11 @@ from latentstudio.control import (
     manga_line,
     midas,
     mlsd,
+    normal_bae,
     openpose,
     pidinet,
     teed,
+    uniformer,
 )
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
 
@@ -60,6 +62,8 @@ ENTRIES = (
     *depth_anything.ENTRIES,
     *lineart_anime.ENTRIES,
     *manga_line.ENTRIES,
+    *normal_bae.ENTRIES,
+    *uniformer.ENTRIES,
     *anime_face.ENTRIES,
     *lama.ENTRIES,
 )

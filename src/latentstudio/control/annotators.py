@@ -5,11 +5,12 @@ The extension downloads these on first use into
 ``extensions/sd-webui-controlnet/annotator/downloads/<folder>/``. This server never downloads anything: it
 reads a file the user placed there (beside an A1111 models folder) or in
 ``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, PiDiNet, TEED/Anyline,
-the line-art models (realistic, coarse, anime, anime denoise), M-LSD, MiDaS (depth and normals), Depth
-Anything (v1, v2), OpenPose, the anime face segmentation and LaMa run from their files (registered in
-:mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by label, with the extension's
-older names too) do not run yet: each is listed (``/controlnet/module_list`` ``unavailable``) with the file
-it would need, and a request naming one is a 422 that names that file and folder.
+the line-art models (realistic, coarse, anime, anime denoise), M-LSD, MiDaS (depth and normals), Bae's
+normals, Depth Anything (v1, v2), OpenPose, the UniFormer and anime face segmentations and LaMa run from
+their files (registered in :mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by
+label, with the extension's older names too) do not run yet: each is listed (``/controlnet/module_list``
+``unavailable``) with the file it would need, and a request naming one is a 422 that names that file and
+folder.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class Annotator:
 ANNOTATORS = (
     Annotator(("depth_leres", "depth_leres++"), ("leres/res101.pth", "leres/latest_net_G.pth")),
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
-    Annotator(("normal_bae",), ("normal_bae/scannet.pt",)),
     Annotator(
         ("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx"), program="ONNX"
     ),
@@ -49,7 +49,6 @@ ANNOTATORS = (
         ("densepose/densepose_r50_fpn_dl.torchscript",),
         program="TorchScript",
     ),
-    Annotator(("seg_ufade20k",), ("uniformer/upernet_global_small.pth",), ("segmentation",)),
     Annotator(
         ("seg_ofade20k",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",), ("oneformer_ade20k",)
     ),
@@ -109,5 +108,5 @@ def refusal(module: str) -> str | None:
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
         "never downloads them and does not run this annotator yet — send a detected map with module "
         "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, PiDiNet, "
-        "TEED, line art, MLSD, MiDaS, Depth Anything, OpenPose, LaMa)"
+        "TEED, line art, MLSD, MiDaS, Bae's normals, Depth Anything, OpenPose, UniFormer, LaMa)"
     )

@@ -207,9 +207,11 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _state_dict_of(path: Path, obj: object) -> dict[str, torch.Tensor]:
-    """Unwrap ``{"state_dict": {...}}`` (Lightning) or ``{"params_ema"|"params": {...}}`` (BasicSR
-    upscalers and face restorers, EMA weights first) and keep only tensor entries."""
-    for key in ("state_dict", "params_ema", "params"):
+    """Unwrap ``{"state_dict": {...}}`` (Lightning), ``{"params_ema"|"params": {...}}`` (BasicSR
+    upscalers and face restorers, EMA weights first), ``{"model": {...}}`` (training checkpoints such as
+    the normal_bae annotator's) or ``{"depth_model": {...}}`` (the LeReS annotator's) and keep only tensor
+    entries."""
+    for key in ("state_dict", "params_ema", "params", "model", "depth_model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
