@@ -135,6 +135,7 @@ MIDAS, MLSD = "midas/dpt_hybrid-midas-501f0c75.pt", "mlsd/mlsd_large_512_fp32.pt
 PIDI = "pidinet/table5_pidinet.pth"
 _SAFE_STEPS = Slider("Safe Steps", 0, 10, 2, 1)
 _NORMAL_BG = Slider("Normal Background Threshold", 0.0, 1.0, 0.4)
+_NEAR = Slider("Remove Near %", 0, 100, 0, 0.1)
 BODY, HAND, FACE = (f"openpose/{name}.pth" for name in ("body_pose_model", "hand_pose_model", "facenet"))
 
 
@@ -169,6 +170,8 @@ def test_the_registry_matches_the_extensions_table() -> None:
         ),
         "lineart_anime": ((), RES, None, ("Lineart",), ("lineart_anime/netG.pth",)),
         "normal_bae": ((), RES, None, ("NormalMap",), ("normal_bae/scannet.pt",)),
+        "depth_leres": ((), RES, _NEAR, ("Depth",), ("leres/res101.pth",)),
+        "depth_leres++": ((), RES, _NEAR, ("Depth",), ("leres/res101.pth", "leres/latest_net_G.pth")),
         "segmentation": (
             ("seg_ufade20k",),
             RES,

@@ -6,11 +6,11 @@ The extension downloads these on first use into
 reads a file the user placed there (beside an A1111 models folder) or in
 ``<models>/ControlNetPreprocessor/<folder>/`` (:func:`roots`, :func:`locate`). HED, PiDiNet, TEED/Anyline,
 the line-art models (realistic, coarse, anime, anime denoise), M-LSD, MiDaS (depth and normals), Bae's
-normals, Depth Anything (v1, v2), OpenPose, the UniFormer and anime face segmentations and LaMa run from
-their files (registered in :mod:`latentstudio.control.annotated`); the others here (:data:`ANNOTATORS`, by
-label, with the extension's older names too) do not run yet: each is listed (``/controlnet/module_list``
-``unavailable``) with the file it would need, and a request naming one is a 422 that names that file and
-folder.
+normals, LeReS (and its boosting), Depth Anything (v1, v2), OpenPose, the UniFormer and anime face
+segmentations and LaMa run from their files (registered in :mod:`latentstudio.control.annotated`); the
+others here (:data:`ANNOTATORS`, by label, with the extension's older names too) do not run yet (or never:
+the ONNX and TorchScript ones): each is listed (``/controlnet/module_list`` ``unavailable``) with the file it
+would need, and a request naming one is a 422 that names that file and folder.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class Annotator:
 
 
 ANNOTATORS = (
-    Annotator(("depth_leres", "depth_leres++"), ("leres/res101.pth", "leres/latest_net_G.pth")),
     Annotator(("depth_zoe",), ("zoedepth/ZoeD_M12_N.pt",)),
     Annotator(
         ("dw_openpose_full",), ("openpose/dw-ll_ucoco_384.onnx", "openpose/yolox_l.onnx"), program="ONNX"
@@ -108,5 +107,5 @@ def refusal(module: str) -> str | None:
         f"{module!r} needs annotator weights ({files}, which the extension keeps in {folder}); this server "
         "never downloads them and does not run this annotator yet — send a detected map with module "
         "'none', or use a preprocessor that needs no weights or one that runs from its file (HED, PiDiNet, "
-        "TEED, line art, MLSD, MiDaS, Bae's normals, Depth Anything, OpenPose, UniFormer, LaMa)"
+        "TEED, line art, MLSD, MiDaS, LeReS, Bae's normals, Depth Anything, OpenPose, UniFormer, LaMa)"
     )
