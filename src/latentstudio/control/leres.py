@@ -40,7 +40,7 @@ from torch import nn
 from latentstudio.control import leres_boost
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.control.preprocessor_types import Preprocessor, Settings, Slider
-from latentstudio.control.weights import load_network
+from latentstudio.control.weights import load_network, uninitialised
 from latentstudio.core import FieldError
 
 FILE_LERES = "leres/res101.pth"  # under the annotator downloads folder
@@ -228,17 +228,13 @@ class LeReSNetwork(nn.Module):
         return out
 
 
-def _unset() -> LeReSNetwork:
-    """The network with its tensors allocated but not initialised (the file sets every one; initialising
-    115 M parameters first would take seconds)."""
-    with torch.device("meta"):
-        model = LeReSNetwork()
-    return model.to_empty(device="cpu")
+def _empty() -> LeReSNetwork:
+    return uninitialised(LeReSNetwork)  # the file replaces every tensor (weights.load_network checks it)
 
 
 def network(path: Path) -> LeReSNetwork:
     """The network with ``path``'s weights (:func:`weights.load_network`; ``module.`` dropped)."""
-    return load_network(path, _unset, "LeReS depth", prefix=PREFIX)
+    return load_network(path, _empty, "LeReS depth", prefix=PREFIX)
 
 
 def estimate(image: np.ndarray, model: nn.Module, width: int, height: int) -> np.ndarray:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentstudio.control.weights import load_network
+from latentstudio.control.weights import load_network, uninitialised
 
 RECEPTIVE = 448  # LeReS' receptive field: the low size of every double estimate
 PATCH = 2 * RECEPTIVE  # a patch's high size, and the grid's patch size
@@ -107,16 +107,13 @@ class MergeNetwork(nn.Module):
         return out
 
 
-def _unset() -> MergeNetwork:
-    """The merge network with its tensors allocated but not initialised (the file sets every one)."""
-    with torch.device("meta"):
-        model = MergeNetwork()
-    return model.to_empty(device="cpu")
+def _empty() -> MergeNetwork:
+    return uninitialised(MergeNetwork)  # the file replaces every tensor (weights.load_network checks it)
 
 
 def network(path: Path) -> MergeNetwork:
     """The merge network with ``path``'s weights (:func:`weights.load_network`)."""
-    return load_network(path, _unset, "pix2pix depth merge")
+    return load_network(path, _empty, "pix2pix depth merge")
 
 
 def merger(model: nn.Module) -> Merge:

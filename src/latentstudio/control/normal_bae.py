@@ -49,7 +49,7 @@ from torch import nn
 
 from latentstudio.control import preprocess_ops as ops
 from latentstudio.control.preprocessor_types import Preprocessor, Settings
-from latentstudio.control.weights import load_network
+from latentstudio.control.weights import load_network, uninitialised
 
 FILE = "normal_bae/scannet.pt"  # under the annotator downloads folder
 PREFIX = "module."  # DataParallel's, on every key of the released file
@@ -296,21 +296,13 @@ class NormalBaeNetwork(nn.Module):
         return out
 
 
-def _unfilled() -> NormalBaeNetwork:
-    """The network with its tensors allocated but not initialised (the file replaces every one of them:
-    this skips drawing 72.6 million random numbers); the batch-norm step counters zero."""
-    with torch.device("meta"):
-        model = NormalBaeNetwork()
-    model.to_empty(device="cpu")
-    for name, buffer in model.named_buffers():
-        if name.endswith("num_batches_tracked"):
-            buffer.zero_()
-    return model
+def _empty() -> NormalBaeNetwork:
+    return uninitialised(NormalBaeNetwork)  # the file replaces every tensor (weights.load_network checks it)
 
 
 def network(path: Path) -> NormalBaeNetwork:
     """The network with ``path``'s weights (:func:`weights.load_network`)."""
-    return load_network(path, _unfilled, "Bae et al. surface-normal", prefix=PREFIX)
+    return load_network(path, _empty, "Bae et al. surface-normal", prefix=PREFIX)
 
 
 def normals(image: np.ndarray, model: nn.Module) -> torch.Tensor:

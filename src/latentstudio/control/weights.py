@@ -21,6 +21,19 @@ _lock = threading.Lock()
 _loaded: OrderedDict[tuple[Path, int, int, object, str], torch.nn.Module] = OrderedDict()
 
 
+def uninitialised(build: Callable[[], M]) -> M:
+    """``build()`` with its tensors allocated on the CPU but not initialised, the batch-norm step counters
+    zero: for a large network whose every tensor :func:`load_network` then replaces from its file (drawing
+    tens of millions of random numbers first would take seconds)."""
+    with torch.device("meta"):
+        model = build()
+    model = model.to_empty(device="cpu")
+    for name, buffer in model.named_buffers():
+        if name.endswith("num_batches_tracked"):
+            buffer.zero_()
+    return model
+
+
 def load_network(path: Path, build: Callable[[], M], name: str, prefix: str = "") -> M:
     """``build()`` with ``path``'s weights (fp32, eval, no gradients), kept while the file is unchanged. A
     file whose tensors (``prefix`` dropped from their keys where present) are not exactly the network's is

@@ -64,7 +64,8 @@ def detect_units(
     numpy_seed = preprocessors.numpy_seed(seed, subseed)
     for given, network in zip(units, networks, strict=True):
         unit = _fallback(given, params)
-        if preprocessors.find(unit.module).accepts_mask:
+        module = preprocessors.find(unit.module)
+        if module.accepts_mask:
             picture, resize = _inpaint_input(unit, params)
         elif unit.image is not None:
             mask = None if unit.mask is None else hint.array(unit.mask)
@@ -76,10 +77,7 @@ def detect_units(
             raise ValueError("controlnet is enabled but no input image is given")
         if params.inpaint is not None and params.inpaint.only_masked and unit.inpaint_crop_input_image:
             picture = masked_crop(picture, resize, params)
-        if (
-            preprocessors.find(unit.module).name == "inpaint_only+lama"
-            and resize is ControlResize.RESIZE_AND_FILL
-        ):
+        if module.name == "inpaint_only+lama" and resize is ControlResize.RESIZE_AND_FILL:
             picture = hint.fit(picture, resize, *_final_size(params))  # LaMa outpaints the border it fills
         detected = hint.detect_map(
             unit, picture, resize, (params.height, params.width), numpy_seed, roots=roots

@@ -28,7 +28,9 @@ from latentstudio.samplers.wrappers import (
 )
 
 
-def denoiser(components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None) -> Denoiser:
+def unet_denoiser(
+    components: Components, model_sigmas: torch.Tensor, concat: torch.Tensor | None
+) -> Denoiser:
     """The UNet as a k-diffusion denoiser; ``concat`` ``[1, 5, h, w]`` feeds an inpainting checkpoint (an
     inpaint ControlNet unit may give its own in its place: the ``image_conditioning`` keyword)."""
     unet = components.unet

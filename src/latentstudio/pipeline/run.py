@@ -28,7 +28,15 @@ from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
 from latentstudio.pipeline.params import GenerationParams, Hires, ResolvedParams
-from latentstudio.pipeline.passes import Pass, Progress, StepInfo, denoiser, make_rng, pass_sigmas, run_pass
+from latentstudio.pipeline.passes import (
+    Pass,
+    Progress,
+    StepInfo,
+    make_rng,
+    pass_sigmas,
+    run_pass,
+    unet_denoiser,
+)
 from latentstudio.prompts.conditioning import ConditioningCache
 from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import ImageRNG, all_seeds
@@ -294,7 +302,7 @@ def _first_stage(
     if components.info.inpainting:
         weight, full = params.inpainting_mask_weight, (params.width, params.height)
         concat = vae.image_conditioning(components, prepared, weight, full)
-    return _Stage(components, sampling, denoiser(components, model_sigmas, concat))
+    return _Stage(components, sampling, unet_denoiser(components, model_sigmas, concat))
 
 
 def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
@@ -327,7 +335,7 @@ def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
     concat = None
     if components.info.inpainting:
         concat = vae.image_conditioning(components, None, 1.0, (plan.width, plan.height))
-    stage = _Stage(components, sampling, denoiser(components, model_sigmas, concat))
+    stage = _Stage(components, sampling, unet_denoiser(components, model_sigmas, concat))
     title = model.title if model is not None else None
     return _Hires(plan, stage, title, activation.warnings if activation is not None else ())
 
