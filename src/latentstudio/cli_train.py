@@ -178,26 +178,101 @@ def train_shapes_command(
     typer.echo(str(path))
 
 
+@train_app.command("shapes-phrasing")
+def train_shapes_phrasing_command(  # noqa: PLR0917 - one option per setting
+    output_dir: Output = Path("runs/shapes-phrasing"),
+    init: Annotated[
+        Path | None, typer.Option(help="Checkpoint to fine-tune (default: the built-in model).")
+    ] = None,
+    steps: int = 600,
+    batch_size: int = 128,
+    lr: float = 2e-4,
+    threads: Threads = 1,
+    data_workers: Annotated[
+        int | None,
+        typer.Option(help="Processes rendering the next batches (default: 4 with a GPU, none without)."),
+    ] = None,
+    ship: Annotated[
+        bool,
+        typer.Option(
+            help="Copy the result over the packaged built-in model and add the fine-tune to its card."
+        ),
+    ] = False,
+    eval_subset: Annotated[
+        int, typer.Option(min=1, help="Prompts of each eval set for the card (--ship).")
+    ] = 400,
+) -> None:
+    """Fine-tune the built-in model on captions of the caption grammar (issue 18: ordinary phrasings),
+    resumable; writes final/model.safetensors."""
+    import os
+    import shutil
+
+    import torch
+
+    from latentstudio.models.files import ModelFileError
+    from latentstudio.models.loader import load_checkpoint
+    from latentstudio.train.eval_shapes import evaluate
+    from latentstudio.train.loop import train
+    from latentstudio.train.recipe import CARD_NAME, builtin_model_path, phrasing_card, phrasing_recipe
+    from latentstudio.train.tasks import ModelTask
+
+    if init is not None and not init.is_file():
+        raise _fail(f"--init: {init}: no such file")
+    if data_workers is None:
+        data_workers = min(4, (os.cpu_count() or 1) - 1) if torch.accelerator.is_available() else 0
+    cfg = phrasing_recipe(output_dir, init=init, threads=threads, data_workers=data_workers, steps=steps,
+                          batch_size=batch_size, lr=lr)  # fmt: skip
+    try:
+        task = ModelTask(cfg)
+    except (ModelFileError, OSError, ValueError) as e:
+        raise _fail(str(e)) from None
+    result = train(task, cfg)
+    path = result.output_dir / "final" / "model.safetensors"
+    if ship:
+        destination = builtin_model_path()
+        shutil.copyfile(path, destination)
+        components = load_checkpoint(destination, device=torch.device("cpu"), dtype=torch.float32)
+        with torch.no_grad():
+            accuracy, heldout = (evaluate(components, eval_subset, phrasing=p).as_dict()
+                                 for p in ("templates", "heldout"))  # fmt: skip
+        card_path = destination.parent / CARD_NAME
+        card = phrasing_card(card_path.read_text(encoding="utf-8"), cfg, accuracy, heldout)
+        card_path.write_text(card, encoding="utf-8")
+        path = destination
+    typer.echo(json.dumps({"output": str(path), "seconds": round(result.seconds, 1)}))
+
+
 @eval_app.command("shapes")
 def eval_shapes_command(  # noqa: PLR0917 - one option per setting
     model: Annotated[Path | None, typer.Option(help="Checkpoint file (default: the built-in model).")] = None,
-    subset: Annotated[int, typer.Option(min=1, help="How many prompts of the fixed set.")] = 96,
+    subset: Annotated[int, typer.Option(min=1, help="How many prompts of each fixed set.")] = 96,
+    prompt_set: Annotated[
+        str,
+        typer.Option(
+            "--set", help="templates (training templates 1, 2), heldout (unseen phrasings) or both."
+        ),
+    ] = "both",
     steps: int = 20,
     sampler: str = "DPM++ 2M",
     cfg_scale: float = 7.0,
     threads: Threads = 1,
-    images: Annotated[Path | None, typer.Option(help="Also write each picture here.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Also write each picture here (a folder per set).")
+    ] = None,
 ) -> None:
-    """Foreground colour / background colour / shape / position accuracy (JSON) at the model's native size."""
+    """Foreground colour / background colour / shape / position accuracy (JSON) at the model's native size,
+    per prompt set; position over the prompts that name one (``position_count``)."""
     import numpy as np
     import torch
     from PIL import Image
 
     from latentstudio.models.files import ModelFileError
     from latentstudio.models.loader import load_checkpoint
-    from latentstudio.train.eval_shapes import Reading, evaluate
+    from latentstudio.train.eval_shapes import PHRASINGS, Reading, evaluate
     from latentstudio.train.recipe import builtin_model_path
 
+    if prompt_set not in (*PHRASINGS, "both"):
+        raise _fail(f"--set: {prompt_set!r} is not one of {', '.join(PHRASINGS)}, both")
     if threads:
         torch.set_num_threads(threads)
     path = model or builtin_model_path()
@@ -205,14 +280,20 @@ def eval_shapes_command(  # noqa: PLR0917 - one option per setting
         components = load_checkpoint(path, device=torch.device("cpu"), dtype=torch.float32)
     except (ModelFileError, OSError) as e:
         raise _fail(str(e)) from None
+    report: dict[str, object] = {"model": str(path), "steps": steps}
+    for phrasing in [p for p in PHRASINGS if prompt_set in (p, "both")]:
+        folder = images / phrasing if images is not None else None
 
-    def save(index: int, image: np.ndarray, reading: Reading) -> None:
-        if images is not None:
-            images.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(
-                images / f"{index:03d}-{reading.fg}-{reading.shape}-on-{reading.bg}.png"
-            )
+        def save(index: int, image: np.ndarray, reading: Reading, folder: Path | None = folder) -> None:
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(
+                    folder / f"{index:03d}-{reading.fg}-{reading.shape}-on-{reading.bg}.png"
+                )
 
-    accuracy = evaluate(components, subset, steps=steps, sampler=sampler, cfg_scale=cfg_scale, on_image=save)
-    typer.echo(json.dumps({"model": str(path), "steps": steps, **accuracy.as_dict()}, indent=2))
+        with torch.no_grad():
+            accuracy = evaluate(components, subset, steps=steps, sampler=sampler, cfg_scale=cfg_scale,
+                                on_image=save, phrasing=phrasing)  # fmt: skip
+        report[phrasing] = {**accuracy.as_dict(), "position_count": accuracy.position_count}
+    typer.echo(json.dumps(report, indent=2))
     sys.stdout.flush()

@@ -93,7 +93,8 @@ class VaeConfig(LoopConfig):
 
 @dataclass(frozen=True)
 class ModelConfig(LoopConfig):
-    """``train model``: UNet + CLIP text encoder from scratch in the latent space of a trained VAE."""
+    """``train model``: UNet + CLIP text encoder from scratch (or from ``init``) in the latent space of a
+    trained VAE."""
 
     output_dir: str = "runs/model"
     vae: str = ""  # the VAE run's output dir (its final/ weights) or a .safetensors file
@@ -110,5 +111,12 @@ class ModelConfig(LoopConfig):
     noise_offset: float = 0.0
     caption_dropout: float = 0.1  # empty captions, for classifier-free guidance
     data_seed: int = 0
+    # "templates": the five fixed caption templates (the built-in model's data); "grammar": phrasings drawn
+    # from latentstudio.train.captions (the same pictures)
+    captions: Literal["templates", "grammar"] = "templates"
+    # a single-file checkpoint whose UNet and text encoder start the run (a fine-tune; the architecture
+    # above must match it); its VAE too when ``vae`` is empty
+    init: str = ""
     train_text_encoder: bool = True
     extra: dict[str, str] = field(default_factory=dict)
+

@@ -5,16 +5,22 @@ The classifier reads the background colour from the image border, the foreground
 to it, the foreground colour from the mask's median, the shape from the mask's geometry (fill of its
 bounding box and of its convex hull) and the position from the centre of its bounding box. On the
 generator's own renders it is exact (tests/test_train_shapes.py).
+
+Two prompt sets, the same specs and seeds: ``templates`` (training templates 1 and 2, naming every
+attribute) and ``heldout`` (:mod:`latentstudio.train.heldout_phrasings`: phrasings the caption grammar never
+produces; position scored only where named).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from latentstudio.train import heldout_phrasings
+from latentstudio.train.captions import fill_template
 from latentstudio.train.shapes import COLOURS, POSITIONS, TEMPLATES, ShapeSpec, random_spec
 
 if TYPE_CHECKING:
@@ -24,6 +30,8 @@ _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # [8, 3]
 _NAMES = list(COLOURS)
 EVAL_SEED = 20240
 EVAL_TEMPLATES = (1, 2)  # the templates that name every attribute
+Phrasing = Literal["templates", "heldout"]
+PHRASINGS: tuple[Phrasing, ...] = ("templates", "heldout")
 
 
 @dataclass(frozen=True)
@@ -39,15 +47,18 @@ class Reading:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Fractions in [0, 1] over ``count`` pictures."""
+    """Fractions in [0, 1] over ``count`` pictures; ``position`` over the ``position_count`` of them whose
+    prompt names a position (all of them in the ``templates`` set; 0 of 0 reads 0.0)."""
 
     count: int
     fg: float
     bg: float
     shape: float
     position: float
+    position_count: int
 
     def as_dict(self) -> dict[str, float]:
+        """The five fractions and ``count`` (the model card's keys; ``position_count`` is the field)."""
         return {
             "count": self.count,
             "fg": self.fg,
@@ -143,19 +154,53 @@ def eval_specs(count: int, seed: int = EVAL_SEED) -> list[tuple[ShapeSpec, str]]
     return out
 
 
-def score(readings: Sequence[Reading], specs: Sequence[ShapeSpec]) -> Accuracy:
-    """Per-attribute accuracy of ``readings`` against the intended ``specs``."""
+def heldout_specs(count: int, seed: int = EVAL_SEED) -> list[tuple[ShapeSpec, str]]:
+    """The fixed held-out set: the specs of :func:`eval_specs` (same ``seed``), spec ``i`` written with
+    ``HELDOUT_TEMPLATES[i % 24]``."""
+    templates = heldout_phrasings.HELDOUT_TEMPLATES
+    rng = np.random.default_rng(seed)
+    return [
+        (spec, fill_template(templates[i % len(templates)], spec))
+        for i, spec in enumerate(random_spec(rng) for _ in range(count))
+    ]
+
+
+def prompt_set(count: int, phrasing: Phrasing = "templates") -> list[tuple[ShapeSpec, str, bool]]:
+    """The first ``count`` prompts of a set: ``(spec, prompt, whether the prompt names the position)``."""
+    if phrasing == "templates":
+        return [(spec, caption, True) for spec, caption in eval_specs(count)]
+    if phrasing == "heldout":
+        templates = heldout_phrasings.HELDOUT_TEMPLATES
+        return [
+            (spec, caption, heldout_phrasings.names_position(templates[i % len(templates)]))
+            for i, (spec, caption) in enumerate(heldout_specs(count))
+        ]
+    raise ValueError(f"phrasing: {phrasing!r} is not one of {', '.join(PHRASINGS)}")
+
+
+def score(
+    readings: Sequence[Reading], specs: Sequence[ShapeSpec], names_position: Sequence[bool] | None = None
+) -> Accuracy:
+    """Per-attribute accuracy of ``readings`` against the intended ``specs``; position only over the
+    pictures whose ``names_position`` is true (default: all)."""
     n = len(specs)
+    named = [True] * n if names_position is None else list(names_position)
+    if len(named) != n:
+        raise ValueError(f"names_position: {len(named)} entries for {n} specs")
 
-    def frac(get: Callable[[Reading | ShapeSpec], str]) -> float:
-        return sum(get(r) == get(s) for r, s in zip(readings, specs, strict=True)) / max(n, 1)
+    def hits(get: Callable[[Reading | ShapeSpec], str], where: Sequence[bool]) -> tuple[float, int]:
+        pairs = [(r, s) for r, s, w in zip(readings, specs, where, strict=True) if w]
+        return sum(get(r) == get(s) for r, s in pairs) / max(len(pairs), 1), len(pairs)
 
+    every = [True] * n
+    position, position_count = hits(lambda x: x.position, named)
     return Accuracy(
         n,
-        frac(lambda x: x.fg),
-        frac(lambda x: x.bg),
-        frac(lambda x: x.shape),
-        frac(lambda x: x.position),
+        hits(lambda x: x.fg, every)[0],
+        hits(lambda x: x.bg, every)[0],
+        hits(lambda x: x.shape, every)[0],
+        position,
+        position_count,
     )
 
 
@@ -188,17 +233,32 @@ def evaluate(
     sampler: str = "DPM++ 2M",
     cfg_scale: float = 7.0,
     on_image: Callable[[int, np.ndarray, Reading], None] | None = None,
+    phrasing: Phrasing = "templates",
 ) -> Accuracy:
-    """Accuracy of ``components`` on the first ``count`` prompts of the fixed set (prompt i uses seed i)."""
-    specs, readings = [], []
-    for i, (spec, caption) in enumerate(eval_specs(count)):
+    """Accuracy of ``components`` on the first ``count`` prompts of the fixed set ``phrasing``
+    (:func:`prompt_set`; prompt i uses seed i)."""
+    prompts = prompt_set(count, phrasing)
+    readings = []
+    for i, (_, caption, _) in enumerate(prompts):
         image = generate(components, caption, i, steps=steps, sampler=sampler, cfg_scale=cfg_scale)
         reading = classify(image)
         if on_image is not None:
             on_image(i, image, reading)
-        specs.append(spec)
         readings.append(reading)
-    return score(readings, specs)
+    return score(readings, [p[0] for p in prompts], [p[2] for p in prompts])
 
 
-__all__ = ["TEMPLATES", "Accuracy", "Reading", "classify", "eval_specs", "evaluate", "generate", "score"]
+__all__ = [
+    "PHRASINGS",
+    "TEMPLATES",
+    "Accuracy",
+    "Phrasing",
+    "Reading",
+    "classify",
+    "eval_specs",
+    "evaluate",
+    "generate",
+    "heldout_specs",
+    "prompt_set",
+    "score",
+]

@@ -2,8 +2,9 @@
 
 Every sample is a pure function of ``(seed, index)``: one shape (circle, square, triangle, star) of one
 foreground colour, size and position on a flat background of another colour, drawn with 4× supersampling,
-and a caption naming some or all of those attributes ("a red circle on a blue background",
-"small yellow triangle, top right, black background").
+and a caption naming some or all of those attributes: one of five :data:`TEMPLATES` ("a red circle on a
+blue background", "small yellow triangle, top right, black background") or, with ``captions="grammar"``,
+a phrasing drawn from the grammar of :mod:`latentstudio.train.captions` (where the templates live too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from latentstudio.train.captions import TEMPLATES, fill_template, grammar_caption
+
+__all__ = [
+    "CAPTION_STYLES",
+    "COLOURS",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "SUPERSAMPLE",
+    "TEMPLATES",
+    "ShapeSample",
+    "ShapeSpec",
+    "batch",
+    "centre_and_radius",
+    "random_spec",
+    "render",
+    "sample",
+    "to_tensor",
+]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -34,13 +55,6 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "left": (0, 1), "center": (1, 1), "right": (2, 1),
     "bottom left": (0, 2), "bottom": (1, 2), "bottom right": (2, 2),
 }  # fmt: skip
-TEMPLATES = (
-    "a {fg} {shape} on a {bg} background",
-    "{size} {fg} {shape}, {pos}, {bg} background",
-    "a {size} {fg} {shape} in the {pos} on a {bg} background",
-    "{fg} {shape}, {bg} background",
-    "a {fg} {shape} on {bg}, {pos}",
-)
 SUPERSAMPLE = 4
 
 
@@ -57,9 +71,7 @@ class ShapeSpec:
 
     def caption(self, template: int = 0) -> str:
         """The caption written with ``TEMPLATES[template]``."""
-        return TEMPLATES[template].format(
-            fg=self.fg, shape=self.shape, bg=self.bg, size=self.size, pos=self.position
-        )
+        return fill_template(TEMPLATES[template], self)
 
 
 @dataclass(frozen=True)
@@ -127,12 +139,24 @@ def render(spec: ShapeSpec, resolution: int = 64) -> np.ndarray:
     return np.asarray(small, dtype=np.uint8).copy()
 
 
-def sample(seed: int, index: int, resolution: int = 64) -> ShapeSample:
-    """Sample ``index`` of the dataset with ``seed``: deterministic, independent of any other sample."""
+CAPTION_STYLES = ("templates", "grammar")
+
+
+def sample(seed: int, index: int, resolution: int = 64, captions: str = "templates") -> ShapeSample:
+    """Sample ``index`` of the dataset with ``seed``: deterministic, independent of any other sample.
+
+    ``captions``: ``"templates"`` (one of :data:`TEMPLATES`, the built-in model's data) or ``"grammar"``
+    (:func:`latentstudio.train.captions.grammar_caption`); the picture is the same for both.
+    """
+    if captions not in CAPTION_STYLES:
+        raise ValueError(f"captions: {captions!r} is not one of {', '.join(CAPTION_STYLES)}")
     rng = np.random.default_rng([seed, index])
     spec = random_spec(rng)
-    template = int(rng.integers(len(TEMPLATES)))
-    return ShapeSample(render(spec, resolution), spec.caption(template), spec)
+    if captions == "grammar":
+        caption = grammar_caption(spec, rng)
+    else:
+        caption = spec.caption(int(rng.integers(len(TEMPLATES))))
+    return ShapeSample(render(spec, resolution), caption, spec)
 
 
 def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -142,10 +166,11 @@ def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def batch(
-    seed: int, start: int, size: int, resolution: int = 64
+    seed: int, start: int, size: int, resolution: int = 64, captions: str = "templates"
 ) -> tuple[torch.Tensor, list[str], list[ShapeSpec]]:
-    """Samples ``start … start+size−1``: images ``[size, 3, R, R]`` in [-1, 1], captions, specs."""
-    samples = [sample(seed, i, resolution) for i in range(start, start + size)]
+    """Samples ``start … start+size−1``: images ``[size, 3, R, R]`` in [-1, 1], captions (``captions``: as
+    :func:`sample`), specs."""
+    samples = [sample(seed, i, resolution, captions) for i in range(start, start + size)]
     return (
         to_tensor([s.image for s in samples]),
         [s.caption for s in samples],

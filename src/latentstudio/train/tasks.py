@@ -17,7 +17,7 @@ from transformers import CLIPTextModel
 
 from latentstudio.core import Prediction
 from latentstudio.models.families import Family, FamilyInfo
-from latentstudio.models.loader import Components
+from latentstudio.models.loader import Components, load_checkpoint
 from latentstudio.models.tokenizer import OpenAICLIPTokenizer, clip_tokenizer
 from latentstudio.samplers.schedules import model_sigmas_from_alphas, scaled_linear_alphas_cumprod
 from latentstudio.train import architecture, shapes
@@ -78,10 +78,13 @@ def token_ids(captions: list[str]) -> torch.Tensor:
     return ids
 
 
-def model_data(seed: int, resolution: int, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pictures ``[size, 3, R, R]`` in [-1, 1] and their captions' token ids ``[size, 77]``."""
-    images, captions, _ = shapes.batch(seed, first, size, resolution)
-    return images, token_ids(captions)
+def model_data(
+    seed: int, resolution: int, first: int, size: int, captions: str = "templates"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pictures ``[size, 3, R, R]`` in [-1, 1] and their captions' token ids ``[size, 77]`` (``captions``:
+    the caption style of :func:`latentstudio.train.shapes.sample`)."""
+    images, texts, _ = shapes.batch(seed, first, size, resolution, captions)
+    return images, token_ids(texts)
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -143,14 +146,46 @@ def load_trained_vae(folder: Path) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
+def _start_from(
+    init: Components, unet: UNet2DConditionModel, text: CLIPTextModel, config: ModelConfig
+) -> None:
+    """Copy the UNet and text encoder weights of ``init`` into the freshly built modules; a ValueError
+    naming the file if the architectures differ."""
+    loaded_text = init.text_encoders["text_encoder"]
+    loaded_config = loaded_text.config.to_dict()
+    differ = [f"unet.{k}" for k, v in architecture._clean(dict(unet.config)).items()
+              if init.unet.config.get(k) != v]  # fmt: skip
+    differ += [f"text_encoder.{k}" for k, v in architecture.text_architecture(config).items()
+               if k in loaded_config and loaded_config[k] != v]  # fmt: skip
+    if not differ:
+        try:
+            unet.load_state_dict(init.unet.state_dict())
+            text.load_state_dict(loaded_text.state_dict())
+        except RuntimeError as e:
+            differ = [str(e).splitlines()[0]]
+    if differ:
+        raise ValueError(f"init: {init.path}: its architecture differs from the config ({', '.join(differ)})")
+
+
 class ModelTask:
-    """Text-to-image from scratch: ε- or v-prediction with the sampler's parameterisation, optional
-    min-SNR weighting and noise offset; captions dropped with probability ``caption_dropout`` (for CFG)."""
+    """Text-to-image from scratch (or from the ``init`` checkpoint: a fine-tune): ε- or v-prediction with
+    the sampler's parameterisation, optional min-SNR weighting and noise offset; captions (fixed templates
+    or the caption grammar) dropped with probability ``caption_dropout`` (for CFG)."""
 
     def __init__(self, config: ModelConfig) -> None:
         torch.manual_seed(config.seed)
         self.config = config
-        self.vae = load_trained_vae(Path(config.vae))
+        init = (
+            load_checkpoint(Path(config.init), device=torch.device("cpu"), dtype=torch.float32)
+            if config.init
+            else None
+        )
+        if config.vae:
+            self.vae = load_trained_vae(Path(config.vae))
+        elif init is not None:  # a fine-tune stays in the latent space of its checkpoint's VAE
+            self.vae = init.vae.eval().requires_grad_(False)
+        else:
+            raise ValueError("vae: required without init (the final/ folder of `train vae`)")
         self.scale = float(self.vae.config.scaling_factor)
         self.prediction = Prediction.V if config.objective == "v_prediction" else Prediction.EPSILON
         self.alphas = scaled_linear_alphas_cumprod()
@@ -160,9 +195,12 @@ class ModelTask:
         latent = (int(self.vae.config.latent_channels), config.resolution // factor)
         unet = UNet2DConditionModel.from_config(architecture.unet_architecture(config, *latent))
         text = architecture.build_text_encoder(architecture.text_architecture(config))
+        if init is not None:
+            _start_from(init, unet, text, config)
         text.requires_grad_(config.train_text_encoder)
         self.modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text})
-        self._data = functools.partial(model_data, config.data_seed, config.resolution)
+        self._data = functools.partial(model_data, config.data_seed, config.resolution,
+                                       captions=config.captions)  # fmt: skip
         self.data: DataFn | None = self._data
         self.empty_ids = token_ids([""])  # [1, 77]: a dropped caption
 
