@@ -1,9 +1,10 @@
-"""Training throughput (images/s) of the built-in model's ``train model`` stage: 1 process against 2-process
-DDP (gloo on the CPU), one run.
+"""Training throughput (images/s) of the built-in model's ``train model`` stage, or of control-network
+training (``--task controlnet`` / ``t2i-adapter``): 1 process against 2-process DDP (gloo on the CPU), one
+run.
 
-Run: ``python bench/train.py [--steps N] [--skip N] [--reps N] [--batch N]`` (about 2 minutes on 2 idle
-cores with the defaults, mostly imports; each configuration is a fresh process tree, in turn, ``--reps``
-times).
+Run: ``python bench/train.py [--task model|controlnet|t2i-adapter] [--steps N] [--skip N] [--reps N]
+[--batch N]`` (about 2 minutes on 2 idle cores with the defaults, mostly imports; each configuration is a
+fresh process tree, in turn, ``--reps`` times).
 
 What is measured:
 
@@ -13,6 +14,9 @@ What is measured:
   ``train vae`` exports (a trained VAE costs the same per step; the pictures are drawn on the fly as in
   training). Checkpoints and samples are off; the loss, EMA, clipping, logging and ``accelerator.reduce``
   of every step are on.
+* **controlnet** / **t2i-adapter**: ``train shapes-control``'s config (the shipped control model's: the
+  built-in model frozen, 64² shapes drawn anywhere with their canny maps made on the fly, EMA) with the
+  network of that kind, through ``latentstudio train controlnet|t2i-adapter --config``.
 * **the same global batch** (``--batch``, the recipe's 32) in every configuration, through the real CLI
   (``latentstudio train model --config``):
 
@@ -33,7 +37,7 @@ ratio ``2p×1t / 1p×2t`` says which way of using 2 cores trains faster here; ``
 scaling over one core (ideal 2.0). On a busy machine every number is contended: the load averages and each
 run's CPU use are printed beside them.
 
-Results: ``bench/results/train.json``.
+Results: ``bench/results/train.json`` (``train-<task>.json`` for the control tasks).
 """
 
 from __future__ import annotations
@@ -66,26 +70,36 @@ def prepare(folder: Path) -> Path:
     return folder / "vae"
 
 
+def _command(folder: Path, vae: Path, processes: int, threads: int, args: argparse.Namespace) -> list[str]:
+    """Write the run's config.json; the ``latentstudio train …`` arguments that run it."""
+    from latentstudio.models.builtin import builtin_checkpoint
+    from latentstudio.train.control_recipe import control_recipe
+    from latentstudio.train.recipe import shapes_recipe
+
+    common = {"output_dir": str(folder / "run"), "steps": args.steps, "batch_size": args.batch // processes,
+              "threads": threads, "checkpoint_every": args.steps + 1, "sample_every": 0,
+              "log_every": 1}  # fmt: skip
+    if args.task == "model":
+        config: Any = dataclasses.replace(shapes_recipe(folder).model, vae=str(vae), **common)
+        tail = ["train", "model", "--vae", str(vae)]
+    else:
+        recipe = control_recipe(folder, builtin_checkpoint())
+        config = dataclasses.replace(recipe, network=args.task, data_workers=0, lr_steps=(), **common)
+        tail = ["train", args.task, "--base", config.base, "--data", "shapes"]
+    config.save(folder / "config.json")
+    return [*tail, "--config", str(folder / "config.json")]
+
+
 def run_config(
     folder: Path, vae: Path, processes: int, threads: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One training run of ``args.steps`` steps; its steady throughput and CPU use."""
-    from latentstudio.train.recipe import shapes_recipe
-
     if args.batch % processes:
         raise SystemExit(f"--batch {args.batch} does not split over {processes} processes")
-    model = shapes_recipe(folder).model
-    config = dataclasses.replace(
-        model, output_dir=str(folder / "run"), vae=str(vae), steps=args.steps,
-        batch_size=args.batch // processes, threads=threads, checkpoint_every=args.steps + 1,
-        sample_every=0, log_every=1,
-    )  # fmt: skip
-    config.save(folder / "config.json")
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    command = [*launcher, "-m", "latentstudio.cli", "train", "model", "--config", str(folder / "config.json"),
-               "--vae", str(vae)]  # fmt: skip
+    command = [*launcher, "-m", "latentstudio.cli", *_command(folder, vae, processes, threads, args)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HOME": str(folder / "hf-home")}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
@@ -128,12 +142,15 @@ def report(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("model", "controlnet", "t2i-adapter"), default="model")
     parser.add_argument("--steps", type=int, default=20, help="training steps per run")
     parser.add_argument("--skip", type=int, default=4, help="first steps left out of the throughput")
     parser.add_argument("--reps", type=int, default=1, help="runs of each configuration, in turn")
-    parser.add_argument("--batch", type=int, default=32, help="global batch (the recipe's 32)")
+    parser.add_argument("--batch", type=int, default=32, help="global batch (the model recipe's 32)")
     parser.add_argument("--out", type=Path, default=RESULTS_DEFAULT)
     args = parser.parse_args(argv)
+    if args.task != "model" and args.out == RESULTS_DEFAULT:
+        args.out = RESULTS_DEFAULT.with_name(f"train-{args.task}.json")
     if not 0 <= args.skip < args.steps:
         raise SystemExit("--skip must be in [0, --steps)")
     import torch
@@ -152,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = report(runs)
     print(f"load after: {os.getloadavg()}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"torch": torch.__version__, "cpus": os.cpu_count(), "steps": args.steps, "skip": args.skip,
+    payload = {"torch": torch.__version__, "cpus": os.cpu_count(), "task": args.task, "steps": args.steps,
+               "skip": args.skip,
                "batch": args.batch, "raw": runs, "summary": summary}  # fmt: skip
     args.out.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"results: {args.out}")

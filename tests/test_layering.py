@@ -44,7 +44,9 @@ MAY_IMPORT: dict[str, str] = {  # layer: the other layers it may import
     "api.native": _API,
     "api": f"{_API} api.sdapi api.native",
     "ui": "base jobs",  # a client of the job layer, never of models, samplers or pipeline
-    "train": "base models samplers prompts pipeline",  # pipeline: sample images to evaluate
+    # pipeline: sample images to evaluate; control: the preprocessors, hint fitting and network files that
+    # control training makes conditions with and writes
+    "train": "base models samplers prompts control pipeline",
     "server": f"{_API} api.sdapi api.native api ui",
     "cli": f"{_BOTTOM} pipeline train server",  # generate runs the pipeline directly; serve via server
 }
@@ -65,7 +67,7 @@ def layer(module: str) -> str:
             return "api.native"
         if parts[1] in _API_SHARED:
             return "api.shared"
-    if parts[0] in {"cli", "cli_train", "cli_control", "cli_run"}:
+    if parts[0] in {"cli", "cli_train", "cli_train_control", "cli_control", "cli_run"}:
         return "cli"
     return parts[0]
 

@@ -15,6 +15,7 @@ import typer
 from latentstudio.cli_control import ControlOption, as_option, control_files, control_units, detect_command
 from latentstudio.cli_run import DetectedMapsOption, run_and_save
 from latentstudio.cli_train import eval_app, train_app
+from latentstudio.cli_train_control import add_control_commands
 
 if TYPE_CHECKING:
     from latentstudio.core import FieldError
@@ -353,6 +354,7 @@ def _is_loopback(host: str) -> bool:
 
 
 app.command("detect")(detect_command)
+add_control_commands(train_app, eval_app)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 

@@ -206,7 +206,9 @@ def control_files(manager: ModelManager, info: CheckpointInfo, units: Sequence[C
     from latentstudio.core import FieldError
     from latentstudio.models.files import ModelFileError
 
-    library = ControlLibrary(manager.settings.models_dir, manager.device, manager.dtype)
+    library = ControlLibrary(
+        manager.settings.models_dir, manager.device, manager.dtype, manager.builtin_control_files
+    )
     family = manager.family(info).family  # from the header, cached: generate has read it already
     files = []
     for i, unit in enumerate(units, 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,19 @@ class ControlFile:
 
 
 class ControlLibrary:
-    """The files under ``models/ControlNet`` (and the extension's own folder) of one models root, for one
-    device and dtype. Thread-safe; :meth:`load` is for the thread that runs jobs."""
+    """The files under ``models/ControlNet`` (and the extension's own folder) of one models root, and those
+    ``extra_files`` returns on each listing (the built-in model's ControlNet), for one device and dtype.
+    Thread-safe; :meth:`load` is for the thread that runs jobs."""
 
-    def __init__(self, models_dir: Path, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        extra_files: Callable[[], Sequence[Path]] | None = None,
+    ) -> None:
         self.models_dir = Path(models_dir)
+        self._extra_files = extra_files
         self.device = device
         self.dtype = dtype
         self._lock = threading.RLock()
@@ -74,7 +83,8 @@ class ControlLibrary:
         """Every listed file, read anew (the extension rescans on ``model_list?update=true``); hashes are
         computed once per file version."""
         out = []
-        for path in scan_control_models(self.models_dir):
+        extra = list(self._extra_files()) if self._extra_files is not None else []
+        for path in [*scan_control_models(self.models_dir), *extra]:
             try:
                 key = stat_key(path)
             except OSError:

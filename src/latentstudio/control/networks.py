@@ -33,6 +33,7 @@ from latentstudio.control.layouts import (
     required_shape,
     to_diffusers,
 )
+from latentstudio.models.arch import architecture_overrides
 from latentstudio.models.families import Family
 from latentstudio.models.files import (
     SAFETENSORS_SUFFIXES,
@@ -51,6 +52,8 @@ __all__ = [
     "load_control_network",
 ]
 
+BASE_FAMILY_KEY = "latentstudio.base_family"
+"""Metadata a trained control file records its base model's family in (``latentstudio train``)."""
 _SHARED_WITH_UNET = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
 _FOLDER_WEIGHTS = tuple(
     f"diffusion_pytorch_model{v}.{s}" for s in ("safetensors", "bin") for v in ("", ".fp16")
@@ -111,7 +114,7 @@ def load_control_network(
     (``cldm-diff``) gets ``base_unet``'s weights added to every key they share; without it, an error."""
     weights, folder = _locate(path)
     tf = read_tensor_file(weights)
-    described = _describe(path, {k: tuple(v.shape) for k, v in tf.tensors.items()}, folder)
+    described = _describe(path, {k: tuple(v.shape) for k, v in tf.tensors.items()}, folder, tf.metadata)
     info, config = described.info, dict(described.config)
     state = to_diffusers(path, info.layout, detect_layout(path, tf.tensors)[2])
     if info.layout == "cldm-diff":
@@ -133,12 +136,13 @@ def load_control_network(
 
 def _describe_file(path: Path) -> tuple[_Described, Any]:
     weights, folder = _locate(path)
+    metadata: Mapping[str, str] = {}
     if weights.suffix.lower() in SAFETENSORS_SUFFIXES and weights.is_file():
-        entries, _ = read_safetensors_header(weights)
+        entries, metadata = read_safetensors_header(weights)
         shapes = {k: tuple(cast("list[int]", e["shape"])) for k, e in entries.items()}
     else:  # pickled tensors (weights-only unpickler) or a missing file (read_tensor_file says so)
         shapes = {k: tuple(v.shape) for k, v in read_tensor_file(weights).tensors.items()}
-    described = _describe(path, shapes, folder)
+    described = _describe(path, shapes, folder, metadata)
     return described, _checked_module(path, described, described.config)
 
 
@@ -174,15 +178,24 @@ def _locate(path: Path) -> tuple[Path, Mapping[str, Any] | None]:
     return weights, config
 
 
-def _describe(path: Path, shapes: Shapes, folder: Mapping[str, Any] | None) -> _Described:
-    """Layout → diffusers-layout shapes → family and diffusers config; a folder's config.json must agree."""
+def _describe(
+    path: Path, shapes: Shapes, folder: Mapping[str, Any] | None, metadata: Mapping[str, str]
+) -> _Described:
+    """Layout → diffusers-layout shapes → family and diffusers config; a folder's config.json must agree.
+    An adapter recorded as trained for SD2 (:data:`BASE_FAMILY_KEY`) is SD2. A ControlNet's
+    ``latentstudio.architecture`` metadata (``{"controlnet": {…}}``, checked by
+    :mod:`latentstudio.models.arch_schema`) gives what shapes cannot: norm groups, heads (a trained
+    ControlNet of a base model whose UNet is not its family's, e.g. the built-in model's)."""
     kind, layout, sub = detect_layout(path, shapes)
     converted = to_diffusers(path, layout, sub)
     if kind is ControlKind.CONTROLNET:
         family, config = controlnet_config(path, converted)
+        config.update(architecture_overrides(path, metadata).get("controlnet", {}))
         hint = required_shape(path, converted, "controlnet_cond_embedding.conv_in.weight")[1]
     else:
         family, config, hint = adapter_config(path, layout, converted)
+        if family is Family.SD1 and metadata.get(BASE_FAMILY_KEY) == Family.SD2.value:
+            family = Family.SD2  # the same shapes: only the file's own record tells an SD2 adapter
     if folder is not None:
         name = folder.get("_class_name")
         expected = {"ControlNetModel": ControlKind.CONTROLNET, "T2IAdapter": ControlKind.T2I_ADAPTER}

@@ -128,7 +128,9 @@ class JobRunner:
         self.faces = FaceRestorers(manager.settings.models_dir, device=manager.device)
         # ControlNet / T2I-Adapter files: listed anew on each use, loaded once and kept (the service checks
         # units' model names and families against it at submission)
-        self.controls = ControlLibrary(manager.settings.models_dir, manager.device, manager.dtype)
+        self.controls = ControlLibrary(
+            manager.settings.models_dir, manager.device, manager.dtype, manager.builtin_control_files
+        )
         self._safety: SafetyChecker | None = None  # built on the first job when the setting is on
         self.durations: list[float] = []  # recent job wall times, newest last (for Retry-After)
 

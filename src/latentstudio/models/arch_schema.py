@@ -145,7 +145,23 @@ class TextEncoderArch(_Arch):
     vocab_size: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
+class ControlNetArch(_Arch):
+    """``ControlNetModel`` fields a ControlNet file's shapes cannot tell (the rest come from its shapes): what
+    ``latentstudio train controlnet`` records for a base model whose UNet differs from its family's."""
+
+    act_fn: Activation | None = None
+    attention_head_dim: Heads | PerLevel | None = None
+    flip_sin_to_cos: bool | None = None
+    freq_shift: Annotated[int, Field(ge=0, le=16)] | None = None
+    norm_eps: Epsilon | None = None
+    norm_num_groups: Groups | None = None
+    only_cross_attention: bool | None = None
+    resnet_time_scale_shift: Literal["default", "scale_shift"] | None = None
+    upcast_attention: bool | None = None
+
+
 COMPONENTS: dict[str, type[_Arch]] = {
+    "controlnet": ControlNetArch,
     "unet": UnetArch,
     "vae": VaeArch,
     "text_encoder": TextEncoderArch,

@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL
 
 from latentstudio.config import Settings, enforce_offline, resolve_device, resolve_dtype
 from latentstudio.models import discovery, loader
-from latentstudio.models.builtin import builtin_checkpoint, known_sha256
+from latentstudio.models.builtin import builtin_checkpoint, builtin_control, known_sha256
 from latentstudio.models.discovery import CheckpointInfo, VaeInfo
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.families import FamilyInfo
@@ -115,6 +115,13 @@ class ModelManager:
                 if not self._checkpoints and self.settings.builtin_model and builtin.is_file():
                     self._checkpoints = [CheckpointInfo.from_path(builtin, builtin.parent)]
             return list(self._checkpoints)
+
+    def builtin_control_files(self) -> list[Path]:
+        """The built-in model's shipped ControlNet while the built-in model is the checkpoint offered (none
+        otherwise: it fits no other model)."""
+        builtin, control = builtin_checkpoint(), builtin_control()
+        offered = [info.path for info in self.checkpoints()] == [builtin]
+        return [control] if offered and control.is_file() else []
 
     def vaes(self) -> list[VaeInfo]:
         """VAE files under ``<models_dir>/VAE`` and ``*.vae.*`` beside checkpoints."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 Objective = Literal["epsilon", "v_prediction"]
+ControlNetworkKind = Literal["controlnet", "t2i-adapter"]
 C = TypeVar("C", bound="LoopConfig")
 
 
@@ -120,3 +121,54 @@ class ModelConfig(LoopConfig):
     train_text_encoder: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class ControlConfig(LoopConfig):
+    """``train controlnet`` / ``train t2i-adapter``. ``base``: the frozen checkpoint (file or diffusers
+    folder); ``data``: a folder of images with same-name captions (kohya layout, ``N_name`` repeats), or
+    ``shapes`` for the procedural shapes set of the built-in control model. Conditions: same-stem images in
+    ``conditioning_data``, or ``preprocessor`` (one of ours, e.g. ``canny``, ``scribble_xdog``) run once per
+    image and cached under ``output_dir/conditions``."""
+
+    output_dir: str = "runs/controlnet"
+    network: ControlNetworkKind = "controlnet"
+    base: str = ""
+    data: str = ""
+    conditioning_data: str = ""
+    preprocessor: str = ""
+    processor_res: int = 512
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    output_name: str = ""
+    resolution: int = 512
+    hint_channels: int = 3
+    caption_extension: str = ".txt"
+    caption_dropout: float = 0.5
+    min_snr_gamma: float = 0.0
+    noise_offset: float = 0.0
+    gradient_checkpointing: bool = False
+    adapter_res_blocks: int = 2
+    sample_prompts: tuple[str, ...] = ()
+    sample_steps: int = 20
+    lr: float = 1e-5
+    warmup: int = 0
+    steps: int = 1000
+    batch_size: int = 4
+    ema_decay: float = 0.0
+    checkpoint_every: int = 250
+    sample_every: int = 250
+
+    def check(self) -> None:
+        """Raises ValueError naming the first setting out of range."""
+        if self.network not in ("controlnet", "t2i-adapter"):
+            raise ValueError(f"network: {self.network!r} is not one of controlnet, t2i-adapter")
+        if not self.base:
+            raise ValueError("base: a checkpoint is required")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"resolution: {self.resolution} is not a positive multiple of 8")
+        if self.hint_channels not in (1, 3):
+            raise ValueError(f"hint_channels: {self.hint_channels} is not 1 or 3")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout: {self.caption_dropout} is not in [0, 1]")
+        if self.data != "shapes" and bool(self.conditioning_data) == bool(self.preprocessor):
+            raise ValueError("give exactly one of conditioning_data (a folder) and preprocessor (a name)")

@@ -304,11 +304,13 @@ def _run_steps(  # noqa: PLR0917 - private: the loop's state, passed once
             _update_ema(ema, unwrapped, config.ema_decay, step)
         done = step + 1
         if done % config.log_every == 0 or done == end:
-            rate = (done - start) / (time.perf_counter() - began)
+            elapsed = time.perf_counter() - began  # since this call began (a resumed run starts anew)
+            rate = (done - start) / elapsed
             recent = sum(losses[-config.log_every :]) / len(losses[-config.log_every :])
             bar.set_postfix(loss=f"{recent:.4f}")
             record = {"step": done, "loss": recent, "lr": lr, "it_s": rate,
-                      "images_s": rate * config.batch_size * config.grad_accum * world}  # fmt: skip
+                      "images_s": rate * config.batch_size * config.grad_accum * world,
+                      "elapsed_s": elapsed}  # fmt: skip
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()

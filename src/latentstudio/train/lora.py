@@ -28,7 +28,7 @@ from PIL import Image
 
 from latentstudio.models.families import Family
 from latentstudio.models.hashes import legacy_hash
-from latentstudio.models.loader import load_checkpoint
+from latentstudio.models.loader import Components, load_checkpoint
 from latentstudio.prompts.conditioning import encode_tokens, sdxl_time_ids
 from latentstudio.samplers.schedules import model_sigmas_from_alphas
 from latentstudio.train import lora_data
@@ -103,6 +103,27 @@ class _Cached:
     time_ids: tuple[torch.Tensor, ...]
 
 
+def text_condition(
+    c: Components, captions: list[str], time_ids: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Context ``[B, 77, D]`` of ``captions`` (both encoders' hidden states for SDXL) and the UNet's extra
+    arguments (SDXL: the pooled embedding and ``time_ids [B, 6]``)."""
+    states, pooled = [], None
+    for name in c.text_encoders:
+        tokens = c.tokenizers[name](
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        )
+        hidden, pool = encode_tokens(c, name, tokens.input_ids)
+        states.append(hidden)
+        pooled = pool if pool is not None else pooled
+    context = torch.cat(states, dim=-1)
+    if c.info.family is not Family.SDXL:
+        return context, {}
+    assert pooled is not None
+    extra = {"text_embeds": pooled, "time_ids": time_ids.to(c.device, pooled.dtype)}
+    return context, {"added_cond_kwargs": extra}
+
+
 class LoraTask:
     """LoRA training on a frozen base model (see the module docstring)."""
 
@@ -162,24 +183,6 @@ class LoraTask:
         self._cached = _Cached(tuple(latents), tuple(time_ids))
         return self._cached
 
-    def _condition(self, captions: list[str], time_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Context ``[B, 77, D]`` (both encoders' hidden states for SDXL) and the UNet's extra arguments."""
-        c = self.components
-        states, pooled = [], None
-        for name in c.text_encoders:
-            tokens = c.tokenizers[name](
-                captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-            )
-            hidden, pool = encode_tokens(c, name, tokens.input_ids)
-            states.append(hidden)
-            pooled = pool if pool is not None else pooled
-        context = torch.cat(states, dim=-1)
-        if c.info.family is not Family.SDXL:
-            return context, {}
-        assert pooled is not None
-        extra = {"text_embeds": pooled, "time_ids": time_ids.to(c.device, pooled.dtype)}
-        return context, {"added_cond_kwargs": extra}
-
     def loss(self, modules: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
         device = next(modules.parameters()).device
         cached = self._prepare(device)
@@ -187,7 +190,9 @@ class LoraTask:
         latents = torch.stack([cached.latents[i] for i in entries]).to(device)
         captions = [self.dataset.pictures[i].caption for i in entries]
         with torch.set_grad_enabled(self.config.train_text_encoder and torch.is_grad_enabled()):
-            context, extra = self._condition(captions, torch.stack([cached.time_ids[i] for i in entries]))
+            context, extra = text_condition(
+                self.components, captions, torch.stack([cached.time_ids[i] for i in entries])
+            )
         noised = noise_batch(
             latents,
             self.sigmas,

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 BUILTIN_NAME = "latentstudio-shapes.safetensors"
+BUILTIN_CONTROL_NAME = "latentstudio-shapes-canny.safetensors"
+"""The built-in model's ControlNet (canny), listed while the built-in model is the one offered."""
 BUILTIN_SHA256 = "e5f38f8f9cff6d950ba536eba26ae403a320158369cd407dcf9fb785a2122b2e"
 """sha256 of the whole shipped file."""
 BUILTIN_SIZE = 15_176_566
@@ -29,6 +31,11 @@ _SAMPLE_BYTES = 4096
 def builtin_checkpoint() -> Path:
     """Path of the shipped checkpoint (it may be missing in a source tree that has not been trained)."""
     return Path(str(resources.files("latentstudio.models.builtin").joinpath(BUILTIN_NAME)))
+
+
+def builtin_control() -> Path:
+    """Path of the shipped ControlNet of the built-in model (``latentstudio train shapes-control``)."""
+    return Path(str(resources.files("latentstudio.models.builtin").joinpath(BUILTIN_CONTROL_NAME)))
 
 
 def fingerprint(path: Path) -> str:
