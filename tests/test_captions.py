@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from latentstudio.cli import app
@@ -19,7 +20,8 @@ from latentstudio.train import captions, eval_shapes, shapes
 from latentstudio.train.config import ModelConfig, VaeConfig
 from latentstudio.train.heldout_phrasings import HELDOUT_TEMPLATES, ISSUE_PHRASINGS
 from latentstudio.train.loop import train
-from latentstudio.train.recipe import builtin_model_path, phrasing_recipe, shapes_recipe
+from latentstudio.train.phrasing import PhrasingTask, caption_pair
+from latentstudio.train.recipe import builtin_model_path, phrasing_recipe
 from latentstudio.train.tasks import ModelTask, VaeTask, model_data
 from tests.test_train import TINY_MODEL, TINY_VAE
 
@@ -187,25 +189,49 @@ def test_samples_with_grammar_captions_draw_the_same_pictures() -> None:
         shapes.sample(5, 0, captions="free")
 
 
-def test_phrasing_recipe_fine_tunes_the_shipped_architecture() -> None:
+def test_phrasing_recipe_teaches_the_shipped_models_text_encoder() -> None:
     config = phrasing_recipe(Path("runs/p"))
-    assert (config.captions, config.init, config.vae) == ("grammar", str(builtin_model_path()), "")
-    assert (config.steps, config.batch_size, config.lr, config.warmup, config.data_seed) == (
-        600,
-        128,
-        2e-4,
-        50,
-        1,
-    )
-    shipped = shapes_recipe(Path("runs/s")).model
-    assert (config.unet_channels, config.text_width, config.resolution) == (
-        shipped.unet_channels, shipped.text_width, shipped.resolution)  # fmt: skip
-    task = ModelTask(config)
+    assert (config.init, config.data_seed) == (str(builtin_model_path()), 1)
+    assert (config.steps, config.batch_size, config.lr, config.warmup) == (500, 128, 3e-4, 50)
+    task = PhrasingTask(config)
     builtin = load_checkpoint(builtin_model_path(), device=torch.device("cpu"), dtype=torch.float32)
+    assert list(task.modules) == ["text_encoder"]  # the UNet and VAE stay frozen
+    student = task.modules["text_encoder"].state_dict()
     assert all(
-        torch.equal(v, builtin.unet.state_dict()[k]) for k, v in task.modules["unet"].state_dict().items()
+        torch.equal(student[k], v) for k, v in builtin.text_encoders["text_encoder"].state_dict().items()
     )
-    assert task.scale == pytest.approx(float(builtin.vae.config.scaling_factor))
+
+
+def test_phrasing_pairs_a_grammar_caption_with_a_template_anchor_of_the_same_picture() -> None:
+    pairs = [caption_pair(1, index, 0.1) for index in range(400)]
+    assert pairs == [caption_pair(1, index, 0.1) for index in range(400)]
+    for spec, caption, anchor in pairs:
+        assert anchor == "" or anchor in {spec.caption(k) for k in range(len(captions.TEMPLATES))}
+        assert caption == "" or spec.shape in caption
+    empty = sum(caption == "" for _, caption, _ in pairs) / len(pairs)
+    assert 0.05 < empty < 0.15  # caption dropout 0.1
+    assert len({anchor for _, _, anchor in pairs}) > 300
+
+
+def test_phrasing_trains_only_the_text_encoder(tmp_path: Path) -> None:
+    vae_config = VaeConfig(output_dir=str(tmp_path / "vae"), **TINY_VAE)  # type: ignore[arg-type]
+    vae_task = VaeTask(vae_config)
+    vae_task.export(vae_task.modules, tmp_path / "vae")
+    base = ModelTask(ModelConfig(vae=str(tmp_path / "vae"), **TINY_MODEL))  # type: ignore[arg-type]
+    base.export(base.modules, tmp_path / "init")
+    init = tmp_path / "init" / "model.safetensors"
+    config = ModelConfig(output_dir=str(tmp_path / "run"), init=str(init), steps=3, lr=1e-2,
+                         **{**TINY_MODEL, "ema_decay": 0.0})  # type: ignore[arg-type]  # fmt: skip
+    train(PhrasingTask(config), config)
+    with (
+        safe_open(str(init), "pt") as a,
+        safe_open(str(tmp_path / "run" / "final" / "model.safetensors"), "pt") as b,
+    ):
+        assert set(a.keys()) == set(b.keys())
+        changed = {k.split(".")[0] for k in a.keys() if not torch.equal(a.get_tensor(k), b.get_tensor(k))}  # noqa: SIM118
+    assert changed == {"cond_stage_model"}  # the UNet and VAE bit for bit; the text encoder learnt
+    with pytest.raises(ValueError, match="init"):
+        PhrasingTask(ModelConfig(**TINY_MODEL))  # type: ignore[arg-type]
 
 
 def test_a_fine_tune_from_a_checkpoint_on_grammar_captions_runs(tmp_path: Path) -> None:

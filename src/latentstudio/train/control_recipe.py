@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ def control_recipe(
 ) -> ControlConfig:
     """The exact config of the shipped control model (``latentstudio train shapes-control``): a ControlNet
     of the built-in model on this module's data; ``scale`` < 1 shortens it (smoke runs)."""
-    steps = max(2, round(3000 * scale))
+    steps = max(2, round(5000 * scale))
     return ControlConfig(
         output_dir=str(output_dir), network="controlnet", base=str(base), data="shapes",
         output_name="latentstudio-shapes-canny", resolution=64, batch_size=64, steps=steps, lr=2e-4,
@@ -28,29 +27,16 @@ def control_recipe(
     )  # fmt: skip
 
 
-def training_seconds(log: list[dict[str, float]]) -> float:
-    """Wall time of a run from its ``log.jsonl`` records: each call of the loop logs the seconds since it
-    began (``elapsed_s``), so a resumed run's calls are summed; a log written before that field existed
-    counts its last record's steps at its rate (one call from step 0)."""
-    if log and all("elapsed_s" in r for r in log):
-        ends = [a["elapsed_s"] for a, b in itertools.pairwise(log) if b["elapsed_s"] < a["elapsed_s"]]
-        return sum(ends) + log[-1]["elapsed_s"]
-    return log[-1]["step"] / log[-1]["it_s"] if log else 0.0
-
-
 def write_card(config: ControlConfig, file: Path, eval_subset: int, notes: str = "") -> Path:
     """``<file stem>.md`` beside ``file``: the data, the exact config, steps and time (from the run's
     ``log.jsonl``), the loss curve and :func:`evaluate_control` on ``eval_subset`` held-out pictures."""
     from latentstudio.models.builtin import builtin_checkpoint
     from latentstudio.models.loader import load_checkpoint
-    from latentstudio.train.recipe import loss_curve
+    from latentstudio.train.recipe import loss_curve, training_seconds
 
     components = load_checkpoint(builtin_checkpoint(), device=torch.device("cpu"), dtype=torch.float32)
     accuracy = evaluate_control(components, load_for_eval(file, components), eval_subset)
-    log = [
-        json.loads(line) for line in (Path(config.output_dir) / "log.jsonl").read_text().splitlines() if line
-    ]
-    seconds = training_seconds(log)
+    seconds = training_seconds(Path(config.output_dir))
     curve = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in loss_curve(Path(config.output_dir)))
     a = accuracy.as_dict()
     text = f"""# {file.stem} — the built-in model's ControlNet (canny)
