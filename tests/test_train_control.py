@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
+from latentstudio.cli import app
 from latentstudio.control.layouts import to_diffusers
 from latentstudio.control.networks import inspect_control_file, load_control_network
 from latentstudio.control.units import ControlUnit
@@ -333,3 +335,41 @@ def test_hostile_architecture_metadata_is_one_line_naming_the_file(
         inspect_control_file(bad)
     assert str(bad) in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_samples_show_each_condition_beside_its_picture(
+    trained: tuple[ControlTask, list[float], Path], tmp_path: Path
+) -> None:
+    task, _, _ = trained
+    task.samples(task.modules, tmp_path / "samples.png")
+    with Image.open(tmp_path / "samples.png") as grid:
+        assert grid.size == (128, 64 * 2)  # batch 2: two rows of condition | picture
+        pixels = np.asarray(grid.convert("RGB"), dtype=np.int16)
+    assert set(np.unique(pixels[:, :64])) <= {0, 255}  # canny maps
+    assert pixels[:, 64:].std() > 1.0  # generated pictures
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision needs a GPU")
+def test_fp16_mixed_precision_on_a_gpu(base: Path, data: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, base, data, steps=2, mixed_precision="fp16")
+    task = ControlTask(config)
+    result = train(task, config)
+    assert all(np.isfinite(result.losses))
+    assert task.components.unet.dtype == torch.float16
+    assert next(task.modules.parameters()).dtype == torch.float32  # the trained network stays fp32
+
+
+def test_the_cli_trains_from_flags_and_names_bad_ones(base: Path, data: Path, tmp_path: Path) -> None:
+    common = ["--base", str(base), "--data", str(data), "--output-dir", str(tmp_path / "run"),
+              "--resolution", "64", "--batch-size", "2", "--steps", "1", "--sample-every", "0"]  # fmt: skip
+    done = CliRunner().invoke(app, ["train", "t2i-adapter", *common, "--preprocessor", "canny",
+                                    "--processor-res", "64", "--hint-channels", "1"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    file = Path(json.loads(done.stdout.strip().splitlines()[-1])["output"])
+    assert inspect_control_file(file).hint_channels == 1
+    bad = CliRunner().invoke(app, ["train", "controlnet", *common, "--preprocessor", "no_such"])
+    assert bad.exit_code == 1
+    assert "--preprocessor" in bad.output
+    both = CliRunner().invoke(app, ["train", "controlnet", *common])
+    assert both.exit_code == 1
+    assert "exactly one of conditioning_data" in both.output
