@@ -213,13 +213,17 @@ def test_phrasing_pairs_a_grammar_caption_with_a_template_anchor_of_the_same_pic
     assert len({anchor for _, _, anchor in pairs}) > 300
 
 
-def test_phrasing_trains_only_the_text_encoder(tmp_path: Path) -> None:
-    vae_config = VaeConfig(output_dir=str(tmp_path / "vae"), **TINY_VAE)  # type: ignore[arg-type]
-    vae_task = VaeTask(vae_config)
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """A randomly initialised tiny model exported as ``train model`` exports it (with a tiny VAE)."""
+    vae_task = VaeTask(VaeConfig(output_dir=str(tmp_path / "vae"), **TINY_VAE))  # type: ignore[arg-type]
     vae_task.export(vae_task.modules, tmp_path / "vae")
     base = ModelTask(ModelConfig(vae=str(tmp_path / "vae"), **TINY_MODEL))  # type: ignore[arg-type]
     base.export(base.modules, tmp_path / "init")
-    init = tmp_path / "init" / "model.safetensors"
+    return tmp_path / "init" / "model.safetensors"
+
+
+def test_phrasing_trains_only_the_text_encoder(tmp_path: Path) -> None:
+    init = _tiny_checkpoint(tmp_path)
     config = ModelConfig(output_dir=str(tmp_path / "run"), init=str(init), steps=3, lr=1e-2,
                          **{**TINY_MODEL, "ema_decay": 0.0})  # type: ignore[arg-type]  # fmt: skip
     train(PhrasingTask(config), config)
@@ -235,12 +239,7 @@ def test_phrasing_trains_only_the_text_encoder(tmp_path: Path) -> None:
 
 
 def test_a_fine_tune_from_a_checkpoint_on_grammar_captions_runs(tmp_path: Path) -> None:
-    vae_config = VaeConfig(output_dir=str(tmp_path / "vae"), **TINY_VAE)  # type: ignore[arg-type]
-    vae_task = VaeTask(vae_config)
-    vae_task.export(vae_task.modules, tmp_path / "vae")
-    base = ModelTask(ModelConfig(vae=str(tmp_path / "vae"), **TINY_MODEL))  # type: ignore[arg-type]
-    base.export(base.modules, tmp_path / "init")
-    init = tmp_path / "init" / "model.safetensors"
+    init = _tiny_checkpoint(tmp_path)
     config = ModelConfig(output_dir=str(tmp_path / "run"), init=str(init), captions="grammar", steps=3,
                          ema_decay=0.9, **TINY_MODEL)  # type: ignore[arg-type]  # fmt: skip
     task = ModelTask(config)

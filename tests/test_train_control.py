@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from latentstudio.train.control import ControlTask, adapter_to_tencent
 from latentstudio.train.control_data import DataError
 from latentstudio.train.loop import MicroBatch, train
 from tests.conftest import MakeTiny
-from tests.test_train_ddp import _kill_job, _tree
+from tests.test_train_ddp import _kill_job, kill_after_checkpoint
 
 STEPS, CHECKPOINT_EVERY = 8, 2
 TINY = {"resolution": 64, "batch_size": 2, "lr": 2e-3, "threads": 1, "steps": STEPS, "warmup": 1,
@@ -270,17 +269,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
 
 def test_a_killed_job_resumes_exactly(single: Path, base: Path, data: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    job = _launch(folder, base, data, processes=1, grad_accum=2)
-    deadline = time.monotonic() + 240
-    try:
-        while not (folder / f"checkpoint-{CHECKPOINT_EVERY}").is_dir():
-            assert job.poll() is None, (tmp_path / "run.out").read_text()[-4000:]
-            assert time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.02)
-        assert _tree(job.pid)
-    finally:
-        if job.poll() is None:
-            _kill_job(job)
+    kill_after_checkpoint(_launch(folder, base, data, processes=1, grad_accum=2), folder, CHECKPOINT_EVERY, 1)
     assert not (folder / "final").exists(), "the job ended before it was killed"
     done = max(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
     assert done < STEPS

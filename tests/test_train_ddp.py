@@ -130,6 +130,22 @@ def _kill_job(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.05)
 
 
+def kill_after_checkpoint(job: subprocess.Popen[bytes], folder: Path, step: int, processes: int) -> None:
+    """Wait until the job writing ``folder`` (its output in ``<folder>.out``) has written
+    ``checkpoint-<step>``, check that it runs at least ``processes`` processes (the launcher and its
+    workers), and SIGKILL the whole job."""
+    deadline = time.monotonic() + 240
+    try:
+        while not (folder / f"checkpoint-{step}").is_dir():
+            assert job.poll() is None, (folder.parent / f"{folder.name}.out").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.02)
+        assert len(_tree(job.pid)) >= processes, f"expected {processes} processes"
+    finally:
+        if job.poll() is None:
+            _kill_job(job)
+
+
 @pytest.fixture(scope="module")
 def single(vae: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], Path]:
     """1 process, ``grad_accum`` 2: the same global batch (4) as 2 processes × 1 × 2."""
@@ -170,17 +186,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
 
 def test_resume_after_the_job_is_killed(vae: Path, ddp: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    job = _launch(folder, vae, "torchrun")
-    deadline = time.monotonic() + 240
-    try:
-        while not (folder / f"checkpoint-{CHECKPOINT_EVERY}").is_dir():
-            assert job.poll() is None, (tmp_path / "run.out").read_text()[-4000:]
-            assert time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.02)
-        assert len(_tree(job.pid)) >= 3, "expected the launcher and 2 workers"
-    finally:
-        if job.poll() is None:
-            _kill_job(job)
+    kill_after_checkpoint(_launch(folder, vae, "torchrun"), folder, CHECKPOINT_EVERY, processes=3)
     checkpoints = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
     assert not (folder / "final").exists(), "the job ended before it was killed"
     assert checkpoints[-1] < STEPS

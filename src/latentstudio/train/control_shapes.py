@@ -17,7 +17,6 @@ foreground and background colours read from the picture against the prompt's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image, ImageDraw
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.units import ControlResize
 from latentstudio.train.control_data import ControlBatch
-from latentstudio.train.shapes import COLOURS, SHAPES, TEMPLATES, to_tensor
+from latentstudio.train.shapes import COLOURS, SHAPES, TEMPLATES, draw_shape, to_tensor
 
 if TYPE_CHECKING:
     from latentstudio.control.networks import ControlNetwork
@@ -65,36 +64,13 @@ def _colours(rng: np.random.Generator) -> tuple[str, str]:
     return names[int(fg)], names[int(bg)]
 
 
-def _outline(shape: FreeShape, side: float) -> list[tuple[float, float]]:
-    """A triangle's (apex up) or 5-point star's corners filling the box ``c ± r`` (pixels at ``side``)."""
-    cx, cy, r = shape.cx * side, shape.cy * side, shape.r * side
-    if shape.shape == "triangle":
-        unit = [(0.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
-    else:
-        unit = [
-            ((1.0 if k % 2 == 0 else 0.45) * math.cos(-math.pi / 2 + k * math.pi / 5),
-             (1.0 if k % 2 == 0 else 0.45) * math.sin(-math.pi / 2 + k * math.pi / 5))
-            for k in range(10)
-        ]  # fmt: skip
-    xs, ys = [p[0] for p in unit], [p[1] for p in unit]
-    mx, my = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
-    scale = 2 / max(max(xs) - min(xs), max(ys) - min(ys))
-    return [(cx + (x - mx) * scale * r, cy + (y - my) * scale * r) for x, y in unit]
-
-
 def render(shape: FreeShape, fg: str, bg: str, side: int, supersample: int = 4) -> np.ndarray:
     """The picture: uint8 ``[side, side, 3]``, anti-aliased by drawing ``supersample`` × larger."""
     big = side * supersample
     image = Image.new("RGB", (big, big), COLOURS[bg])
-    draw = ImageDraw.Draw(image)
-    fill = COLOURS[fg]
-    cx, cy, r = shape.cx * big, shape.cy * big, shape.r * big
-    if shape.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape.shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon(_outline(shape, big), fill=fill)
+    draw_shape(
+        ImageDraw.Draw(image), shape.shape, (shape.cx * big, shape.cy * big, shape.r * big), COLOURS[fg]
+    )
     if supersample > 1:
         image = image.resize((side, side), Image.Resampling.BOX)
     return np.asarray(image, dtype=np.uint8).copy()

@@ -31,6 +31,7 @@ __all__ = [
     "ShapeSpec",
     "batch",
     "centre_and_radius",
+    "draw_shape",
     "random_spec",
     "render",
     "sample",
@@ -122,19 +123,26 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     return [(cx + (x - mx) * scale * r, cy + (y - my) * scale * r) for x, y in unit]
 
 
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float], fill: tuple[int, int, int]
+) -> None:
+    """Draw ``shape`` filling the square ``box`` = (cx, cy, half-side) in pixels, in ``fill``."""
+    cx, cy, r = box
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+
+
 def render(spec: ShapeSpec, resolution: int = 64) -> np.ndarray:
     """The picture of ``spec``: uint8 ``[resolution, resolution, 3]`` (anti-aliased by supersampling)."""
     s = SUPERSAMPLE
     big = Image.new("RGB", (resolution * s, resolution * s), COLOURS[spec.bg])
     draw = ImageDraw.Draw(big)
     cx, cy, r = (v * s for v in centre_and_radius(spec, resolution))
-    fill = COLOURS[spec.fg]
-    if spec.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif spec.shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon(_polygon(spec.shape, cx, cy, r), fill=fill)
+    draw_shape(draw, spec.shape, (cx, cy, r), COLOURS[spec.fg])
     small = big.resize((resolution, resolution), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8).copy()
 
