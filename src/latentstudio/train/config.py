@@ -147,7 +147,6 @@ class ControlConfig(LoopConfig):
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
     gradient_checkpointing: bool = False
-    adapter_res_blocks: int = 2
     sample_prompts: tuple[str, ...] = ()
     sample_steps: int = 20
     lr: float = 1e-5

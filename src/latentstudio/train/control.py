@@ -60,11 +60,10 @@ _CONTROLNET_META = ("act_fn", "attention_head_dim", "flip_sin_to_cos", "freq_shi
                     "upcast_attention")  # fmt: skip
 
 
-def new_network(
-    kind: ControlNetworkKind, components: Components, hint_channels: int, res_blocks: int = 2
-) -> Any:
+def new_network(kind: ControlNetworkKind, components: Components, hint_channels: int) -> Any:
     """A fresh ControlNet (the base UNet's encoder copied, zero convolutions) or T2I-Adapter (random,
-    one level per UNet level at its widths) for ``components``' UNet, fp32 on the CPU."""
+    one level per UNet level at its widths, 2 residual blocks a level as Tencent's) for ``components``'
+    UNet, fp32 on the CPU."""
     unet = components.unet
     if kind == "controlnet":
         return ControlNetModel.from_unet(unet, conditioning_channels=hint_channels).float().cpu()
@@ -74,7 +73,7 @@ def new_network(
     sdxl = family is Family.SDXL
     return T2IAdapter(
         in_channels=hint_channels, channels=list(unet.config.block_out_channels),
-        num_res_blocks=res_blocks, downscale_factor=_ADAPTER_FACTOR[family],
+        num_res_blocks=2, downscale_factor=_ADAPTER_FACTOR[family],
         adapter_type="full_adapter_xl" if sdxl else "full_adapter",
     )  # fmt: skip
 
@@ -110,9 +109,7 @@ class ControlTask:
         self.components.unet.requires_grad_(False)
         for encoder in self.components.text_encoders.values():
             encoder.requires_grad_(False)
-        network = new_network(
-            config.network, self.components, config.hint_channels, config.adapter_res_blocks
-        )
+        network = new_network(config.network, self.components, config.hint_channels)
         if config.gradient_checkpointing:
             self.components.unet.enable_gradient_checkpointing()
             if isinstance(network, ControlNetModel):
