@@ -19,8 +19,8 @@ from latentstudio.models.builtin import BUILTIN_CONTROL_NAME, builtin_checkpoint
 from latentstudio.models.families import Family
 from latentstudio.models.hashes import legacy_hash
 from latentstudio.models.loader import load_checkpoint
-from latentstudio.train.control_shapes import evaluate_control, foreground_mask, iou, load_for_eval
-from latentstudio.train.eval_shapes import classify
+from latentstudio.train.control_shapes import evaluate_control, iou, load_for_eval
+from latentstudio.train.eval_shapes import classify, foreground_mask
 from tests.conftest import MakeTiny
 from tests.sdapi_support import decode, png_b64
 from tests.serving import serve

@@ -30,11 +30,10 @@ def control_recipe(
 def write_card(config: ControlConfig, file: Path, eval_subset: int, notes: str = "") -> Path:
     """``<file stem>.md`` beside ``file``: the data, the exact config, steps and time (from the run's
     ``log.jsonl``), the loss curve and :func:`evaluate_control` on ``eval_subset`` held-out pictures."""
-    from latentstudio.models.builtin import builtin_checkpoint
     from latentstudio.models.loader import load_checkpoint
     from latentstudio.train.recipe import loss_curve, training_seconds
 
-    components = load_checkpoint(builtin_checkpoint(), device=torch.device("cpu"), dtype=torch.float32)
+    components = load_checkpoint(Path(config.base), device=torch.device("cpu"), dtype=torch.float32)
     accuracy = evaluate_control(components, load_for_eval(file, components), eval_subset)
     seconds = training_seconds(Path(config.output_dir))
     curve = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in loss_curve(Path(config.output_dir)))

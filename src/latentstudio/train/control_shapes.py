@@ -11,7 +11,7 @@ colours", not the picture's colours.
 Evaluation: pictures from another seed (so no evaluated outline was trained on: centres and sizes are
 continuous), conditions with enough contrast for canny to see an edge, generated through the generation
 pipeline with a ControlNet unit as an API client would; scored by the IoU of the generated foreground mask
-(:func:`foreground_mask`) with the condition's filled shape, and by the
+(:func:`latentstudio.train.eval_shapes.foreground_mask`) with the condition's filled shape, and by the
 foreground and background colours read from the picture against the prompt's.
 """
 
@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from latentstudio.control import hint, preprocessors
 from latentstudio.control.units import ControlResize
 from latentstudio.train.control_data import ControlBatch
+from latentstudio.train.eval_shapes import classify, foreground_mask
 from latentstudio.train.shapes import COLOURS, SHAPES, TEMPLATES, draw_shape, to_tensor
 
 if TYPE_CHECKING:
@@ -171,21 +172,6 @@ class ControlAccuracy:
                 "bg": self.bg}  # fmt: skip
 
 
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Where a picture of one shape on a flat background is nearer its foreground colour than its
-    background's (the background: the border's median; the foreground: the median of the pixels far from
-    it; as :func:`latentstudio.train.eval_shapes.classify` reads them): bool ``[H, W]``."""
-    pixels = image.astype(np.float32)
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])  # fmt: skip
-    bg = np.median(border, axis=0)
-    far = np.linalg.norm(pixels - bg, axis=2) > 40
-    if far.sum() < 0.005 * far.size:
-        return np.zeros(image.shape[:2], dtype=bool)
-    fg = np.median(pixels[far], axis=0)
-    return np.asarray(np.linalg.norm(pixels - fg, axis=2) < np.linalg.norm(pixels - bg, axis=2))
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two bool masks (1.0 when both are empty)."""
     union = np.logical_or(a, b).sum()
@@ -206,7 +192,6 @@ def evaluate_control(
     from latentstudio.control.units import ControlUnit
     from latentstudio.pipeline.params import GenerationParams
     from latentstudio.pipeline.run import ModelIdentity, run
-    from latentstudio.train.eval_shapes import classify
 
     size = components.info.native_size
     ious, fgs, bgs = [], [], []

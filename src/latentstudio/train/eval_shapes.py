@@ -126,19 +126,34 @@ def _position(mask: np.ndarray) -> str:
     return next(name for name, cr in POSITIONS.items() if cr == where)
 
 
-def classify(image: np.ndarray) -> Reading:
-    """Read a uint8 ``[H, W, 3]`` picture of one shape on a flat background."""
+def separate(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A uint8 ``[H, W, 3]`` picture of one shape on a flat background split into its background colour
+    (the border's median), its foreground colour (the median of the pixels far from the background; None
+    when under 0.5 % are) and the foreground mask (bool ``[H, W]``: nearer the foreground colour)."""
     pixels = image.astype(np.float32)
     border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
                              pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])  # fmt: skip
     bg_rgb = np.median(border, axis=0)
-    bg = _nearest(bg_rgb)
     far = np.linalg.norm(pixels - bg_rgb, axis=2) > 40
     if far.sum() < 0.005 * far.size:
-        return Reading("none", bg, "none", "none")
+        return bg_rgb, None, np.zeros(image.shape[:2], dtype=bool)
     fg_rgb = np.median(pixels[far], axis=0)
-    fg = _nearest(fg_rgb, exclude=bg)
     mask = np.linalg.norm(pixels - fg_rgb, axis=2) < np.linalg.norm(pixels - bg_rgb, axis=2)
+    return bg_rgb, fg_rgb, np.asarray(mask)
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """The foreground mask of :func:`separate`: bool ``[H, W]``."""
+    return separate(image)[2]
+
+
+def classify(image: np.ndarray) -> Reading:
+    """Read a uint8 ``[H, W, 3]`` picture of one shape on a flat background."""
+    bg_rgb, fg_rgb, mask = separate(image)
+    bg = _nearest(bg_rgb)
+    if fg_rgb is None:
+        return Reading("none", bg, "none", "none")
+    fg = _nearest(fg_rgb, exclude=bg)
     if not mask.any():
         return Reading(fg, bg, "none", "none")
     return Reading(fg, bg, _shape(mask), _position(mask))
@@ -257,8 +272,10 @@ __all__ = [
     "classify",
     "eval_specs",
     "evaluate",
+    "foreground_mask",
     "generate",
     "heldout_specs",
     "prompt_set",
     "score",
+    "separate",
 ]
