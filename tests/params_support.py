@@ -16,7 +16,8 @@ HIRES_KEYS = {
 }  # fmt: skip
 INPAINT_KEYS = {
     "mask": "mask", "mask_blur": "blur", "inpainting_fill": "fill", "inpaint_full_res": "only_masked",
-    "inpaint_full_res_padding": "padding", "inpainting_mask_invert": "invert",
+    "inpaint_full_res_padding": "padding", "inpainting_mask_invert": "invert", "mask_blur_y": "blur_y",
+    "mask_round": "round_mask", "latent_mask": "latent_mask",
 }  # fmt: skip
 
 

@@ -124,12 +124,18 @@ def test_generate_applies_loras_from_the_models_folder(workdir: Path) -> None:
         (("--denoising-strength", "2", "--init-image", "missing.png"), "missing.png"),
         (("--rng", "quantum"), "--rng: 'quantum' is not one of cpu, gpu, nv"),
         (("--model", "nope"), "unknown checkpoint 'nope'; available: tiny.safetensors"),
+        (("--prompts-file", "missing.txt"), "--prompts-file: missing.txt"),
+        (
+            ("--prompts-file", "bad-lines.txt"),
+            "--prompts-file: line 2: steps: must be an integer in [1, 150]",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_before_any_model_work(
     workdir: Path, args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(workdir)
+    (workdir / "bad-lines.txt").write_text("fine\n--steps 0\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["generate", "x", *args, "--output", "bad-outputs"])
     assert result.exit_code == 1
     assert message in result.stderr
@@ -180,3 +186,22 @@ def test_generate_hires_checkpoint_and_color_correction(
     assert corrected.exit_code == 0, corrected.stderr
     images = [Image.open(tmp_path / r.stdout.strip()).convert("RGB") for r in (plain, corrected)]
     assert images[0].tobytes() != images[1].tobytes()
+
+
+def test_generate_prompts_file_runs_every_line_in_one_process(workdir: Path) -> None:
+    """A1111's "Prompts from file or textbox" from the command line: a prompt per line, or its options."""
+    (workdir / "prompts.txt").write_text(
+        'a red circle\n\n--prompt "a blue square" --steps 2 --seed 9\n', encoding="utf-8"
+    )
+    result = _cli("generate", "on white", "--prompts-file", "prompts.txt", "--steps", "3", "--seed", "5",
+                  "--width", "64", "--height", "64", cwd=workdir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    paths = [workdir / line for line in result.stdout.splitlines()]
+    assert len(paths) == 2
+    from PIL import Image
+
+    from latentstudio import infotext
+
+    first, second = (infotext.parse(Image.open(p).info["parameters"]) for p in paths)
+    assert (first["Prompt"], first["Steps"], first["Seed"]) == ("a red circle on white", "3", "5")
+    assert (second["Prompt"], second["Steps"], second["Seed"]) == ("a blue square on white", "2", "9")

@@ -37,7 +37,9 @@ def test_blur_matches_a_separable_gaussian_with_reflect_101(blur_x: float, blur_
         if sigma > 0:
             values = np.rint(gaussian_filter1d(values, sigma, axis=axis, mode="mirror", truncate=2.5))
     got = np.asarray(inpaint.blur_mask(mask, blur_x, blur_y), dtype=np.int16)
-    assert np.abs(got - values.astype(np.int16)).max() <= 1
+    # A1111 blurs the 8-bit mask with OpenCV, whose fixed-point 8-bit kernels stay within a few grey levels
+    # of the exact Gaussian (exact parity with A1111's OpenCV calls: tests/test_mask_fields.py)
+    assert np.abs(got - values.astype(np.int16)).max() <= 8
 
 
 def test_crop_region_and_expansion() -> None:

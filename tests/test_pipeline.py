@@ -339,8 +339,9 @@ def test_hires_fix_two_passes(sd1: loader.Components, upscaler: str) -> None:
     )  # fmt: skip
     result = run(params, sd1, identity=IDENTITY, on_step=lambda s: steps_seen.append((s.step, s.total)))
     assert result.images[0].size == (128, 128)
-    # progress covers both passes: 4 first-pass steps, then int(0.6 · 3) + 1 = 2 hires steps
-    assert steps_seen == [(i, 6) for i in range(1, 7)]
+    # progress covers both passes: 4 first-pass steps, then exactly the 3 hires steps (A1111's hires pass
+    # passes its steps to setup_img2img_steps, which then runs them all at any denoising strength)
+    assert steps_seen == [(i, 7) for i in range(1, 8)]
     parsed = infotext.parse(result.infotexts[0])
     assert (parsed["Size-1"], parsed["Size-2"]) == ("64", "64")  # A1111 records the first-pass size
     assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Hires upscaler"]) == (

@@ -88,8 +88,8 @@ CASES: list[tuple[str, Any, str | None]] = [
     # features that would change the picture
     (T, _txt(enable_hr=True, hr_checkpoint_name=TRAVERSAL), "hr_checkpoint_name"),
     (T, _txt(enable_hr=True, hr_scheduler=TRAVERSAL), "hr_scheduler"),
-    (T, _txt(s_churn=0.5, sampler_index="Euler"), "s_churn"),
-    (T, _txt(override_settings={"sgm_noise_multiplier": True}), "override_settings.sgm_noise_multiplier"),
+    (T, _txt(s_churn=500.0, sampler_index="Euler"), "s_churn"),  # out of range
+    (T, _txt(override_settings={"skip_early_cond": 0.5}), "override_settings.skip_early_cond"),
     # images
     (I, _img(init_images=["not base64 at all!!"]), "init_images.0"),
     (I, _img(init_images=["data:image/png;base64,@@@@"]), "init_images.0"),

@@ -91,7 +91,6 @@ def test_a1111_txt2img_payloads(
     [
         ({"enable_hr": True, "hr_checkpoint_name": "nope"}, "hr_checkpoint_name"),
         ({"enable_hr": True, "hr_sampler_name": "Euler b"}, "hr_sampler_name"),
-        ({"tiling": True}, "tiling"),
         ({"restore_faces": True}, "restore_faces"),
     ],
 )
@@ -141,10 +140,9 @@ def test_a1111_img2img_payloads(client: httpx.Client) -> None:
         parsed = infotext.parse(body["info"]["infotexts"][0])
         assert (parsed["Mask blur"], parsed["Masked content"]) == ("4", "fill")
         assert parsed["Mask mode"] == ("Inpaint not masked" if change else "Inpaint masked")
-    uneven = {**masked, "mask_blur": None, "mask_blur_x": 2}
-    assert refused_field(client.post("/sdapi/v1/img2img", json=uneven)) == "mask_blur_x"
-    upscale = {**payload, "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]}
-    assert refused_field(client.post("/sdapi/v1/img2img", json=upscale)) == "script_name"
+    uneven = {**masked, "mask_blur": None, "mask_blur_x": 2}  # A1111 then writes no "Mask blur"
+    assert "Mask blur" not in infotext.parse(generate(client, "img2img", uneven)["info"]["infotexts"][0])
+    # test_img2img_sd_upscale_performed: tests/test_scripts.py
     missing = client.post("/sdapi/v1/img2img", json={**IMG2IMG_BASE, "init_images": []})
     assert missing.status_code == 404
 
@@ -157,9 +155,12 @@ def test_a1111_extras_payloads(client: httpx.Client) -> None:
     assert decode(body["image"]).size == (128, 128)
     assert "Postprocess upscaler: Lanczos" in body["html_info"]
     assert client.post("/sdapi/v1/extra-single-image", json={"image": image}).status_code == 200
-    # A1111's interrogate test posts {image, model} to extras; unknown fields are refused here
+    # A1111's test_interrogate_performed posts {image, model} to extras: accepted, `model` ignored
     interrogate = client.post("/sdapi/v1/extra-single-image", json={"image": image, "model": "clip"})
-    assert refused_field(interrogate) == "model"
+    assert interrogate.status_code == 200
+    assert decode(interrogate.json()["image"]).size == decode(image.split(",", 1)[-1]).size
+    other = client.post("/sdapi/v1/extra-single-image", json={"image": image, "modell": "clip"})
+    assert refused_field(other) == "modell"
     batch = {**EXTRAS_BASE, "imageList": [{"data": image, "name": "a"}, {"data": image, "name": "b"}]}
     images = client.post("/sdapi/v1/extra-batch-images", json=batch).json()["images"]
     assert [decode(i).size for i in images] == [(128, 128), (128, 128)]
@@ -210,7 +211,7 @@ def test_listing_shapes(client: httpx.Client) -> None:
         "negative_prompt": "lowres",
     }
     assert get("embeddings") == {"loaded": {}, "skipped": {}}
-    assert get("scripts") == {"txt2img": [], "img2img": []}
+    assert "x/y/z plot" in get("scripts")["txt2img"]  # the scripts themselves: tests/test_scripts.py
     assert set(get("memory")) == {"ram", "cuda"}
     assert get("cmd-flags")["api"] is True
     options = get("options")
@@ -281,7 +282,7 @@ def test_send_images_false_and_save_images_grid(client: httpx.Client) -> None:
 def test_options_switch_the_model_and_refuse_unknown_ones(client: httpx.Client) -> None:
     bad = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope.safetensors"})
     assert refused_field(bad) == "sd_model_checkpoint"
-    assert refused_field(client.post("/sdapi/v1/options", json={"tiling": True})) == "tiling"
+    assert refused_field(client.post("/sdapi/v1/options", json={"tiling_axes": "z"})) == "tiling_axes"
     options = client.get("/sdapi/v1/options").json()
     assert client.post("/sdapi/v1/options", json=options).status_code == 200  # a read-back round-trips
     try:

@@ -73,7 +73,7 @@ def test_concurrent_updates_lose_nothing(tmp_path: Path) -> None:
         ({"jpeg_quality": float("inf")}, "jpeg_quality"),
         ({"samples_format": "gif"}, "samples_format"),
         ({"img2img_background_color": "red; x"}, "img2img_background_color"),
-        ({"tiling": True}, "tiling"),
+        ({"tiling_axes": "diagonal"}, "tiling_axes"),
         ({"face_restoration": True}, "face_restoration"),
         ({"quicksettings_list": "sd_vae"}, "quicksettings_list"),
         ({"nope": 1}, "nope"),

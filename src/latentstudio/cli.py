@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from latentstudio.cli_control import ControlOption, as_option, control_files, control_units, detect_command
-from latentstudio.cli_run import DetectedMapsOption, run_and_save
+from latentstudio.cli_control import ControlOption, as_option, control_units, detect_command
+from latentstudio.cli_run import (
+    DetectedMapsOption,
+    PromptsFileOption,
+    load_models,
+    prompts_file_params,
+    run_and_save,
+)
 from latentstudio.cli_train import eval_app, train_app
 from latentstudio.cli_train_control import add_control_commands
 
@@ -158,7 +164,7 @@ _FLAGS = {  # a nested GenerationParams field → the generate option that sets 
 @app.command("generate")
 def generate_command(  # noqa: PLR0917 - one option per generation parameter, as A1111's UI
     ctx: typer.Context,
-    prompt: Annotated[str, typer.Argument(help="The prompt (A1111 syntax).")],
+    prompt: Annotated[str, typer.Argument(help="The prompt (A1111 syntax).")] = "",
     negative_prompt: Annotated[str, typer.Option("--negative-prompt", "-n")] = "",
     model: Annotated[str | None, typer.Option(help="Checkpoint name, hash or path (default: first).")] = None,
     models_dir: ModelsDir = Path("models"),
@@ -187,10 +193,13 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         str | None, typer.Option(help="Hires second pass with this checkpoint (same family as --model).")
     ] = None,
     rng: Annotated[str, typer.Option(help="Noise source: cpu, gpu or nv.")] = "cpu",
+    tiling: Annotated[bool, typer.Option("--tiling", help="Seamless picture (A1111 Tiling).")] = False,
+    tiling_axes: Annotated[str, typer.Option(help="The edges --tiling joins: both, x or y.")] = "both",
     output: Annotated[Path, typer.Option(help="Output root (A1111 outputs/ layout).")] = Path("outputs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     control: ControlOption = None,
     save_detected_maps: DetectedMapsOption = False,
+    prompts_file: PromptsFileOption = None,
 ) -> None:
     """Generate images and print the written paths (PNG with A1111 infotext)."""
     with _importing(ctx):
@@ -200,8 +209,7 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         from latentstudio.core import FieldError
         from latentstudio.models.files import ModelFileError
         from latentstudio.models.manager import ModelManager, ModelNotFoundError
-        from latentstudio.pipeline.infotexts import model_identity
-        from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy
+        from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy, TilingMode
 
     source = _rng_source(rng)
     try:
@@ -211,30 +219,34 @@ def generate_command(  # noqa: PLR0917 - one option per generation parameter, as
         native = manager.family(info).native_size  # from the file's header: nothing is loaded yet
         hires = Hires(hr_scale, upscaler=hr_upscaler, steps=hr_steps, denoising_strength=denoising_strength,
                       checkpoint=hr_checkpoint) if hr_scale != 1.0 else None  # fmt: skip
-        if hr_checkpoint is not None and hires is None:
-            raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
+        _check_options(tiling_axes, hr_checkpoint, hires)
         params = GenerationParams(
             prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, scheduler=scheduler, steps=steps,
             cfg_scale=cfg_scale, seed=seed, width=width or native, height=height or native,
             batch_size=batch_size, n_iter=n_iter, clip_skip=clip_skip, rng=source,
             init_image=Image.open(init_image) if init_image is not None else None,
             denoising_strength=denoising_strength, color_correction=color_correction, hires=hires,
+            tiling=TilingMode(tiling_axes) if tiling else TilingMode.NONE,
             inpaint=Inpaint(Image.open(mask), blur=mask_blur) if mask is not None else None,
             control=control_units(control or []),
         ).resolved(Policy(max_side=settings.max_side))  # fmt: skip
-        control_models = control_files(manager, info, params.control)  # found, of the family: nothing loaded
-        components = manager.load(info)
-        hires_model = _hires_model(manager, params, components)
-        controls = control_models.load(components.unet)
+        if prompts_file is not None:
+            params = prompts_file_params(params, prompts_file, Policy(max_side=settings.max_side), seed == -1)
+        loaded = load_models(manager, info, params)
     except FieldError as e:  # a parameter (GenerationParams.resolved) or an option the pipeline refuses
         raise _refused(as_option(e, _FLAGS)) from None
     except (ValueError, OSError, UnidentifiedImageError, ModelFileError, ModelNotFoundError) as e:
         raise _fail(str(e)) from None
-    identity = model_identity(manager, info, components)  # as the server's worker names it
-    run_and_save(components, params, identity, output, save_detected_maps,
-                 embeddings=manager.embeddings(components), loras=manager.lora_networks,
-                 hires_model=hires_model, controls=controls,
-                 annotator_roots=control_models.library.annotator_roots)  # fmt: skip
+    run_and_save(loaded, params, output, save_detected_maps)
+
+
+def _check_options(tiling_axes: str, hr_checkpoint: str | None, hires: Any) -> None:
+    from latentstudio.core import FieldError
+
+    if tiling_axes not in ("both", "x", "y"):
+        raise FieldError("--tiling-axes", f"{tiling_axes!r} is not one of both, x, y")
+    if hr_checkpoint is not None and hires is None:
+        raise FieldError("--hr-checkpoint", "the hires fix is off (set --hr-scale above 1)")
 
 
 def _rng_source(rng: str) -> Any:
@@ -245,19 +257,6 @@ def _rng_source(rng: str) -> Any:
         return RngSource(rng.upper())
     except ValueError:
         raise _refused(FieldError("--rng", f"{rng!r} is not one of cpu, gpu, nv")) from None
-
-
-def _hires_model(manager: Any, params: Any, components: Any) -> Any:
-    """The hires fix's own checkpoint, loaded, when the job names one (None otherwise); of the same family."""
-    from latentstudio.pipeline.hires import HiresModel, check_model
-    from latentstudio.pipeline.infotexts import model_identity
-
-    if params.hires is None or params.hires.checkpoint is None:
-        return None
-    hr_info = manager.find(params.hires.checkpoint)
-    hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
-    check_model(params, components, hires_model)
-    return hires_model
 
 
 @app.command("png-info")

@@ -1,6 +1,7 @@
-"""``latentstudio generate``'s last step: run the job with a progress bar and write its files (the images in
-A1111's ``outputs/`` layout; on request, the ControlNet units' detected maps beside them, where the
-extension's "auto-save detected maps" writes them: ``<images folder>/detected_maps/<module>/``).
+"""``latentstudio generate``'s last steps: load the models, run the job (or its prompts file) with a progress
+bar and write its files (the images in A1111's ``outputs/`` layout; on request, the ControlNet units'
+detected maps beside them, where the extension's "auto-save detected maps" writes them:
+``<images folder>/detected_maps/<module>/``).
 
 Heavy imports stay inside the functions: importing this module costs only typer.
 """
@@ -8,6 +9,7 @@ Heavy imports stay inside the functions: importing this module costs only typer.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,25 +27,91 @@ DetectedMapsOption = Annotated[
     ),
 ]
 
+PromptsFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="A1111's 'Prompts from file': one generation per line (a prompt, or --prompt … --steps N … "
+        "options), put before the PROMPT argument."
+    ),
+]
 
-def run_and_save(
-    components: Any, params: ResolvedParams, identity: Any, output: Path, save_maps: bool, **inputs: Any
-) -> None:
-    """Run the pipeline with a progress bar (``inputs``: ``run``'s optional ones); print each written path:
-    the images, then (``save_maps``) the detected maps."""
+
+@dataclass(frozen=True)
+class Loaded:
+    """A job's models: the checkpoint, how the infotext names it, and ``run``'s optional inputs."""
+
+    components: Any
+    identity: Any
+    inputs: dict[str, Any]
+
+
+def load_models(manager: Any, info: Any, params: ResolvedParams) -> Loaded:
+    """The checkpoint ``info``, the hires checkpoint and the ControlNet units' networks the job needs
+    (each checked to be of the family before anything is loaded)."""
+    from latentstudio.cli_control import control_files
+    from latentstudio.pipeline.hires import HiresModel, check_model
+    from latentstudio.pipeline.infotexts import model_identity
+
+    control_models = control_files(manager, info, params.control)  # found, of the family: nothing loaded
+    components = manager.load(info)
+    hires_model = None
+    if params.hires is not None and params.hires.checkpoint is not None:
+        hr_info = manager.find(params.hires.checkpoint)
+        hires_model = HiresModel(manager.load(hr_info), model_identity(manager, hr_info))
+        check_model(params, components, hires_model)
+    inputs = {
+        "embeddings": manager.embeddings(components), "loras": manager.lora_networks,
+        "hires_model": hires_model, "controls": control_models.load(components.unet),
+        "annotator_roots": control_models.library.annotator_roots,
+    }  # fmt: skip
+    return Loaded(components, model_identity(manager, info, components), inputs)
+
+
+def prompts_file_params(params: ResolvedParams, path: Path, policy: Any, random_seed: bool) -> ResolvedParams:
+    """``params`` running A1111's "Prompts from file or textbox" over the lines of ``path`` (UTF-8); a
+    refused line is a ``--prompts-file`` error naming its number."""
+    from latentstudio.core import FieldError
+    from latentstudio.pipeline import scripts
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FieldError("--prompts-file", f"{path}: {e}") from None
+    try:
+        return scripts.prepare("Prompts from file or textbox", [False, False, "start", text], params,
+                               policy=policy, env=scripts.ScriptEnv(), random_seed=random_seed)  # fmt: skip
+    except FieldError as e:
+        raise FieldError("--prompts-file", e.message) from None
+
+
+def run_and_save(loaded: Loaded, params: ResolvedParams, output: Path, save_maps: bool) -> None:
+    """Run the pipeline (or the prompts file's script) with a progress bar; print each written path: the
+    images, then (``save_maps``) the detected maps."""
     from tqdm import tqdm
 
     from latentstudio.pipeline.images import save_image
     from latentstudio.pipeline.run import NaNLatentError, StepInfo, run
+    from latentstudio.pipeline.scripts import JOB_MODEL, Model, ScriptContext, run_script
 
     bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr)
 
-    def on_step(step: StepInfo) -> None:
-        bar.total = step.total
-        bar.update(step.step - bar.n)
+    def generate(one: ResolvedParams, index: int = 0, count: int = 1, model: Model = JOB_MODEL) -> Any:
+        """One generation, the bar counting over a script's ``count`` of them."""
+
+        def on_step(step: StepInfo) -> None:
+            bar.total = count * step.total
+            bar.update(index * step.total + step.step - bar.n)
+
+        return run(one, loaded.components, identity=loaded.identity, on_step=on_step, **loaded.inputs)
+
+    def no_upscaler(image: Any, name: str, scale: float) -> Any:
+        raise ValueError("the command line runs no upscaling script")
 
     try:
-        result = run(params, components, identity=identity, on_step=on_step, **inputs)
+        if params.script is None:
+            result = generate(params)
+        else:  # --prompts-file: the job's model throughout
+            result = run_script(params, ScriptContext(generate=generate, upscale=no_upscaler, upscalers=()))
     except NaNLatentError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None

@@ -1,9 +1,9 @@
 """A1111 infotext (the PNG ``parameters`` chunk): :func:`format` and :func:`parse`.
 
 Layout and parsing follow reference/a1111-compat.md §2 (``create_infotext`` in ``modules/processing.py``,
-``parse_generation_parameters`` in ``modules/infotext_utils.py``, v1.10.1) with default settings: no styles
-are extracted (we have no style store), ``infotext_skip_pasting`` is ``skip_fields``, ``auto_backcompat`` is
-``backcompat`` and ``use_old_hires_fix_width_height`` is off.
+``parse_generation_parameters`` in ``modules/infotext_utils.py``, v1.10.1) with default settings: the style
+store is ``styles`` (none unless given), ``infotext_styles`` is ``style_mode``, ``infotext_skip_pasting`` is
+``skip_fields``, ``auto_backcompat`` is ``backcompat`` and ``use_old_hires_fix_width_height`` is off.
 
 ``format`` and ``parse`` are inverse for the texts A1111 can represent; A1111's own format loses:
 
@@ -32,11 +32,14 @@ from packaging import version as pkg_version
 
 from latentstudio.prompts.attention import parse_attention
 from latentstudio.prompts.errors import PromptError
+from latentstudio.prompts.styles import Style, extract_styles
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-InfotextValue = str | int | bool
+InfotextValue = str | int | bool | list[str]  # list: only "Styles array"
+STYLE_MODES = ("Ignore", "Apply", "Discard", "Apply if any")  # A1111's ``infotext_styles`` choices
+_HR_STYLES = pkg_version.parse("1.8.0-139")  # infotext_versions.v180_hr_styles
 
 FIXED_KEYS: tuple[str, ...] = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
@@ -201,8 +204,8 @@ def _restore_old_hires_fix(res: dict[str, InfotextValue]) -> None:
     if first_w is None or first_h is None:
         return
     try:
-        fw, fh = int(first_w), int(first_h)
-        width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+        fw, fh = int(str(first_w)), int(str(first_h))  # parsed strings, or ints (never the styles list)
+        width, height = int(str(res.get("Size-1", 512))), int(str(res.get("Size-2", 512)))
     except ValueError:
         _log.warning('Error parsing "First pass size: %.40sx%.40s"', first_w, first_h)
         return
@@ -252,13 +255,47 @@ def _backcompat(res: dict[str, InfotextValue]) -> None:
         res["Refiner switch by sampling steps"] = True
 
 
+def _extract_styles(
+    res: dict[str, InfotextValue], prompt: str, negative: str, styles: Mapping[str, Style], mode: str
+) -> tuple[str, str]:
+    """A1111's style step (``infotext_styles`` ≠ "Ignore"): the prompts without the styles they end with,
+    and ``Styles array`` ("Apply", or "Apply if any" when some matched). When the infotext has a ``Hires
+    prompt`` or ``Hires negative prompt`` and no ``Version`` of 1.8.0-139 or older, each hires prompt (a
+    missing one: the main one) loses its styles too and becomes "" where it then equals the main prompt's;
+    if the hires prompts carry other styles than the main ones, nothing is extracted and the hires prompts
+    stay as written."""
+    found, bare, bare_negative = extract_styles(prompt, negative, styles)
+    version = _parse_version(res.get("Version"))
+    has_hires = "Hires prompt" in res or "Hires negative prompt" in res
+    if has_hires and (version is None or version > _HR_STYLES):
+        hr_prompt = str(res.get("Hires prompt", prompt))
+        hr_negative = str(res.get("Hires negative prompt", negative))
+        hr_found, hr_bare, hr_bare_negative = extract_styles(hr_prompt, hr_negative, styles)
+        if hr_found != found:
+            return prompt, negative
+        res["Hires prompt"] = "" if hr_bare == bare else hr_bare
+        res["Hires negative prompt"] = "" if hr_bare_negative == bare_negative else hr_bare_negative
+    if (mode == "Apply if any" and found) or mode == "Apply":
+        res["Styles array"] = found
+    return bare, bare_negative
+
+
 def parse(
-    text: str, *, skip_fields: Collection[str] = (), backcompat: bool = True
+    text: str,
+    *,
+    skip_fields: Collection[str] = (),
+    backcompat: bool = True,
+    styles: Mapping[str, Style] | None = None,
+    style_mode: str = "Apply if any",
 ) -> dict[str, InfotextValue]:
     """A1111 ``parse_generation_parameters``: infotext → ``{"Prompt", "Negative prompt", key: value, …}``.
 
-    Values stay strings except the defaults (ints/bools as in A1111), the First pass size conversion (ints)
-    and the backward-compatibility flags (True). ``skip_fields`` are removed at the end.
+    Values stay strings except the defaults (ints/bools as in A1111), the First pass size conversion (ints),
+    the backward-compatibility flags (True) and ``Styles array`` (a list). ``styles``: the style store
+    (A1111's ``styles.csv``; None: no styles) and ``style_mode`` its ``infotext_styles`` option (one of
+    :data:`STYLE_MODES`; as in A1111 any other value acts as "Discard"), which also decides whether a hires
+    prompt equal to the main one reads as "" (see :func:`_extract_styles`; not with "Ignore").
+    ``skip_fields`` are removed at the end.
     """
     *lines, last = text.strip().split("\n")
     if len(param_pairs(last)) < 3:
@@ -266,6 +303,8 @@ def parse(
         last = ""
     prompt, negative = _split_prompts(lines)
     res = _parse_param_line(last)
+    if style_mode != "Ignore":
+        prompt, negative = _extract_styles(res, prompt, negative, styles or {}, style_mode)
     res["Prompt"], res["Negative prompt"] = prompt, negative
     res.setdefault("Clip skip", "1")
     if "Hypernet" in res:

@@ -20,7 +20,8 @@ MAX_BASE64 = 70_000_000  # characters: the 50 MB body limit is the real bound
 INPAINT_FIELDS = {  # a pipeline.params.Inpaint field (as a FieldError names it) → A1111's flat request field
     "inpaint.mask": "mask", "inpaint.blur": "mask_blur", "inpaint.fill": "inpainting_fill",
     "inpaint.only_masked": "inpaint_full_res", "inpaint.padding": "inpaint_full_res_padding",
-    "inpaint.invert": "inpainting_mask_invert",
+    "inpaint.invert": "inpainting_mask_invert", "inpaint.blur_y": "mask_blur_y",
+    "inpaint.round_mask": "mask_round", "inpaint.latent_mask": "latent_mask",
 }  # fmt: skip
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]

@@ -43,6 +43,7 @@ from latentstudio.models.loader import Components
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
 from latentstudio.pipeline.images import png_bytes, write_atomic
 from latentstudio.pipeline.infotexts import ModelIdentity, model_identity
+from latentstudio.pipeline.params import ResolvedParams
 from latentstudio.pipeline.run import (
     GenerationResult,
     HiresModel,
@@ -51,6 +52,7 @@ from latentstudio.pipeline.run import (
     latent_preview,
     run,
 )
+from latentstudio.pipeline.scripts import JOB_MODEL, Model, ScriptContext, run_script
 from latentstudio.postprocess.extras import run_extras
 from latentstudio.postprocess.faces import FaceRestorerError, FaceRestorers
 from latentstudio.postprocess.safety import SafetyChecker, SafetyCheckerError
@@ -267,24 +269,47 @@ class JobRunner:
                 live.started = self.clock()
         control = StepControl(should_stop=lambda: self.live.flag("stop"), should_skip=self.live.take_skip)
         hires_model = self._hires_model(spec)
-        result = run(
-            spec.params,
-            components,
-            identity=identity,
-            on_step=lambda step: self._on_step(job_id, components, step),
-            control=control,
-            embeddings=self.manager.embeddings(components),
-            cache=self._cache,
-            loras=self.manager.lora_networks,
-            upscaler=self._upscale,
-            hires_model=hires_model,
-            controls=[
-                self.controls.load(self.controls.find(unit.model), components.unet)
-                for unit in spec.params.control
-            ],
-            annotator_roots=self.controls.annotator_roots,
+
+        def generate(
+            params: ResolvedParams, index: int = 0, count: int = 1, model: Model = JOB_MODEL
+        ) -> GenerationResult:
+            """One generation; progress as generation ``index`` of ``count`` (a script runs several), with
+            the job's model or the ``(checkpoint, VAE)`` a script names."""
+            used = components
+            if model != JOB_MODEL:
+                used = self.manager.load(model[0] or spec.checkpoint, vae=model[1] or spec.vae)
+
+            def on_step(step: StepInfo) -> None:
+                whole = dataclasses.replace(
+                    step, step=index * step.total + step.step, total=count * step.total
+                )
+                self._on_step(job_id, used, whole)
+
+            named = identity if used is components else self._identity(model, spec, used)
+            return run(
+                params, used, identity=named, on_step=on_step, control=control,
+                embeddings=self.manager.embeddings(used), cache=self._cache,
+                loras=self.manager.lora_networks, upscaler=self._upscale, hires_model=hires_model,
+                controls=[self.controls.load(self.controls.find(unit.model), used.unet)
+                          for unit in params.control],
+                annotator_roots=self.controls.annotator_roots,
+            )  # fmt: skip
+
+        if spec.params.script is None:
+            return self._safety_filtered(generate(spec.params)), identity
+        context = ScriptContext(
+            generate=generate,
+            upscale=lambda image, name, scale: upscale(image, name, scale=scale, registry=self.upscalers),
+            upscalers=[u.name for u in self.upscalers.list()],
+            stopped=lambda: self.live.flag("stop"),
         )
-        return self._safety_filtered(result), identity
+        return self._safety_filtered(run_script(spec.params, context)), identity
+
+    def _identity(self, model: Model, spec: JobSpec, components: Components) -> ModelIdentity:
+        """How the infotext names a model a script chose (its checkpoint, else the job's)."""
+        name = model[0] or spec.checkpoint
+        info = self.manager.find(name) if name else self.manager.default_checkpoint()
+        return model_identity(self.manager, info, components)
 
     def _hires_model(self, spec: JobSpec) -> HiresModel | None:
         """The hires fix's own checkpoint (A1111 ``hr_checkpoint_name``) with the job's VAE choice, when the

@@ -132,7 +132,7 @@ def _prepared_mask(spec: Inpaint) -> Image.Image:
     blurred as A1111 blurs it."""
     mask = spec.mask.convert("L")
     mask = ImageOps.invert(mask) if spec.invert else mask
-    return inpaint.blur_mask(mask, spec.blur, spec.blur)
+    return inpaint.blur_mask(mask, *spec.blur_xy)
 
 
 def masked_crop(picture: np.ndarray, resize: ControlResize, params: GenerationParams) -> np.ndarray:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from latentstudio import infotext
-from latentstudio.pipeline.params import GenerationParams
+from latentstudio.pipeline.params import GenerationParams, TilingMode
 from latentstudio.samplers import SamplerInfo
 from latentstudio.samplers.noise import RngSource
+from latentstudio.samplers.registry import schedule_overrides
 
 if TYPE_CHECKING:
     from latentstudio.models.discovery import CheckpointInfo
@@ -90,15 +91,66 @@ def parameters(  # noqa: PLR0917 - one image's facts
         if params.eta_noise_seed_delta and sampler.uses_ensd and eta != 0
         else None,
         "RNG": params.rng.value if params.rng is not RngSource.GPU else None,
+        "Tiling": "True" if params.tiling is not TilingMode.NONE else None,
     }
-    extra: dict[str, object] = dict(extra_params or {})
+    given = dict(extra_params or {})
+    extra = {key: value for key, value in given.items() if key not in _AFTER_SAMPLING}
+    extra.update(_start_keys(params))
     if params.sampler == "DDIM" and eta != 0:
         extra["Eta DDIM"] = eta
     elif params.sampler != "DDIM" and eta != 1.0:
         extra["Eta"] = eta
-    if params.s_noise != 1.0:
-        extra["Sigma noise"] = params.s_noise
+    for key, (name, default) in _CHURN.items():
+        if getattr(params, name) != default:
+            extra[key] = getattr(params, name)
+    if params.tiling in (TilingMode.X, TilingMode.Y):  # ours: the tiling_axes option
+        extra["Tiling axes"] = params.tiling.value
+    extra.update({key: value for key, value in given.items() if key in _AFTER_SAMPLING})
     return infotext.ordered_params(fixed, extra)
+
+
+# The sampler's own keys (A1111 Sampler.initialize), written when they differ from the default: A1111 writes
+# them only for a value set by the option (it passes a request's value silently); ours for either.
+_CHURN = {
+    "Sigma churn": ("s_churn", 0.0), "Sigma tmin": ("s_tmin", 0.0), "Sigma tmax": ("s_tmax", 0.0),
+    "Sigma noise": ("s_noise", 1.0),
+}  # fmt: skip
+_AFTER_SAMPLING = ("NGMS", "NGMS all steps", "Pad conds", "Pad conds v0")  # A1111 writes them last
+
+
+def pass_keys(params: GenerationParams, events: Iterable[str]) -> dict[str, object]:
+    """The infotext keys of what happened while sampling (:class:`CFGDenoiser`'s ``padded``): NGMS with its
+    σ (and "NGMS all steps" with ``s_min_uncond_all``) when it skipped a pass, the padding flags."""
+    happened = set(events)
+    keys: dict[str, object] = {}
+    if "NGMS" in happened:
+        keys["NGMS"] = params.s_min_uncond
+        if params.s_min_uncond_all:
+            keys["NGMS all steps"] = True
+    keys.update(dict.fromkeys(sorted(happened - {"NGMS"}), True))
+    return keys
+
+
+def _start_keys(params: GenerationParams) -> dict[str, object]:
+    """A1111's keys for the start noise and the schedule, in its order: "Noise multiplier" (img2img),
+    the schedule overrides either pass used, then "SGM noise multiplier" / "Extra noise"."""
+    keys: dict[str, object] = {}
+    if params.initial_noise_multiplier != 1.0:
+        keys["Noise multiplier"] = params.initial_noise_multiplier
+    passes = [(params.sampler, params.scheduler)]
+    if params.hires is not None:
+        passes.append((params.hires.sampler or params.sampler, params.hires.scheduler or params.scheduler))
+    values = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
+    used: dict[str, float] = {}
+    for sampler, scheduler in passes:
+        used.update(schedule_overrides(sampler, scheduler, **values))
+    names = {"sigma_min": "Schedule min sigma", "sigma_max": "Schedule max sigma", "rho": "Schedule rho"}
+    keys.update({key: used[name] for name, key in names.items() if name in used})
+    if params.sgm_noise_multiplier:
+        keys["SGM noise multiplier"] = True
+    if params.extra_noise > 0:
+        keys["Extra noise"] = params.extra_noise
+    return keys
 
 
 def _seed_resize(params: GenerationParams) -> str | None:

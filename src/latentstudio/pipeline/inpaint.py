@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -39,38 +40,16 @@ def binary_mask(mask: Image.Image, round_alpha: bool = True) -> Image.Image:
     return mask.convert("L")
 
 
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    """OpenCV's ``getGaussianKernel`` for A1111's size ``2·int(2.5σ + 0.5) + 1``, normalised."""
-    size = 2 * int(2.5 * sigma + 0.5) + 1
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel: np.ndarray = np.exp(-(x**2) / (2 * sigma * sigma))
-    return kernel / float(kernel.sum())
-
-
-def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
-    """1-D Gaussian along ``axis`` with OpenCV's default border (reflect-101)."""
-    kernel = _gaussian_kernel(sigma)
-    radius = len(kernel) // 2
-    length = values.shape[axis]
-    index = np.arange(-radius, length + radius)
-    period = max(2 * (length - 1), 1)  # reflect-101: … 2 1 | 0 1 2 … n-1 | n-2 n-3 …
-    index = np.abs(index) % period
-    index = np.where(index >= length, period - index, index)
-    padded = np.take(values, index, axis=axis)
-    out = np.zeros_like(values, dtype=np.float64)
-    for k, weight in enumerate(kernel):
-        out += weight * np.take(padded, np.arange(k, k + length), axis=axis)
-    return out
-
-
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
-    """A1111's separable mask blur (``cv2.GaussianBlur`` horizontally with σ = ``blur_x``, then vertically
-    with σ = ``blur_y``; each rounded back to 8 bits). Matches OpenCV to ±1 grey level."""
-    values = np.asarray(mask.convert("L"), dtype=np.float64)
-    for sigma, axis in ((blur_x, 1), (blur_y, 0)):
+    """A1111's separable mask blur: ``cv2.GaussianBlur`` of the 8-bit mask horizontally with σ = ``blur_x``,
+    then vertically with σ = ``blur_y``, each with a kernel of ``2·int(2.5σ + 0.5) + 1`` taps (a σ of 0
+    skips its pass), OpenCV's default border (reflect-101)."""
+    values = np.asarray(mask.convert("L"))
+    for sigma, horizontal in ((blur_x, True), (blur_y, False)):
         if sigma > 0:
-            values = np.clip(np.rint(_blur_axis(values, sigma, axis)), 0, 255)
-    return Image.fromarray(values.astype(np.uint8), mode="L")
+            size = 2 * int(2.5 * sigma + 0.5) + 1
+            values = cv2.GaussianBlur(values, (size, 1) if horizontal else (1, size), sigma)
+    return Image.fromarray(np.ascontiguousarray(values), mode="L")
 
 
 def crop_region(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
@@ -193,6 +172,15 @@ class Prepared:
     overlay: Overlay | None
     infotext: dict[str, object]
     warnings: list[str]
+    latent_mask: Image.Image | None = None  # the request's own latent mask (A1111 ``latent_mask``)
+    round_mask: bool = True  # A1111 ``mask_round``
+
+    def latent_masks(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keep, repaint)`` ``[C, h, w]`` for the latent blend (:func:`latent_masks`): from the request's
+        latent mask if it has one, else from the processed mask (there must be one)."""
+        mask = self.latent_mask if self.latent_mask is not None else self.mask
+        assert mask is not None
+        return latent_masks(mask, latent, self.round_mask)
 
 
 def prepare(params: GenerationParams) -> Prepared:
@@ -207,12 +195,14 @@ def prepare(params: GenerationParams) -> Prepared:
             init = resize_image(init, width, height, params.resize_mode)
         return Prepared(init, None, None, {}, [])
     info: dict[str, object] = {}
-    mask = binary_mask(spec.mask)
+    mask = binary_mask(spec.mask, spec.round_mask)
     if spec.invert:
         mask = ImageOps.invert(mask)
         info["Mask mode"] = "Inpaint not masked"
-    mask = blur_mask(mask, spec.blur, spec.blur)
-    info = {"Mask blur": spec.blur, **info}
+    blur_x, blur_y = spec.blur_xy
+    mask = blur_mask(mask, blur_x, blur_y)
+    if blur_x == blur_y:  # first, as A1111's UI writes it; A1111's ``mask_blur`` is None (no key) if unequal
+        info = {"Mask blur": blur_x, **info}
     region = crop_region(mask, spec.padding) if spec.only_masked else None
     warnings = []
     if spec.only_masked and region is None:
@@ -236,10 +226,12 @@ def prepare(params: GenerationParams) -> Prepared:
         image = resize_image(init, width, height, params.resize_mode)
         fill_mask = processing_mask
         overlay = Overlay(overlay_for(image, _doubled(processing_mask)), None)
-    if spec.fill != MaskedContent.ORIGINAL:
-        image = fill(image, fill_mask) if spec.fill == MaskedContent.FILL else image
+    if spec.latent_mask is not None:  # A1111 takes it as it is, for the fill too (validated to fit)
+        fill_mask = spec.latent_mask.crop((0, 0, image.width, image.height))
+    if spec.fill != MaskedContent.ORIGINAL:  # A1111 pre-fills for "latent noise"/"latent nothing" too
+        image = fill(image, fill_mask)
         info["Masked content"] = MASKED_CONTENT_LABELS[spec.fill]
-    return Prepared(image, processing_mask, overlay, info, warnings)
+    return Prepared(image, processing_mask, overlay, info, warnings, spec.latent_mask, spec.round_mask)
 
 
 def _doubled(mask: Image.Image) -> Image.Image:
@@ -268,11 +260,17 @@ def _latent_upscale_inputs(
 
 
 def masked_image_conditioning(
-    image: Image.Image | None, mask: Image.Image | None, weight: float, size: tuple[int, int]
+    image: Image.Image | None,
+    mask: Image.Image | None,
+    weight: float,
+    size: tuple[int, int],
+    round_mask: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An inpainting model's inputs before the VAE: ``(mask [1, 1, H, W], image [1, 3, H, W] in [-1, 1])``
-    with the masked area greyed out by ``weight`` (A1111 ``inpainting_mask_weight``); no image → grey."""
-    cond_mask = conditioning_mask(mask, size)
+    with the masked area greyed out by ``weight`` (A1111 ``inpainting_mask_weight``); no image → grey.
+    ``round_mask``: the mask rounded to 0/1 first (A1111 ``mask_round`` for SD1/SD2 inpainting models;
+    SDXL ones always round)."""
+    cond_mask = conditioning_mask(mask, size, round_mask)
     if image is None:
         return cond_mask, torch.zeros(1, 3, size[1], size[0])
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from PIL import Image
 
@@ -59,6 +59,17 @@ class ResizeMode(IntEnum):
     LATENT_UPSCALE = 3
 
 
+class TilingMode(Enum):
+    """A1111's ``tiling`` (seamless pictures: circular padding in the convolutions, see
+    :mod:`~latentstudio.pipeline.tiling`) and the axes it wraps (our ``tiling_axes`` option): ``NONE``
+    off, ``BOTH`` A1111's tiling, ``X`` left/right edges only, ``Y`` top/bottom edges only."""
+
+    NONE = "none"
+    BOTH = "both"
+    X = "x"
+    Y = "y"
+
+
 @dataclass(frozen=True)
 class Hires:
     """The txt2img hires fix (A1111 ``enable_hr`` and ``hr_*``; the native API's ``hires``, field for field):
@@ -81,9 +92,13 @@ class Hires:
 @dataclass(frozen=True)
 class Inpaint:
     """img2img inpainting (A1111's mask fields): repaint where ``mask`` is white (or, for an RGBA mask,
-    where it is opaque), blurred by ``blur`` pixels; ``fill`` is A1111 ``inpainting_fill`` (0 fill,
+    where it is opaque), blurred by ``blur`` pixels horizontally and ``blur_y`` vertically (A1111
+    ``mask_blur_x``/``_y``; None: as ``blur``); ``fill`` is A1111 ``inpainting_fill`` (0 fill,
     1 original, 2 latent noise, 3 latent nothing); ``only_masked`` crops to the mask plus ``padding``
-    pixels (``inpaint_full_res``); ``invert`` repaints the unmasked area."""
+    pixels (``inpaint_full_res``); ``invert`` repaints the unmasked area. ``round_mask`` (A1111
+    ``mask_round``) thresholds an RGBA mask's alpha at > 128 and rounds the latent (and inpainting-model)
+    mask to 0/1; off, a soft mask blends partially. ``latent_mask`` (A1111 ``latent_mask``) replaces the
+    processed mask, as it is, for the masked-content fill and the latent blend."""
 
     mask: Image.Image
     blur: int = 4
@@ -91,6 +106,25 @@ class Inpaint:
     only_masked: bool = False  # the A1111 API's default is True, its UI's False
     padding: int = 32
     invert: bool = False
+    blur_y: int | None = None
+    round_mask: bool = True
+    latent_mask: Image.Image | None = None
+
+    @property
+    def blur_xy(self) -> tuple[int, int]:
+        """``(horizontal, vertical)`` Gaussian sigmas of the mask blur."""
+        return self.blur, self.blur if self.blur_y is None else self.blur_y
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """An A1111 script the job runs instead of one generation (``script_name`` + ``script_args``):
+    ``name`` its title, ``args`` its checked arguments as canonical JSON (a list, defaults filled in, made
+    by :func:`latentstudio.pipeline.scripts.prepare`), ``seeds`` any seeds it drew when the job was made."""
+
+    name: str
+    args: str = "[]"
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,19 @@ class GenerationParams:
     clip_skip: int = 1
     eta: float | None = None  # ancestral / SDE eta (A1111 eta_ancestral 1.0; eta_ddim 0.0 for DDIM)
     s_noise: float = 1.0
+    # Karras churn (A1111 s_churn/s_tmin/s_tmax, Euler, Heun and DPM2 only); s_tmax 0 means no upper bound
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
+    s_min_uncond: float = 0.0  # NGMS: skip the negative prompt's pass below this σ (A1111 s_min_uncond)
+    s_min_uncond_all: bool = False  # NGMS on every step, not every other one (A1111 s_min_uncond_all)
+    initial_noise_multiplier: float = 1.0  # img2img: scales the start noise (A1111 "Noise multiplier")
+    extra_noise: float = 0.0  # A1111 img2img_extra_noise: more start noise for img2img and hires passes
+    sigma_min: float = 0.0  # A1111 schedule overrides sigma_min/sigma_max/rho; 0 keeps the model's/default
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    sgm_noise_multiplier: bool = False  # A1111: txt2img start noise × √(1 + σ0²) instead of σ0
+    img2img_fix_steps: bool = False  # A1111: img2img runs exactly `steps` steps at any denoising strength
     rng: RngSource = RngSource.CPU
     eta_noise_seed_delta: int = 0
     init_image: Image.Image | None = None
@@ -129,6 +176,8 @@ class GenerationParams:
     pad_conds: bool = False  # A1111 pad_cond_uncond: pad prompt/negative to one length with empty chunks
     pad_conds_v0: bool = False  # A1111 pad_cond_uncond_v0: pad by repeating the last vector (pre-1.6)
     control: tuple[ControlUnit, ...] = ()  # the enabled ControlNet / T2I-Adapter units, in order
+    tiling: TilingMode = TilingMode.NONE  # A1111 tiling (+ our tiling_axes): circular-padded convolutions
+    script: ScriptCall | None = None  # an A1111 script over several generations (pipeline.scripts)
 
     @property
     def is_img2img(self) -> bool:
@@ -139,8 +188,10 @@ class GenerationParams:
 
         ``sampler`` may name its schedule ("DPM++ 2M Karras" wins over ``scheduler``, A1111's rule) and the
         sampler's own schedule becomes "Automatic"; ``hires.sampler``/``.scheduler`` likewise. ``eta`` and
-        ``s_noise`` are kept only for samplers that take them (A1111 ignores them elsewhere, infotext too);
-        a missing ``eta`` is the policy's. -1 seeds become recorded random ones. Raises :class:`FieldError`.
+        ``s_noise`` are kept only for samplers that take them (A1111 ignores them elsewhere, infotext too),
+        the churn fields likewise (A1111's ``sampler_extra_params``: either pass's sampler), and the start
+        noise options only where they act; a missing ``eta`` is the policy's. -1 seeds become recorded
+        random ones. Raises :class:`FieldError`.
         """
         sampler, scheduler = sampler_and_scheduler(self.sampler, self.scheduler)
         info = SAMPLER_INFO[sampler]
@@ -153,7 +204,7 @@ class GenerationParams:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.update(sampler=sampler, scheduler=scheduler, hires=hires)
         fields.update(eta=eta if info.takes("eta") else None, init_image=init)
-        fields.update(s_noise=self.s_noise if info.takes("s_noise") else 1.0)
+        fields.update(_acting_noise_options(self, (sampler, hires.sampler if hires else None), init))
         resolved = ResolvedParams(**fields)
         resolved._validate(policy.max_side)
         return dataclasses.replace(resolved, seed=resolve_seed(self.seed), subseed=resolve_seed(self.subseed))
@@ -170,6 +221,7 @@ class GenerationParams:
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_float("s_noise", self.s_noise, 0.0, 10.0)
+        _validate_noise_options(self)
         if self.eta is not None:
             _check_float("eta", self.eta, 0.0, 10.0)
         for field in ("seed", "subseed"):
@@ -198,6 +250,9 @@ class GenerationParams:
         if self.emphasis not in EMPHASIS_MODES:
             raise FieldError("emphasis", f"unknown {self.emphasis!r}; allowed: {', '.join(EMPHASIS_MODES)}")
         _validate_control(self)
+        if not isinstance(self.tiling, TilingMode):
+            allowed = ", ".join(m.value for m in TilingMode)
+            raise FieldError("tiling", f"must be a TilingMode ({allowed}), got {self.tiling!r}")
         if self.scheduler not in SCHEDULERS:
             raise FieldError("scheduler", f"unknown {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
 
@@ -228,13 +283,52 @@ def target_size(width: int, height: int, hires: Hires) -> tuple[int, int, int, i
     return to_x, to_y, (to_x - rx) // 8, (to_y - ry) // 8
 
 
+_NOISE_OPTION_LIMITS = {  # upper bounds of the sampler fields (A1111's sliders stop lower; its API does not)
+    "s_churn": 100.0, "s_tmin": 1000.0, "s_tmax": 1000.0, "s_min_uncond": 1000.0,
+    "initial_noise_multiplier": 10.0, "extra_noise": 10.0, "sigma_min": 1000.0, "sigma_max": 1000.0,
+    "rho": 100.0,
+}  # fmt: skip
+
+
+def _validate_noise_options(params: GenerationParams) -> None:
+    """The churn, NGMS, start-noise and schedule-override fields: finite, in range, σ_min ≤ σ_max."""
+    for field, high in _NOISE_OPTION_LIMITS.items():
+        _check_float(field, getattr(params, field), 0.0, high)
+    if 0 < params.sigma_max < params.sigma_min:
+        raise FieldError("sigma_min", f"must be at most sigma_max ({params.sigma_max})")
+
+
+def _acting_noise_options(
+    params: GenerationParams, samplers: tuple[str, str | None], init: Image.Image | None
+) -> dict[str, object]:
+    """Churn and ``s_noise`` at their defaults unless a pass's sampler takes them (A1111's
+    ``sampler_extra_params``); the start-noise options at theirs where they cannot act."""
+    taken = {name for s in samplers if s is not None for name in SAMPLER_INFO[s].extra_params}
+    defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+    out: dict[str, object] = {k: getattr(params, k) if k in taken else v for k, v in defaults.items()}
+    if init is None:  # initial_noise_multiplier is img2img's, extra noise needs an img2img or hires pass
+        out["initial_noise_multiplier"] = 1.0
+        out["extra_noise"] = params.extra_noise if params.hires is not None else 0.0
+    if init is not None or SAMPLER_INFO[samplers[0]].timestep:  # A1111: k-diffusion txt2img only
+        out["sgm_noise_multiplier"] = False
+    return out
+
+
 def _validate_inpaint(params: GenerationParams, inpaint: Inpaint) -> None:
     """The inpainting fields: only with an init image."""
     if params.init_image is None:
         raise FieldError("inpaint.mask", "a mask needs an init image (img2img)")
     _check_int("inpaint.blur", inpaint.blur, 0, 64)
+    if inpaint.blur_y is not None:
+        _check_int("inpaint.blur_y", inpaint.blur_y, 0, 64)
     _check_int("inpaint.fill", inpaint.fill, 0, 3)
     _check_int("inpaint.padding", inpaint.padding, 0, MAX_SIDE)
+    if inpaint.latent_mask is not None and inpaint.fill != 1:  # A1111 fills the image under it as it is
+        whole_latent = params.resize_mode is ResizeMode.LATENT_UPSCALE and not inpaint.only_masked
+        w, h = params.init_image.size if whole_latent else (params.width, params.height)
+        if inpaint.latent_mask.size != (w, h):
+            got = f"{inpaint.latent_mask.width}x{inpaint.latent_mask.height}"
+            raise FieldError("inpaint.latent_mask", f"must be {w}x{h} with a masked-content fill, got {got}")
 
 
 def _validate_control(params: GenerationParams) -> None:

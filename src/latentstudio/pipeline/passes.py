@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,11 @@ from latentstudio.pipeline.control import PassUnit
 from latentstudio.pipeline.params import GenerationParams
 from latentstudio.samplers import SAMPLER_INFO, SAMPLERS, sigmas_for
 from latentstudio.samplers.noise import BrownianNoiseSampler, ImageRNG
+from latentstudio.samplers.registry import schedule_overrides
 from latentstudio.samplers.wrappers import (
     CFGDenoiser,
     Denoiser,
+    Ngms,
     SamplingInterrupted,
     ScheduledConditioning,
     StepControl,
@@ -90,22 +93,45 @@ class Progress:
     on_step: Callable[[StepInfo], None] | None
 
 
-def pass_sigmas(
-    sampler: str, scheduler: str, steps: int, strength: float | None, model_sigmas: torch.Tensor
+def pass_sigmas(  # noqa: PLR0917 - a pass's sampler, schedule, steps and strength
+    sampler: str,
+    scheduler: str,
+    steps: int,
+    strength: float | None,
+    model_sigmas: torch.Tensor,
+    params: GenerationParams | None = None,
+    *,
+    fixed_steps: bool = False,
 ) -> tuple[torch.Tensor, bool, str]:
     """``(sigmas, vp_terminal, schedule_label)`` for a pass; ``strength`` None for txt2img, else img2img
-    with A1111's step arithmetic (``t_enc = int(min(strength, 0.999) · steps)``; t_enc + 1 steps run)."""
+    with A1111's step arithmetic (``setup_img2img_steps``: ``t_enc = int(min(strength, 0.999) · steps)``
+    and t_enc + 1 steps run; with ``fixed_steps`` (A1111's hires pass, or ``img2img_fix_steps``) exactly
+    ``steps`` run, of a schedule of ``int(steps / min(strength, 0.999))``, none at strength 0).
+    ``params``: the job's schedule overrides (A1111's ``sigma_min``/``sigma_max``/``rho`` options)."""
     info = SAMPLER_INFO[sampler]
-    sigmas, _ = sigmas_for(sampler, scheduler, steps, model_sigmas)
     # A1111 writes the schedule the sampler resolved "Automatic" to, if any; else "Automatic".
     label = scheduler if scheduler != "Automatic" else (info.scheduler or "Automatic")
+    t_enc = None
+    if strength is not None and fixed_steps:
+        if strength <= 0:
+            return model_sigmas.new_zeros(1), False, label
+        steps, t_enc = int(steps / min(strength, 0.999)), steps - 1
+    elif strength is not None:
+        t_enc = int(min(strength, 0.999) * steps)
+    overrides: dict[str, float] = {}
+    if params is not None:
+        values = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
+        overrides = schedule_overrides(sampler, scheduler, **values)
+    sigmas, _ = sigmas_for(
+        sampler, scheduler, steps, model_sigmas, sigma_min=overrides.get("sigma_min"),
+        sigma_max=overrides.get("sigma_max"), rho=overrides.get("rho"),
+    )  # fmt: skip
     # A1111 runs DDIM and PLMS on timesteps in VP space: they start from plain noise (x_vp = ε) and stop at
     # t = 0 (ᾱ_0, σ = 0.029), returning x_vp. In σ-space: start at ε·√(1+σ²), end at σ_0, then rescale.
     vp_terminal = info.timestep and info.native_schedule == "DDIM" and scheduler == "Automatic"
     if vp_terminal:
         sigmas = torch.cat([sigmas[:-1], model_sigmas[:1]])
-    if strength is not None:
-        t_enc = int(min(strength, 0.999) * steps)
+    if t_enc is not None:
         sigmas = sigmas[len(sigmas) - t_enc - 2 :]
     return sigmas, vp_terminal, label
 
@@ -151,9 +177,14 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
         )
     noise = source.first().to(sigmas.device)
     if init is not None:
+        if params.is_img2img:  # A1111 img2img's sample(): "Noise multiplier"
+            noise = noise * params.initial_noise_multiplier
         x = init + noise * sigmas[0]
+        if params.extra_noise > 0:  # A1111 sample_img2img (img2img and hires): "Extra noise"
+            x = x + noise * params.extra_noise
     else:
-        x = noise * ((1 + sigmas[0] ** 2).sqrt() if sampling.vp_terminal else sigmas[0])
+        sgm = sampling.vp_terminal or params.sgm_noise_multiplier  # "SGM noise multiplier"
+        x = noise * ((1 + sigmas[0] ** 2).sqrt() if sgm else sigmas[0])
     # a fresh guidance object per pass and batch: its step counter drives prompt editing
     controlled = cn.controlled(denoiser.unet, sampling.control, sampling.steps, denoiser.model_sigmas)
     if controlled is not None:
@@ -161,13 +192,18 @@ def run_pass(  # noqa: PLR0917 - one pass of one batch
     guided = CFGDenoiser(
         denoiser, sampling.conds, sampling.uncond, params.cfg_scale, control, sampling.pad_empty,
         pad_last=params.pad_conds_v0, blend=sampling.blend, mark_conds=controlled is not None,
+        ngms=Ngms(params.s_min_uncond, params.s_min_uncond_all, SAMPLER_INFO[sampling.sampler].timestep),
     )  # fmt: skip
     noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = source.noise_sampler
     if SAMPLER_INFO[sampling.sampler].brownian_noise:
         noise_sampler = BrownianNoiseSampler(x, sigmas, rng.seeds)
     observe = controlled.observe if controlled is not None else None
     options = _options(params, sampling.sampler)
-    latents, stopped = _sample(sampling.sampler, guided, x, sigmas, noise_sampler, options, progress, observe)
+    latents, stopped = x, False  # no steps: A1111's fixed img2img steps at denoising strength 0
+    if sampling.steps > 0:
+        latents, stopped = _sample(
+            sampling.sampler, guided, x, sigmas, noise_sampler, options, progress, observe
+        )
     if sampling.vp_terminal:
         latents = latents / (1 + sigmas[-1] ** 2).sqrt()
     if sampling.blend is not None:  # A1111 blends the final samples once more
@@ -209,11 +245,14 @@ def _sample(  # noqa: PLR0917 - the loop state of one pass
 
 
 def _options(params: GenerationParams, sampler: str) -> dict[str, Any]:
-    """The job's eta / s_noise for samplers that take them (a hires pass may use another sampler)."""
+    """The job's eta for samplers that take it and the churn / s_noise fields A1111 passes to this sampler
+    (``sampler_extra_params``; a hires pass may use another sampler). ``s_tmax`` 0 means no bound."""
     accepted = inspect.signature(SAMPLERS[sampler]).parameters
     options: dict[str, Any] = {}
     if params.eta is not None and "eta" in accepted:
         options["eta"] = params.eta
-    if params.s_noise != 1.0 and "s_noise" in accepted:
-        options["s_noise"] = params.s_noise
+    for name in SAMPLER_INFO[sampler].extra_params:
+        options[name] = getattr(params, name)
+    if "s_tmax" in options:
+        options["s_tmax"] = options["s_tmax"] or math.inf
     return options

@@ -22,7 +22,7 @@ from latentstudio.control.networks import ControlNetwork
 from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
-from latentstudio.pipeline import color, control_post, hires, infotexts, inpaint, texts, vae
+from latentstudio.pipeline import color, control_post, hires, infotexts, inpaint, texts, tiling, vae
 from latentstudio.pipeline import control as cn
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
 from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
@@ -117,10 +117,10 @@ def run(
     if not isinstance(params, ResolvedParams):
         raise TypeError("run() takes GenerationParams.resolved(), not a GenerationParams")
     hires.check_model(params, components, hires_model)
-    # 2. networks: the prompt's LoRAs, in force until this job returns
+    # 2. networks (the prompt's LoRAs) and tiling (circular padding), in force until this job returns
     requests, warnings = texts.network_requests(params, have_loras=loras is not None)
     applied = loras.applied(components, requests) if loras is not None else nullcontext(Activation())
-    with applied as networks:
+    with applied as networks, tiling.seamless(params.tiling, components, hires_model):
         return _generate(
             params, components, identity=identity, on_step=on_step, control=control or StepControl(),
             text=texts.Texts(embeddings, cache or ConditioningCache(), networks.text_key), networks=networks,
@@ -214,9 +214,9 @@ def _generate(
             upscaler=upscaler, switch=switch,
         )  # fmt: skip
         interrupted = interrupted or stopped
-        extra_info.update(dict.fromkeys(sorted(padded), True))
+        extra_info.update(infotexts.pass_keys(params, padded))
         # 7. decode; A1111 order: colour correction, then the inpainting overlay
-        decoded = control_post.finish(vae.decode(decoder, latents), detected)
+        decoded = control_post.finish(tiling.decode(decoder, latents, params.tiling), detected)
         if target is not None:
             decoded = [color.apply_color_correction(target, image) for image in decoded]
         images.extend(decoded if overlay is None else [inpaint.apply_overlay(i, overlay) for i in decoded])
@@ -289,8 +289,9 @@ def _first_stage(
     model_sigmas = model_sigmas_from_alphas(components.alphas_cumprod).to(components.device)
     strength = params.denoising_strength if params.is_img2img else None
     sigmas, vp_terminal, label = pass_sigmas(
-        params.sampler, params.scheduler, params.steps, strength, model_sigmas
-    )
+        params.sampler, params.scheduler, params.steps, strength, model_sigmas, params,
+        fixed_steps=params.img2img_fix_steps,
+    )  # fmt: skip
     steps = texts.total_steps(params.sampler, params.steps)
     size = (params.height, params.width)
     conds, uncond = texts.conditionings(
@@ -322,9 +323,10 @@ def _hires_stage(  # noqa: PLR0917 - the job, its hires fix and what runs it
     activation = switch.use(components)
     if activation is not None:  # the hires checkpoint's text encoders carry the LoRAs now
         text = dataclasses.replace(text, networks=activation.text_key)
-    sigmas, vp_terminal, label = pass_sigmas(
-        plan.sampler, plan.scheduler, plan.steps, plan.denoising_strength, model_sigmas
-    )
+    sigmas, vp_terminal, label = pass_sigmas(  # A1111's hires pass always runs its steps exactly
+        plan.sampler, plan.scheduler, plan.steps, plan.denoising_strength, model_sigmas, params,
+        fixed_steps=True,
+    )  # fmt: skip
     steps = (texts.total_steps(params.sampler, params.steps), texts.total_steps(plan.sampler, plan.steps))
     size = (plan.height, plan.width)
     conds, uncond = texts.conditionings(

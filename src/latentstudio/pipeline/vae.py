@@ -8,6 +8,7 @@ import psutil
 import torch
 from PIL import Image
 
+from latentstudio.models.families import Family
 from latentstudio.models.loader import Components
 from latentstudio.pipeline import inpaint
 from latentstudio.pipeline.images import from_pil
@@ -27,7 +28,7 @@ def img2img_latents(
         latent = torch.nn.functional.interpolate(latent, size=size, mode="bilinear")
     if prepared.mask is None:
         return latent, None
-    keep, repaint = (m.to(latent) for m in inpaint.latent_masks(prepared.mask, latent))
+    keep, repaint = (m.to(latent) for m in prepared.latent_masks(latent))
     fill = params.inpaint.fill if params.inpaint is not None else inpaint.MaskedContent.ORIGINAL
     if fill == inpaint.MaskedContent.LATENT_NOISE:  # A1111: the first batch's seeds
         shape = (latent.shape[1], latent.shape[2], latent.shape[3])
@@ -50,7 +51,9 @@ def image_conditioning(
     if image is not None and image.size != size:  # resize mode 3: stretched like the init latent
         image = image.resize(size, resample=Image.Resampling.LANCZOS)
     mask = prepared.mask if prepared is not None else None
-    cond_mask, pixels = inpaint.masked_image_conditioning(image, mask, weight, size)
+    sdxl = components.info.family in (Family.SDXL, Family.SDXL_REFINER)  # A1111 rounds an SDXL model's mask
+    rounded = prepared is None or prepared.round_mask or sdxl
+    cond_mask, pixels = inpaint.masked_image_conditioning(image, mask, weight, size, rounded)
     latent = vae_encode(components, pixels)
     small = torch.nn.functional.interpolate(cond_mask, size=latent.shape[-2:]).to(latent)
     return torch.cat([small, latent], dim=1)

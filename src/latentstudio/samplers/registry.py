@@ -108,6 +108,8 @@ class SamplerInfo:
     two draws per step must be increments of one Brownian path (independent draws inflate the noise).
     ``stochastic``: draws noise with its default options, so it needs a ``noise_sampler``.
     ``timestep``: an A1111 timestep sampler (its eta option is ``eta_ddim``, default 0, infotext "Eta DDIM").
+    ``extra_params``: the options of A1111's ``sampler_extra_params`` table it passes to this sampler
+    (``s_churn``/``s_tmin``/``s_tmax``/``s_noise``); others, though the function may take them, stay default.
     """
 
     name: str
@@ -122,6 +124,7 @@ class SamplerInfo:
     timestep: bool = False
     native_schedule: str = "Uniform"
     extra_options: tuple[tuple[str, str], ...] = ()
+    extra_params: tuple[str, ...] = ()
 
     @property
     def automatic(self) -> str:
@@ -150,6 +153,8 @@ def resolve_scheduler_name(label: str) -> str:
 
 
 _S = SamplerInfo
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")  # A1111 sampler_extra_params: euler, heun, dpm_2
+_NOISE = ("s_noise",)  # dpm_fast, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde
 SAMPLER_INFO: dict[str, SamplerInfo] = {
     info.name: info
     for info in (
@@ -162,6 +167,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             second_order=True,
             brownian_noise=True,
             stochastic=True,
+            extra_params=_NOISE,
         ),
         _S(
             "DPM++ 2M SDE",
@@ -170,6 +176,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             "Exponential",
             brownian_noise=True,
             stochastic=True,
+            extra_params=_NOISE,
         ),
         _S(
             "DPM++ 2M SDE Heun",
@@ -179,6 +186,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             brownian_noise=True,
             stochastic=True,
             extra_options=(("solver_type", "heun"),),
+            extra_params=_NOISE,
         ),
         _S(
             "DPM++ 2S a",
@@ -188,6 +196,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             second_order=True,
             uses_ensd=True,
             stochastic=True,
+            extra_params=_NOISE,
         ),
         _S(
             "DPM++ 3M SDE",
@@ -197,6 +206,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             discard_next_to_last_sigma=True,
             brownian_noise=True,
             stochastic=True,
+            extra_params=_NOISE,
         ),
         _S(
             "Euler a",
@@ -205,9 +215,9 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             uses_ensd=True,
             stochastic=True,
         ),
-        _S("Euler", euler.sample_euler, ("k_euler",)),
+        _S("Euler", euler.sample_euler, ("k_euler",), extra_params=_CHURN),
         _S("LMS", lms.sample_lms, ("k_lms",)),
-        _S("Heun", heun.sample_heun, ("k_heun",), second_order=True),
+        _S("Heun", heun.sample_heun, ("k_heun",), second_order=True, extra_params=_CHURN),
         _S(
             "DPM2",
             heun.sample_dpm_2,
@@ -215,6 +225,7 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             "Karras",
             second_order=True,
             discard_next_to_last_sigma=True,
+            extra_params=_CHURN,
         ),
         _S(
             "DPM2 a",
@@ -225,8 +236,16 @@ SAMPLER_INFO: dict[str, SamplerInfo] = {
             discard_next_to_last_sigma=True,
             uses_ensd=True,
             stochastic=True,
+            extra_params=_NOISE,
         ),
-        _S("DPM fast", dpm_solver.sample_dpm_fast, ("k_dpm_fast",), uses_ensd=True, stochastic=True),
+        _S(
+            "DPM fast",
+            dpm_solver.sample_dpm_fast,
+            ("k_dpm_fast",),
+            uses_ensd=True,
+            stochastic=True,
+            extra_params=_NOISE,
+        ),
         _S("DPM adaptive", dpm_solver.sample_dpm_adaptive, ("k_dpm_ad",), uses_ensd=True, stochastic=True),
         _S("Restart", restart.sample_restart, ("restart",), "Karras", second_order=True, stochastic=True),
         _S("DDIM", timestep.sample_ddim, ("ddim",), timestep=True, native_schedule="DDIM"),
@@ -289,6 +308,26 @@ def sampler_and_scheduler(name: str, scheduler: str = "Automatic") -> tuple[str,
 def automatic_scheduler(sampler: str) -> str:
     """The schedule label "Automatic" means for ``sampler`` (name or alias)."""
     return SAMPLER_INFO[resolve_sampler(sampler)[0]].automatic
+
+
+def schedule_overrides(
+    sampler: str, scheduler: str, *, sigma_min: float = 0.0, sigma_max: float = 0.0, rho: float = 0.0
+) -> dict[str, float]:
+    """The A1111 options ``sigma_min``/``sigma_max``/``rho`` that act on ``sampler`` under ``scheduler``
+    (A1111 ``KDiffusionSampler.get_sigmas``), as :func:`sigmas_for` keywords: none for timestep samplers or
+    on the model's own schedule ("Automatic" for a sampler without a default schedule); each one when
+    nonzero, ``rho`` only for a schedule with a ρ (Karras, Polyexponential) and other than its default.
+    (A1111 also leaves out a σ equal to the model's own; that changes its infotext, not its sigmas.)"""
+    info = SAMPLER_INFO[resolve_sampler(sampler)[0]]
+    label = resolve_scheduler(scheduler)
+    label = (info.scheduler or "Automatic") if label == "Automatic" else label
+    if info.timestep or label == "Automatic":
+        return {}
+    out = {name: value for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)) if value}
+    default_rho = SCHEDULER_INFO[label].default_rho
+    if rho and default_rho not in (-1, rho):
+        out["rho"] = rho
+    return out
 
 
 class ScheduledSigmas(NamedTuple):

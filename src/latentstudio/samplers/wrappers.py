@@ -104,6 +104,32 @@ class ScheduledConditioning:
 
 
 @dataclass(frozen=True)
+class Ngms:
+    """A1111's "Negative Guidance minimum sigma" (``s_min_uncond``, infotext "NGMS"): below ``min_sigma`` the
+    negative prompt's UNet pass is skipped on every odd model call of a pass, or on every call with
+    ``all_steps`` (``s_min_uncond_all``). ``timesteps``: the sampler is one of A1111's timestep samplers
+    (DDIM, PLMS, UniPC), whose denoiser is called with the model timestep t in place of σ, so A1111 compares
+    t with ``min_sigma`` there."""
+
+    min_sigma: float
+    all_steps: bool = False
+    timesteps: bool = False
+
+
+def skips_uncond(step: int, sigma: torch.Tensor, ngms: Ngms | None, model_sigmas: torch.Tensor) -> bool:
+    """Whether A1111's CFG denoiser (``sd_samplers_cfg_denoiser.py``) skips the negative prompt at model call
+    ``step`` (0-based, every call of the pass counted, second-order ones too) at noise level ``sigma``
+    ``[B]`` (its first entry decides): ``(step odd or all_steps) and level < min_sigma``, the level
+    being σ, or for timestep samplers the timestep of σ (``model_sigmas``: ``[1000]``, ascending)."""
+    if ngms is None or ngms.min_sigma <= 0 or not (step % 2 or ngms.all_steps):
+        return False
+    level = float(sigma.reshape(-1)[0])
+    if ngms.timesteps:  # A1111's timesteps are integers; ours come back from σ with float error
+        level = round(float(sigma_to_t(sigma.reshape(-1)[:1].double(), model_sigmas.double())), 4)
+    return level < ngms.min_sigma
+
+
+@dataclass(frozen=True)
 class CFGDenoiser:
     """Classifier-free guidance with composable AND prompts (A1111 §5.3):
     ``denoised = uncond + Σ_i w_i · scale · (cond_i − uncond)``.
@@ -113,7 +139,9 @@ class CFGDenoiser:
     last vector (``stack_conds``); when cond and uncond still differ, ``pad_last`` (A1111 "Pad conds v0")
     pads the shorter one the same way, ``pad_empty`` (the empty prompt's context ``[1, 77, D]``, A1111
     "Pad conds") appends empty-prompt chunks, and otherwise they run as two UNet calls (A1111's default).
-    Equal lengths share one UNet batch. ``padded`` records which padding happened (for the infotext).
+    Equal lengths share one UNet batch. ``padded`` records, for the infotext, which padding happened and
+    whether NGMS (``ngms``, :func:`skips_uncond`) skipped a negative pass ("NGMS"). On such a call the
+    first AND-part's estimate stands in for the negative prompt's and the scale is 1 (A1111).
 
     The step that picks a scheduled conditioning counts model calls, as A1111's ``CFGDenoiser.step`` does
     (so a second-order sampler advances it twice per step); the counter lives in this per-job object, not
@@ -133,6 +161,7 @@ class CFGDenoiser:
     blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # inpainting: init, keep, repaint
     padded: set[str] = field(default_factory=set)
     mark_conds: bool = False
+    ngms: Ngms | None = None
     _calls: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -146,15 +175,25 @@ class CFGDenoiser:
         parts = [c.at(step).repeat_to(batch) for c, _ in self.conds]
         length = max(p.context.shape[1] for p in parts)
         parts = [_pad(p, length, None) for p in parts]
+        skip = skips_uncond(step, sigma, self.ngms, self.denoiser.model_sigmas)
+        if skip:
+            self.padded.add("NGMS")
         if self.scale == 1.0 and len(parts) == 1:
             return self._blend(self._run([parts[0]], x, sigma, [True])[0])
         uncond = self.uncond.at(step).repeat_to(batch)
-        parts, uncond = self._pad_cond_uncond(parts, uncond)
+        parts, uncond = self._pad_cond_uncond(parts, uncond)  # A1111 pads before it drops the negative
+        if skip:
+            outs = self._run(parts, x, sigma, [True] * len(parts))
+            return self._blend(self._combine(outs[0], outs, 1.0))
         outs = self._run([*parts, uncond], x, sigma, [True] * len(parts) + [False])
-        result = outs[-1].clone()
-        for (_, weight), cond in zip(self.conds, outs[:-1], strict=True):
-            result += (cond - outs[-1]) * (weight * self.scale)
-        return self._blend(result)
+        return self._blend(self._combine(outs[-1], outs[:-1], self.scale))
+
+    def _combine(self, uncond: torch.Tensor, conds: list[torch.Tensor], scale: float) -> torch.Tensor:
+        """``uncond + Σ_i w_i · scale · (cond_i − uncond)``, all ``[B,C,H,W]``."""
+        result = uncond.clone()
+        for (_, weight), cond in zip(self.conds, conds, strict=True):
+            result += (cond - uncond) * (weight * scale)
+        return result
 
     def _blend(self, denoised: torch.Tensor) -> torch.Tensor:
         """Inpainting (A1111): the kept area of every denoised estimate is the init latent's."""

@@ -53,6 +53,8 @@ SETTINGS_KEYS = (
     "pad_cond_uncond_v0",
     "img2img_background_color",
     "img2img_color_correction",
+    "tiling",
+    "tiling_axes",
 )
 
 

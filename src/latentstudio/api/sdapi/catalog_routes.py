@@ -19,6 +19,7 @@ from latentstudio.api.sdapi import options as opts
 from latentstudio.api.sdapi.models import PngInfoRequest, PngInfoResponse
 from latentstudio.api.state import ServicesDep
 from latentstudio.core import FieldError
+from latentstudio.pipeline import scripts as pipeline_scripts
 
 router = APIRouter(tags=["A1111 compatible"])
 _REFUSED: dict[int | str, dict[str, Any]] = {
@@ -130,14 +131,15 @@ def realesrgan_models(svc: ServicesDep) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/scripts", summary="Scripts (none)")
+@router.get("/scripts", summary="Selectable scripts per tab")
 def scripts() -> dict[str, list[str]]:
     return listing.scripts()
 
 
-@router.get("/script-info", summary="Script arguments (none)")
-def script_info() -> list[dict[str, Any]]:
-    return []
+@router.get("/script-info", summary="Every script's arguments, in script_args order")
+def script_info(svc: ServicesDep) -> list[dict[str, Any]]:
+    upscalers = [u.name for u in svc.jobs.upscalers()]
+    return [*pipeline_scripts.script_info(False, upscalers), *pipeline_scripts.script_info(True, upscalers)]
 
 
 @router.get("/extensions", summary="Extensions (none)")

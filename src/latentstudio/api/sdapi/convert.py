@@ -2,12 +2,12 @@
 
 Per field (reference/a1111-compat.md §1.4–1.6, §6): honoured fields become :class:`GenerationParams`;
 fields that cannot change the picture are accepted and ignored (``force_task_id``, ``comments``,
-``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, ``s_tmin``/``s_tmax`` without churn,
+``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, the churn fields (``s_churn``, ``s_tmin``,
+``s_tmax``, ``s_noise``) for samplers A1111 does not pass them to,
 ``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
-differ from A1111's is refused with a 422 naming the field: ``firstpass_image``, face restoration, tiling,
-refiner, scripts (but the ControlNet extension's units), several init images, a separate ``latent_mask``,
-unrounded masks, different ``mask_blur_x``/``_y``, ``initial_noise_multiplier`` ≠ 1,
-``s_churn``/``s_min_uncond``, ``disable_extra_networks`` with network tags in the prompt, unknown samplers,
+differ from A1111's is refused with a 422 naming the field: ``firstpass_image``, face restoration,
+refiner, alwayson scripts but the ControlNet extension's units, several init images,
+``disable_extra_networks`` with network tags in the prompt, unknown samplers,
 schedulers, styles, checkpoints (``hr_checkpoint_name`` too), VAEs and options.
 """
 
@@ -25,11 +25,19 @@ from latentstudio.api.sdapi.models import GenerationRequest, Img2ImgRequest, Txt
 from latentstudio.control.units import MAX_UNITS, ControlUnit
 from latentstudio.core import FieldError
 from latentstudio.jobs import JobKind, JobSpec
-from latentstudio.pipeline.params import GenerationParams, Hires, Inpaint, Policy, ResizeMode, ResolvedParams
+from latentstudio.pipeline import scripts
+from latentstudio.pipeline.params import (
+    GenerationParams,
+    Hires,
+    Inpaint,
+    Policy,
+    ResizeMode,
+    ResolvedParams,
+    TilingMode,
+)
 from latentstudio.prompts.errors import PromptError
 from latentstudio.prompts.networks import extract_networks
 from latentstudio.prompts.styles import Style, apply_styles
-from latentstudio.samplers import SAMPLER_INFO
 from latentstudio.samplers.noise import RngSource
 
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (``sampler_index``)
@@ -43,6 +51,8 @@ _PARAM_FIELDS = {  # a GenerationParams field (dotted when nested) → the A1111
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "eta_noise_seed_delta": "override_settings.eta_noise_seed_delta",
     "color_correction": "override_settings.img2img_color_correction",
+    "extra_noise": "override_settings.img2img_extra_noise", "sigma_min": "override_settings.sigma_min",
+    "sigma_max": "override_settings.sigma_max", "rho": "override_settings.rho",
     "hires": "enable_hr", "hires.scale": "hr_scale", "hires.resize_x": "hr_resize_x",
     "hires.resize_y": "hr_resize_y", "hires.upscaler": "hr_upscaler", "hires.steps": "hr_second_pass_steps",
     "hires.sampler": "hr_sampler_name", "hires.scheduler": "hr_scheduler", "hires.prompt": "hr_prompt",
@@ -68,6 +78,7 @@ class ServerCatalog:
     vaes: tuple[str, ...] = ()
     styles: Mapping[str, Style] = field(default_factory=dict)
     max_side: int = 2048
+    upscalers: tuple[str, ...] = ()  # A1111's sd_upscalers order (scripts name them by index)
 
     def checkpoint(self, query: str, field_name: str) -> CheckpointRef:
         """The checkpoint ``query`` names exactly (title, name, stem, model name, shorthash, path).
@@ -121,32 +132,13 @@ def effective_options(
 def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value], sampler: str) -> None:
     """422 for every field that would make the picture differ from A1111's (see the module docstring)."""
     restore = req.restore_faces if req.restore_faces is not None else options["face_restoration"]
-    tiling = req.tiling if req.tiling is not None else options["tiling"]
     refusals: list[tuple[bool, str, str]] = [
         (bool(restore), "restore_faces", "face restoration is not supported"),
-        (bool(tiling), "tiling", "tiling is not supported"),
-        (bool(req.script_name), "script_name", f"Script '{req.script_name}' not found (no scripts here)"),
         (req.refiner_checkpoint not in (None, "", "None"), "refiner_checkpoint", "refiner is not supported"),
         (req.firstpass_image is not None, "firstpass_image", "hires fix is not supported"),
-        (bool(req.s_min_uncond), "s_min_uncond", "NGMS (s_min_uncond > 0) is not supported"),
-        (
-            bool(req.s_churn) and SAMPLER_INFO[sampler].takes("s_churn"),
-            "s_churn",
-            f"churn is not supported (must be 0 for {sampler})",
-        ),
     ]
     if isinstance(req, Img2ImgRequest):
-        noise = req.initial_noise_multiplier
-        blur_differs = req.mask_blur is None and req.mask_blur_x != req.mask_blur_y
         refusals += [
-            (
-                req.mask is not None and blur_differs,
-                "mask_blur_x",
-                "different mask_blur_x and _y are not supported",
-            ),
-            (req.mask is not None and not req.mask_round, "mask_round", "only rounded masks are supported"),
-            (req.latent_mask is not None, "latent_mask", "a separate latent mask is not supported"),
-            (noise is not None and noise != 1.0, "initial_noise_multiplier", "only 1.0 is supported"),
             (len(req.init_images or ()) > 1, "init_images", "one init image per request is supported"),
         ]
     for refused, field_name, message in refusals:
@@ -214,15 +206,60 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: Serv
     )  # fmt: skip
 
 
-def _inpainting(req: Img2ImgRequest, mask: Image.Image, options: Mapping[str, opts.Value]) -> dict[str, Any]:
-    """The inpainting fields of an img2img request with a mask."""
+def _inpainting(
+    req: Img2ImgRequest, mask: Image.Image, options: Mapping[str, opts.Value], latent_mask: Image.Image | None
+) -> dict[str, Any]:
+    """The inpainting fields of an img2img request with a mask (A1111: an int ``mask_blur`` sets both
+    ``mask_blur_x`` and ``mask_blur_y``)."""
+    same = req.mask_blur
+    blur_x, blur_y = (same, same) if same is not None else (req.mask_blur_x, req.mask_blur_y)
     inpaint = Inpaint(
-        mask, blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x, fill=req.inpainting_fill,
-        only_masked=req.inpaint_full_res, padding=req.inpaint_full_res_padding,
-        invert=bool(req.inpainting_mask_invert),
+        mask, blur=blur_x, blur_y=blur_y, fill=req.inpainting_fill, only_masked=req.inpaint_full_res,
+        padding=req.inpaint_full_res_padding, invert=bool(req.inpainting_mask_invert),
+        round_mask=req.mask_round, latent_mask=latent_mask,
     )  # fmt: skip
     weight = float(options["inpainting_mask_weight"])  # type: ignore[arg-type]
     return {"inpaint": inpaint, "inpainting_mask_weight": weight}
+
+
+def _tiling(req: GenerationRequest, options: Mapping[str, opts.Value]) -> TilingMode:
+    """A1111: the request's ``tiling``, None meaning the ``tiling`` option; our ``tiling_axes`` option picks
+    the axes it wraps ("both" is A1111's tiling)."""
+    tiling = req.tiling if req.tiling is not None else bool(options["tiling"])
+    return TilingMode(str(options["tiling_axes"])) if tiling else TilingMode.NONE
+
+
+_SIGMA_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}  # A1111 Sampler's own
+
+
+def _sampler_fields(req: GenerationRequest, options: Mapping[str, opts.Value]) -> dict[str, Any]:
+    """The churn, NGMS, start-noise and schedule fields as A1111 v1.10.1 resolves them.
+
+    ``s_churn``/``s_tmin``/``s_tmax``/``s_noise`` (``processing.fill_fields_from_opts`` then
+    ``Sampler.initialize`` in ``sd_samplers_common.py``): the request's value, or the option when the
+    request leaves it out; but an option set away from its default (0, 0, 0 = ∞, 1) wins over the request.
+    ``s_min_uncond`` and ``initial_noise_multiplier`` (img2img): the request's, else the option's. The
+    rest are options only (``s_min_uncond_all``, ``img2img_extra_noise``, ``sigma_min``/``sigma_max``/``rho``,
+    ``sgm_noise_multiplier``, ``img2img_fix_steps``)."""
+    fields: dict[str, Any] = {}
+    for name, default in _SIGMA_DEFAULTS.items():
+        option, asked = float(options[name]), getattr(req, name)  # type: ignore[arg-type]
+        fields[name] = option if option != default or asked is None else float(asked)
+    number = {key: float(options[key]) for key in ("s_min_uncond", "sigma_min", "sigma_max", "rho")}  # type: ignore[arg-type]
+    if req.s_min_uncond is not None:
+        number["s_min_uncond"] = float(req.s_min_uncond)
+    fields |= number
+    if isinstance(req, Img2ImgRequest):
+        multiplier = req.initial_noise_multiplier
+        fields["initial_noise_multiplier"] = float(
+            options["initial_noise_multiplier"] if multiplier is None else multiplier  # type: ignore[arg-type]
+        )
+    return fields | {
+        "s_min_uncond_all": bool(options["s_min_uncond_all"]),
+        "extra_noise": float(options["img2img_extra_noise"]),  # type: ignore[arg-type]
+        "sgm_noise_multiplier": bool(options["sgm_noise_multiplier"]),
+        "img2img_fix_steps": bool(options["img2img_fix_steps"]),
+    }
 
 
 def generation_params(
@@ -233,23 +270,23 @@ def generation_params(
     mask: Image.Image | None = None,
     *,
     control: Control = ((), (), ""),
+    latent_mask: Image.Image | None = None,
 ) -> ResolvedParams:
     """The request's parameters, resolved once (:meth:`GenerationParams.resolved`) under the options."""
     prompt, negative = _styled(req, catalog.styles)
     if req.disable_extra_networks and any(extract_networks(text)[1] for text in (prompt, negative)):
         raise FieldError("disable_extra_networks", "not supported: remove the <lora:…> tags instead")
     resize = req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0
-    s_noise = req.s_noise if req.s_noise is not None else float(options["s_noise"])  # type: ignore[arg-type]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _sampler_fields(req, options)
     if isinstance(req, Img2ImgRequest):
-        extra = {
+        extra |= {
             "denoising_strength": req.denoising_strength, "resize_mode": ResizeMode(req.resize_mode),
             "color_correction": bool(options["img2img_color_correction"]),
         }  # fmt: skip
         if mask is not None:
-            extra.update(_inpainting(req, mask, options))
+            extra.update(_inpainting(req, mask, options, latent_mask))
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
-        extra = {"hires": _hires(req, options, catalog)}
+        extra["hires"] = _hires(req, options, catalog)
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, scheduler=req.scheduler or "Automatic",
         sampler=req.sampler_name or req.sampler_index or DEFAULT_SAMPLER, steps=req.steps,
@@ -258,12 +295,12 @@ def generation_params(
         seed_resize_from_h=req.seed_resize_from_h if resize else 0,
         width=req.width, height=req.height, batch_size=req.batch_size, n_iter=req.n_iter,
         clip_skip=int(options["CLIP_stop_at_last_layers"]),  # type: ignore[arg-type]
-        eta=req.eta, s_noise=s_noise, rng=RngSource(str(options["randn_source"])),
+        eta=req.eta, rng=RngSource(str(options["randn_source"])),
         eta_noise_seed_delta=int(options["eta_noise_seed_delta"]),  # type: ignore[arg-type]
         init_image=init, emphasis=str(options["emphasis"]),
         old_prompt_editing=bool(options["use_old_scheduling"]),
         pad_conds=bool(options["pad_cond_uncond"]), pad_conds_v0=bool(options["pad_cond_uncond_v0"]),
-        control=control[0], **extra,
+        control=control[0], tiling=_tiling(req, options), **extra,
     )  # fmt: skip
     try:
         resolved = params.resolved(policy(options, catalog.max_side))
@@ -272,6 +309,14 @@ def generation_params(
         name = sampler if e.field == "sampler" else request_field(e.field, control)
         raise FieldError(name, e.message) from None
     refuse_unsupported(req, options, resolved.sampler)
+    if req.script_name:
+        env = scripts.ScriptEnv(
+            upscalers=catalog.upscalers, vaes=catalog.vaes,
+            checkpoint=lambda query: catalog.checkpoint(query, "script_args").name,
+        )  # fmt: skip
+        resolved = scripts.prepare(req.script_name, req.script_args, resolved,
+                                   policy=policy(options, catalog.max_side), env=env,
+                                   random_seed=req.seed == -1)  # fmt: skip
     return resolved
 
 
@@ -305,8 +350,10 @@ def prepare(
     mask: Image.Image | None = None,
     *,
     control: Control = ((), (), ""),
+    latent_mask: Image.Image | None = None,
 ) -> Prepared:
-    """Everything a txt2img / img2img request needs to be queued (``init_images`` decoded by the caller).
+    """Everything a txt2img / img2img request needs to be queued (``init_images``, ``mask`` and
+    ``latent_mask`` decoded by the caller; as A1111, a latent mask without a mask is ignored).
 
     Raises :class:`FieldError` naming the field for anything refused.
     """
@@ -318,7 +365,9 @@ def prepare(
         init = init_images[0]  # flattened onto img2img_background_color by GenerationParams.resolved
         if req.mask and mask is None:
             raise FieldError("mask", "the mask image could not be read")
-    params = generation_params(req, options, catalog, init, mask, control=control)
+        if req.mask and req.latent_mask and latent_mask is None:
+            raise FieldError("latent_mask", "the latent mask image could not be read")
+    params = generation_params(req, options, catalog, init, mask, control=control, latent_mask=latent_mask)
     checkpoint = options["sd_model_checkpoint"]
     spec = JobSpec(
         JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG,

@@ -23,6 +23,7 @@ from latentstudio.models.families import Family
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.lora.library import metadata_json
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
+from latentstudio.pipeline.scripts import script_info
 from latentstudio.postprocess.upscalers import UpscalerInfo
 from latentstudio.prompts.styles import load_styles
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
@@ -84,8 +85,9 @@ def _shorthash(manager: ModelManager, info: CheckpointInfo) -> tuple[str | None,
     return entry.shorthash, entry.sha256
 
 
-def catalog(manager: ModelManager, settings: Settings) -> ServerCatalog:
-    """Checkpoints (with their exact aliases), VAE names, styles and limits, for request conversion."""
+def catalog(manager: ModelManager, settings: Settings, upscalers: Sequence[str] = ()) -> ServerCatalog:
+    """Checkpoints (with their exact aliases), VAE names, styles, limits and (for scripts) the upscaler
+    names, for request conversion."""
     refs = []
     for info in manager.checkpoints():
         short, _ = _shorthash(manager, info)
@@ -95,6 +97,7 @@ def catalog(manager: ModelManager, settings: Settings) -> ServerCatalog:
         vaes=tuple(v.name for v in manager.vaes()),
         styles=load_styles(settings.data_dir / STYLES_FILE),
         max_side=settings.max_side,
+        upscalers=tuple(upscalers),
     )
 
 
@@ -213,7 +216,8 @@ def cmd_flags(settings: Settings) -> dict[str, Any]:
 
 
 def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    """``/sdapi/v1/scripts``: the selectable scripts' titles, lowercased as A1111 names them, per tab."""
+    return {tab: [s["name"] for s in script_info(tab == "img2img")] for tab in ("txt2img", "img2img")}
 
 
 def option_view(values: Mapping[str, Any], manager: ModelManager) -> dict[str, Any]:

@@ -151,6 +151,9 @@ class GenerationResponse(BaseModel):
 
 class ExtrasSingleRequest(ExtrasBase):
     image: Base64Image = ""
+    # accepted and ignored: A1111's own test_interrogate_performed posts {image, model} here (A1111 ignores
+    # unknown fields); interrogation itself is /sdapi/v1/interrogate
+    model: Name | None = None
 
 
 class FileData(StrictModel):

@@ -4,7 +4,9 @@ infotext, and turn its setting keys into ``override_settings`` where they differ
 As A1111: ``Model hash`` never switches the model (``disable_weights_auto_swap`` is on by default), and
 ``Seed resize from`` pastes width into ``seed_resize_from_h`` and height into ``seed_resize_from_w`` (A1111's
 paste fields are swapped; reproduced so the same request gives the same picture). Hires keys turn on
-``enable_hr``, which this server then refuses.
+``enable_hr`` and fill the ``hr_*`` fields of a txt2img request; a ``Hires prompt`` or ``Hires negative
+prompt`` equal to the main one reads as "" (A1111's parse, unless ``infotext_styles`` is "Ignore"). Styles
+are not extracted from the prompts (no style store is passed), so a pasted prompt keeps its styles' text.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ FIELDS: dict[str, tuple[str, Cast]] = {
     "Seed resize from-2": ("seed_resize_from_w", _int),
     "Denoising strength": ("denoising_strength", _float),
     "Face restoration": ("restore_faces", lambda v: True),
+    "Hires upscale": ("hr_scale", _float),
+    "Hires upscaler": ("hr_upscaler", _str),
+    "Hires steps": ("hr_second_pass_steps", _int),
+    "Hires resize-1": ("hr_resize_x", _int),
+    "Hires resize-2": ("hr_resize_y", _int),
+    "Hires checkpoint": ("hr_checkpoint_name", _str),
+    "Hires sampler": ("hr_sampler_name", _str),
+    "Hires schedule type": ("hr_scheduler", _str),
+    "Hires prompt": ("hr_prompt", _str),
+    "Hires negative prompt": ("hr_negative_prompt", _str),
 }
 """Infotext key → request field (only for fields the request did not set)."""
 
@@ -75,11 +87,13 @@ SETTINGS: dict[str, str] = {
     "Sigma tmin": "s_tmin",
     "Sigma tmax": "s_tmax",
     "NGMS": "s_min_uncond",
+    "NGMS all steps": "s_min_uncond_all",
     "Pad conds": "pad_cond_uncond",
     "Pad conds v0": "pad_cond_uncond_v0",
     "Old prompt editing timelines": "use_old_scheduling",
     "VAE": "sd_vae",
     "Tiling": "tiling",
+    "Tiling axes": "tiling_axes",  # ours
     "Noise multiplier": "initial_noise_multiplier",
     "Extra noise": "img2img_extra_noise",
     "Token merging ratio": "token_merging_ratio",
@@ -128,6 +142,8 @@ def _settings(parsed: Mapping[str, object], current: Mapping[str, opts.Value]) -
             value = _cast_option(option, parsed[key])
             if value != current.get(option):
                 overrides[option] = value
+    if "Tiling" in parsed and "Tiling axes" not in parsed and current.get("tiling_axes") != "both":
+        overrides["tiling_axes"] = "both"  # A1111's tiling wraps both axes (tiling_axes is ours)
     return overrides
 
 
@@ -138,7 +154,7 @@ def apply_infotext(req: R, current: Mapping[str, opts.Value]) -> R:
     """
     if not req.infotext:
         return req
-    parsed = infotext.parse(req.infotext)
+    parsed = infotext.parse(req.infotext, style_mode=str(current.get("infotext_styles", "Apply if any")))
     try:
         updates = _fields(parsed, req)
         pasted = _settings(parsed, current)

@@ -90,7 +90,8 @@ def build(
     encoded = list(pngs)
     first = 0
     options: Mapping[str, object] = prepared.options
-    if request.save_images and len(pngs) > 1 and options["return_grid"]:
+    scripted = prepared.spec.params.script is not None  # a script composes its own images (and grids)
+    if request.save_images and len(pngs) > 1 and options["return_grid"] and not scripted:
         opened = [Image.open(BytesIO(data)).convert("RGB") for data in pngs]
         rows = int(options["n_rows"])  # type: ignore[call-overload]
         encoded.insert(0, png_bytes(grid(opened, rows, prepared.spec.params.batch_size), texts[0]))

@@ -91,13 +91,17 @@ def _queue(
     images = []
     if decode_init and isinstance(req, Img2ImgRequest) and req.init_images:
         images = [decode_image(req.init_images[0], "init_images.0", max_pixels=svc.settings.max_image_pixels)]
-    mask = None
+    mask = latent_mask = None
     if decode_init and isinstance(req, Img2ImgRequest) and req.mask:
         mask = decode_image(req.mask, "mask", max_pixels=svc.settings.max_image_pixels)
+        if req.latent_mask:  # A1111 ignores a latent mask without a mask
+            latent_mask = _decode(svc, req.latent_mask, "latent_mask")
     where, args = control_args(req)
     units, indices = parse_units(args, where, partial(_decode, svc))
-    catalog = listing.catalog(svc.manager, svc.settings)
-    prepared = prepare(req, stored, catalog, images, mask, control=(units, indices, where))
+    upscalers = [u.name for u in svc.jobs.upscalers()] if req.script_name else []
+    catalog = listing.catalog(svc.manager, svc.settings, upscalers)
+    control = (units, indices, where)
+    prepared = prepare(req, stored, catalog, images, mask, control=control, latent_mask=latent_mask)
     try:
         record = svc.jobs.submit(prepared.spec)
     except FieldError as e:  # the models the spec names, checked by the service: A1111's field names
