@@ -303,6 +303,7 @@ def test_scripts_listing_and_info(client: httpx.Client) -> None:
         "txt2img": ["prompts from file or textbox", "x/y/z plot"],
         "img2img": [
             "loopback",
+            "outpainting mk2",
             "poor man's outpainting",
             "prompts from file or textbox",
             "sd upscale",
@@ -518,3 +519,73 @@ def test_poor_mans_outpainting_over_http(client: httpx.Client) -> None:
     image = decode(body["images"][0])
     assert image.size == (128, 128)
     assert infotext.parse(image.info["parameters"])["Mask blur"] == "4"  # 2 × the script's blur
+
+
+def test_xyz_dropdown_axes_read_the_list_unless_text_mode() -> None:
+    params = GenerationParams("p", width=64, height=64, seed=1)
+    args = _xyz((9, "Euler"))  # Sampler, text mode
+    args[2], args[17] = ["DDIM", "Euler a"], False  # dropdown mode: the list wins over the text
+    recorder = Recorder()
+    result = run_script(_scripted(params, "x/y/z plot", args), recorder.context())
+    assert [c.sampler for c in recorder.calls] == ["DDIM", "Euler a"]
+    assert infotext.parse(result.infotexts[0])["X Values"] == "DDIM,Euler a"
+    args[2] = []  # an empty list: the text (A1111 would have no values)
+    recorder = Recorder()
+    run_script(_scripted(params, "x/y/z plot", args), recorder.context())
+    assert [c.sampler for c in recorder.calls] == ["Euler"]
+
+
+# -- Outpainting mk2 ------------------------------------------------------------------------------------
+def test_matched_noise_fills_only_the_mask_with_the_pictures_colours() -> None:
+    from latentstudio.pipeline.scripts.outpainting_mk2 import matched_noise
+
+    picture = np.asarray(_noise_image(96, 64, seed=7), dtype=np.float64) / 255.0
+    picture[:, :, 0] = np.linspace(0.2, 0.9, 96)[None, :]  # red: a ramp; green, blue: noise
+    mask = np.zeros_like(picture)
+    mask[:, 64:] = 1.0  # the right third is new
+    out = matched_noise(picture.copy(), mask, 1.0, 0.05)
+    assert np.array_equal(out[:, :64], picture[:, :64])  # unmasked pixels untouched
+    assert np.array_equal(out, matched_noise(picture.copy(), mask, 1.0, 0.05))  # deterministic (seed 0)
+    filled, source = out[:, 64:].reshape(-1, 3), picture[:, :64].reshape(-1, 3)
+    levels = np.linspace(0.05, 0.95, 10)
+    for c in range(3):  # histogram-matched: the fill's quantiles are the picture's
+        assert np.abs(np.quantile(filled[:, c], levels) - np.quantile(source[:, c], levels)).max() < 0.02
+    assert np.std(filled[:, 0]) > 0.1  # noise, not a flat fill
+
+
+def test_outpainting_mk2_passes_sizes_and_seeds() -> None:
+    init = _noise_image(64, 64, seed=5)
+    params = GenerationParams("p", width=96, height=96, init_image=init, seed=30, batch_size=2, n_iter=2)
+    recorder = Recorder()
+    scripted = _scripted(params, "outpainting mk2", ["", 32, 4, ["left", "down"], 1.0, 0.05])
+    result = run_script(scripted, recorder.context())
+    # 64 + 32 → 128: the left side grows by 64, then the bottom by 64; each pass inpaints the request's
+    # width (height) at most at the new side, for each picture of the batch, at the request's seeds
+    sizes = [c.init_image.size for c in recorder.calls if c.init_image is not None]
+    assert sizes == ([(96, 64)] * 2 + [(128, 96)] * 2) * 2
+    assert [c.seed for c in recorder.calls] == [30, 31] * 4
+    first = recorder.calls[0]
+    assert first.inpaint is not None
+    assert (first.inpaint.blur, first.inpaint.fill, first.inpaint.only_masked) == (16, 1, False)
+    assert first.inpaint.latent_mask is not None
+    assert len(result.images) == 1 + 4  # a grid, then every picture
+    assert all(image.size == (128, 128) for image in result.images[1:])
+    kept = np.asarray(result.images[1])[:40, 72:]  # the old picture, away from the blurred seam
+    assert np.array_equal(kept, np.asarray(init)[:40, 8:])
+
+
+def test_outpainting_mk2_over_http(client: httpx.Client) -> None:
+    args = ["", 32, 4, ["right"], 1.0, 0.05]  # 64 + 32 → 128 wide: a 96-wide pass at the right edge
+    payload = {**IMG2IMG_BASE, "init_images": [init_image_b64()], "seed": 4, "width": 96, "height": 64,
+               "script_name": "Outpainting mk2", "script_args": args}  # fmt: skip
+    body = generate(client, "img2img", payload)
+    images = [decode(b) for b in body["images"]]
+    assert [im.size for im in images] == [(128, 64)]
+    assert infotext.parse(images[0].info["parameters"])["Mask blur"] == "16"
+
+
+def test_outpainting_mk2_refuses_a_growth_the_pass_cannot_hold() -> None:
+    params = GenerationParams("p", width=64, height=64, init_image=_noise_image(64, 64), seed=1)
+    with pytest.raises(FieldError) as e:
+        _scripted(params, "outpainting mk2", ["", 32, 4, ["down"], 1.0, 0.05])  # grows 64 in a 64 pass
+    assert e.value.field == "script_args.1"

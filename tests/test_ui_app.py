@@ -52,3 +52,34 @@ def test_the_ui_backend_gives_native_sizes_from_the_file_header(make_tiny: MakeT
         assert backend.catalog().native_size is None
         backend.set_options({"sd_model_checkpoint": "wide"})
         assert backend.catalog().native_size == 768
+
+
+def test_the_script_dropdowns_offer_a1111s_scripts_with_their_arguments() -> None:
+    import gradio as gr
+
+    from latentstudio.server.ui_backend import script_fields
+    from latentstudio.ui.scripts import NO_SCRIPT, script_panel
+    from latentstudio.ui.scripts import script_fields as chosen_args
+
+    fields = script_fields()
+    assert [f.title for f in fields["txt2img"]] == ["Prompts from file or textbox", "X/Y/Z plot"]
+    assert [f.title for f in fields["img2img"]] == [
+        "Loopback", "Outpainting mk2", "Poor man's outpainting", "Prompts from file or textbox", "SD upscale",
+        "X/Y/Z plot",
+    ]  # fmt: skip
+    xyz = fields["txt2img"][1]
+    assert (xyz.args[0]["label"], xyz.args[0]["value"]) == ("X type", "Seed")
+    assert "Prompt S/R" in xyz.args[0]["choices"]
+    upscale = fields["img2img"][4]
+    assert upscale.args[2]["choices"][:3] == ["None", "Lanczos", "Nearest"]
+    with gr.Blocks():
+        controls = script_panel("txt2img", fields["txt2img"])
+    prompts, plot = (len(controls.inputs[f.title]) for f in fields["txt2img"])
+    assert (prompts, plot) == (5, 18)  # with the later make_combined checkbox
+    values = [NO_SCRIPT, *([None] * (prompts + plot))]
+    assert chosen_args(controls, values) == {}
+    values = ["X/Y/Z plot", *([None] * prompts), "Steps", "1-3", [], *([0] * 13), 8.0, True]
+    picked = chosen_args(controls, values)
+    assert picked["script_name"] == "X/Y/Z plot"
+    assert picked["script_args"][:3] == ["Steps", "1-3", []]
+    assert picked["script_args"][16] == 8  # the margin slider's whole steps, sent as an integer

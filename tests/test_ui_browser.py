@@ -676,3 +676,29 @@ def test_with_no_models_the_built_in_model_sets_the_size_and_generates(browser: 
         record = _latest_job(running)
         assert record.status is JobStatus.DONE
         assert Image.open(running.jobs.image_path(record.images[0].id)).size == (64, 64)
+
+
+def test_the_script_dropdown_runs_prompts_from_file(page: Any, served: Served) -> None:
+    """A1111's Script dropdown: choosing a script shows its arguments; Generate runs it as one job."""
+    page.fill("#txt2img_prompt textarea", "on white")
+    for name, value in {**SMALL, "steps": 3}.items():
+        _number(page, f"txt2img_{name}", value)
+    _seed(page, "txt2img", 21)
+    assert not page.locator("#txt2img_script_prompts_from_file_or_textbox_3").is_visible()
+    page.locator("#txt2img_script_list input").click()
+    page.locator("#txt2img_script_list [role=option]", has_text="Prompts from file or textbox").click()
+    lines = "#txt2img_script_prompts_from_file_or_textbox_3 textarea"
+    page.wait_for_selector(lines)
+    page.fill(lines, 'a red circle\n--prompt "a blue square" --steps 2')
+    time.sleep(0.3)  # let the last input event land before the click reads the values
+    page.click("#txt2img_generate")
+    _wait_status(page, "txt2img", "done")
+    record = _latest_job(served)
+    assert record.status is JobStatus.DONE
+    assert record.spec.params.script is not None
+    assert record.spec.params.script.name == "Prompts from file or textbox"
+    texts = record.infotexts
+    assert [t.splitlines()[0] for t in texts] == ["a red circle on white", "a blue square on white"]
+    assert "Steps: 2," in texts[1]
+    page.wait_for_selector("#txt2img_gallery img")
+    _shot(page, "txt2img_script")

@@ -32,7 +32,7 @@ def credentials_problem(settings: Settings) -> str | None:
 
 def _mount_ui(app: FastAPI, settings: Settings) -> None:
     """The web UI at ``/``; its backend reaches the services the lifespan hook builds."""
-    from latentstudio.server.ui_backend import SdapiBackend, option_fields
+    from latentstudio.server.ui_backend import SdapiBackend, option_fields, script_fields
     from latentstudio.ui import mount_ui
 
     backends: dict[int, SdapiBackend] = {}
@@ -51,4 +51,5 @@ def _mount_ui(app: FastAPI, settings: Settings) -> None:
         option_fields(settings),
         settings.data_dir / "images",
         max_image_pixels=settings.max_image_pixels,
+        scripts=script_fields(),
     )

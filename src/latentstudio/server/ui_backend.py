@@ -33,10 +33,12 @@ from latentstudio.models.discovery import CheckpointInfo
 from latentstudio.models.families import Family, FamilyInfo
 from latentstudio.models.files import ModelFileError
 from latentstudio.models.manager import ModelManager, ModelNotFoundError
+from latentstudio.pipeline import scripts
+from latentstudio.postprocess.upscalers import BUILTIN_UPSCALERS
 from latentstudio.prompts.counter import count_tokens
 from latentstudio.samplers import SAMPLER_INFO, SCHEDULER_INFO
 from latentstudio.server import ui_control
-from latentstudio.ui.backend import Catalog, ControlInput, ControlModule, Kind, OptionField
+from latentstudio.ui.backend import Catalog, ControlInput, ControlModule, Kind, OptionField, ScriptField
 
 # The settings the Settings tab offers: the ones that change images (A1111's "Stable Diffusion" and
 # "Sampler parameters" pages), in that order.
@@ -238,6 +240,19 @@ def option_fields(settings: Settings) -> list[OptionField]:
         spec = opts.CATALOG[key]
         fields.append(OptionField(key, stored[key], spec.default, spec.low, spec.high, spec.choices))
     return fields
+
+
+def script_fields() -> dict[str, list[ScriptField]]:
+    """Each generation tab's scripts for its Script dropdown, as ``/sdapi/v1/script-info`` describes them
+    (SD upscale's upscalers: the built-in ones; a model upscaler's name can be typed)."""
+    out: dict[str, list[ScriptField]] = {}
+    for kind, img2img in (("txt2img", False), ("img2img", True)):
+        infos = scripts.script_info(img2img, BUILTIN_UPSCALERS)
+        titles = [script.title for script in scripts.tab_scripts(img2img)]
+        out[kind] = [
+            ScriptField(title, tuple(info["args"])) for title, info in zip(titles, infos, strict=True)
+        ]
+    return out
 
 
 def _identified(manager: ModelManager, info: CheckpointInfo | None) -> FamilyInfo | None:

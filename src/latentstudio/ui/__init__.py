@@ -10,11 +10,11 @@ event is a 4xx (:mod:`latentstudio.ui.routes`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latentstudio.ui.backend import Backend, Catalog, OptionField
+from latentstudio.ui.backend import Backend, Catalog, OptionField, ScriptField
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -29,10 +29,12 @@ def mount_ui(
     images_root: Path,
     *,
     max_image_pixels: int,
+    scripts: Mapping[str, Sequence[ScriptField]] | None = None,
 ) -> None:
     """Mount the UI at ``/`` (after the API routes, which keep precedence). Nothing is fetched at run
     time: analytics off, system fonts instead of Google Fonts, no share link, no server-side rendering.
-    ``max_image_pixels``: the largest image an image input takes (checked from the file's header)."""
+    ``max_image_pixels``: the largest image an image input takes (checked from the file's header);
+    ``scripts``: each tab's Script dropdown (``txt2img`` / ``img2img``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     from fastapi.exceptions import RequestValidationError
@@ -45,7 +47,7 @@ def mount_ui(
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    demo = build_ui(get, options, max_image_pixels=max_image_pixels)
+    demo = build_ui(get, options, max_image_pixels=max_image_pixels, scripts=scripts or {})
     mark_mounted(demo)  # Gradio checks uploads only for a launched Blocks: this one is, by our server
     gr.mount_gradio_app(
         app, demo, path="/", allowed_paths=[str(images_root)], ssr_mode=False, theme=theme, css=CSS,
@@ -56,4 +58,4 @@ def mount_ui(
     app.add_middleware(EventRouteGuard, blocks=demo)
 
 
-__all__ = ["Backend", "Catalog", "OptionField", "mount_ui"]
+__all__ = ["Backend", "Catalog", "OptionField", "ScriptField", "mount_ui"]

@@ -8,11 +8,11 @@ the control it came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import gradio as gr
 
-from latentstudio.ui.backend import OptionField
+from latentstudio.ui.backend import OptionField, ScriptField
 from latentstudio.ui.catalog import wire_catalog, wire_models, wire_settings
 from latentstudio.ui.common import CSS, GetBackend
 from latentstudio.ui.gen_events import wire_generate, wire_networks
@@ -24,13 +24,19 @@ from latentstudio.ui.transfer import wire_transfers
 __all__ = ["CSS", "GetBackend", "build_ui"]
 
 
-def build_ui(get: GetBackend, options: Sequence[OptionField], *, max_image_pixels: int) -> gr.Blocks:
+def build_ui(
+    get: GetBackend,
+    options: Sequence[OptionField],
+    *,
+    max_image_pixels: int,
+    scripts: Mapping[str, Sequence[ScriptField]] | None = None,
+) -> gr.Blocks:
     """The whole UI. ``get`` returns the backend (built when the server starts); ``options`` lays out the
     Settings tab (their current values load with the page); ``max_image_pixels``: the largest image an
-    image input takes."""
+    image input takes; ``scripts``: what each tab's Script dropdown offers."""
     demo = GuardedBlocks(title="latentstudio", analytics_enabled=False, max_image_pixels=max_image_pixels)
     with demo:
-        page = page_tabs(get, options, models_bar())
+        page = page_tabs(get, options, models_bar(), scripts or {})
         _name_controls(demo, page)
         _wire_tabs(get, page)
         wire_catalog(demo, get, page)

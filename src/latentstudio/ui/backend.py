@@ -55,6 +55,15 @@ class OptionField:
 
 
 @dataclass(frozen=True)
+class ScriptField:
+    """A script the Script dropdown offers: its A1111 title and its arguments as ``/sdapi/v1/script-info``
+    describes them (``label``, ``value``, ``minimum``, ``maximum``, ``step``, ``choices``), in order."""
+
+    title: str
+    args: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Names the dropdowns offer, refreshed on every page load and on the refresh buttons."""
 

@@ -18,6 +18,7 @@ from latentstudio.ui.control import unit_input
 from latentstudio.ui.generate import GenTab
 from latentstudio.ui.img2img import merge_editor
 from latentstudio.ui.runner import JobView, ResultImage, watch
+from latentstudio.ui.scripts import script_fields
 
 # img2img's image inputs after the request controls, in the order Generate sends them
 IMAGE_INPUTS = ("mode", "init", "editor", "edited", "upload_init", "upload_mask")
@@ -104,6 +105,7 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
     image_inputs = [extra[key] for key in IMAGE_INPUTS] if extra else []
     count, images = len(_inputs(tab)), len(image_inputs)
     control_inputs = [unit.inputs() for unit in tab.control]
+    script_inputs = tab.script.all_inputs()
 
     async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
         """Queue the job (in a pool thread), then follow its events (holding no thread)."""
@@ -111,6 +113,7 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
         try:
             init, mask = _images(values[count : count + images]) if images else (None, None)
             fields = _request_fields(tab, values[:count])
+            fields |= script_fields(tab.script, values[len(values) - len(script_inputs) :])
             start, modules, controls = count + images, backend.control_modules(), []
             for unit, unit_inputs in zip(tab.control, control_inputs, strict=True):
                 controls.append(unit_input(unit, values[start : start + len(unit_inputs)], modules))
@@ -124,7 +127,7 @@ def wire_generate(get: GetBackend, tab: GenTab, extra: dict[str, Any]) -> None:
 
     every_control = [component for unit_inputs in control_inputs for component in unit_inputs]
     tab.generate.click(
-        run, [*_inputs(tab), *image_inputs, *every_control], outputs, concurrency_limit=None,
+        run, [*_inputs(tab), *image_inputs, *every_control, *script_inputs], outputs, concurrency_limit=None,
         show_progress="hidden",
     )  # fmt: skip
     tab.interrupt.click(

@@ -4,12 +4,13 @@ results."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import gradio as gr
 
-from latentstudio.ui.backend import Kind
+from latentstudio.ui.backend import Kind, ScriptField
 from latentstudio.ui.common import GetBackend, error_box, progress_html_idle
 from latentstudio.ui.control import UnitControls, control_panel, wire_units
 from latentstudio.ui.gen_controls import (
@@ -22,6 +23,7 @@ from latentstudio.ui.gen_controls import (
 )
 from latentstudio.ui.img2img import img2img_inputs
 from latentstudio.ui.runner import ResultImage
+from latentstudio.ui.scripts import ScriptControls, script_panel
 
 
 @dataclass
@@ -51,6 +53,7 @@ class GenTab:
     embeddings: gr.Dataset
     size_set: gr.State  # True once the user set Width or Height here: they no longer follow the checkpoint
     control: list[UnitControls]  # the ControlNet units
+    script: ScriptControls  # the Script dropdown and its scripts' arguments
 
     @property
     def size(self) -> list[gr.Slider]:
@@ -68,8 +71,11 @@ def native_sizes(native: int | None, *size_set: bool) -> tuple[Any, ...]:
     return tuple(sizes)
 
 
-def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
-    """The shared layout of txt2img and img2img; returns the tab and the kind-specific inputs."""
+def gen_tab(
+    get: GetBackend, kind: Kind, scripts: Sequence[ScriptField] = ()
+) -> tuple[GenTab, dict[str, Any]]:
+    """The shared layout of txt2img and img2img (``scripts``: what its Script dropdown offers); returns the
+    tab and the kind-specific inputs."""
     p = kind
     with gr.Row():
         prompt, counter, negative, negative_counter = _prompt_column(p)
@@ -83,6 +89,7 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
             fields.update(hires_controls() if kind == "txt2img" else extra.pop("fields"))
             loras, embeddings = networks_panel(p)
             control = control_panel(p, kind)
+            script = script_panel(p, scripts)
         with gr.Column(scale=1):
             progress, preview, gallery, (to_img2img, to_inpaint, to_extras), info = _output_column(p)
     wire_counter(get, prompt, fields["steps"], counter)
@@ -111,6 +118,7 @@ def gen_tab(get: GetBackend, kind: Kind) -> tuple[GenTab, dict[str, Any]]:
         embeddings=embeddings,
         size_set=gr.State(False),
         control=control,
+        script=script,
     )
     _wire_size_and_seed(tab, reuse_seed, seed)
     wire_units(get, control, tab.size, extra.get("init"))

@@ -3,13 +3,13 @@ and Settings tabs, held in one :class:`Page` for the event wiring."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from latentstudio.ui.backend import OptionField
+from latentstudio.ui.backend import OptionField, ScriptField
 from latentstudio.ui.common import GetBackend, error_box
 from latentstudio.ui.generate import GenTab, gen_tab
 from latentstudio.ui.icons import tool_button
@@ -58,13 +58,19 @@ def models_bar() -> ModelsBar:
     return ModelsBar(checkpoint, vae, refresh, models_error)
 
 
-def page_tabs(get: GetBackend, options: Sequence[OptionField], bar: ModelsBar) -> Page:
-    """The tabs under ``bar``, in A1111's order; ``options`` lays out the Settings tab."""
+def page_tabs(
+    get: GetBackend,
+    options: Sequence[OptionField],
+    bar: ModelsBar,
+    scripts: Mapping[str, Sequence[ScriptField]],
+) -> Page:
+    """The tabs under ``bar``, in A1111's order; ``options`` lays out the Settings tab, ``scripts`` each
+    generation tab's Script dropdown."""
     with gr.Tabs(elem_id="tabs") as tabs:
         with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-            t2i, _ = gen_tab(get, "txt2img")
+            t2i, _ = gen_tab(get, "txt2img", scripts.get("txt2img", ()))
         with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-            i2i, i2i_extra = gen_tab(get, "img2img")
+            i2i, i2i_extra = gen_tab(get, "img2img", scripts.get("img2img", ()))
         with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
             ex = extras_tab()
         with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):

@@ -25,10 +25,12 @@ from latentstudio.pipeline.scripts.base import (
     ScriptEnv,
 )
 from latentstudio.pipeline.scripts.loopback import Loopback
+from latentstudio.pipeline.scripts.outpainting_mk2 import OutpaintingMk2
 from latentstudio.pipeline.scripts.poor_mans import PoorMansOutpainting
 from latentstudio.pipeline.scripts.prompts_file import PromptsFromFile
 from latentstudio.pipeline.scripts.sd_upscale import SdUpscale
 from latentstudio.pipeline.scripts.xyz import XyzPlot
+from latentstudio.pipeline.scripts.xyz_axes import tab_axes
 
 __all__ = [
     "JOB_MODEL",
@@ -43,19 +45,28 @@ __all__ = [
     "prepare",
     "run_script",
     "script_info",
+    "tab_scripts",
 ]
 
 # A1111 loads its scripts/ folder in file-name order (loopback, poor_mans_outpainting, prompts_from_file, …)
-SCRIPTS: tuple[Script, ...] = (Loopback(), PoorMansOutpainting(), PromptsFromFile(), SdUpscale(), XyzPlot())
+SCRIPTS: tuple[Script, ...] = (
+    Loopback(),
+    OutpaintingMk2(),
+    PoorMansOutpainting(),
+    PromptsFromFile(),
+    SdUpscale(),
+    XyzPlot(),
+)
 
 
-def _tab_scripts(img2img: bool) -> list[Script]:
+def tab_scripts(img2img: bool) -> list[Script]:
+    """The scripts of one tab (txt2img or img2img), in A1111's order."""
     return [s for s in SCRIPTS if (s.img2img if img2img else s.txt2img)]
 
 
 def find_script(name: str, img2img: bool) -> Script:
     """The script titled ``name`` (any case, as A1111's ``script_name_to_index``) on that tab."""
-    for script in _tab_scripts(img2img):
+    for script in tab_scripts(img2img):
         if script.title.lower() == name.lower():
             return script
     raise FieldError("script_name", f"Script '{name}' not found")
@@ -63,12 +74,18 @@ def find_script(name: str, img2img: bool) -> Script:
 
 def script_info(img2img: bool, upscalers: Sequence[str] = ()) -> list[dict[str, Json]]:
     """``/sdapi/v1/script-info`` entries of one tab (``upscalers`` are SD upscale's choices)."""
+    axes = [axis.label for axis in tab_axes(img2img)]
     out = []
-    for script in _tab_scripts(img2img):
+    for script in tab_scripts(img2img):
         args = [a.info() for a in (*script.args, *getattr(script, "optional", ()))]
         for arg in args:
             if arg["label"] == "Upscaler" and upscalers:
-                arg.update(choices=list(upscalers), value=upscalers[0])
+                arg.update(choices=list(upscalers))
+            elif isinstance(script, XyzPlot) and arg["label"] in ("X type", "Y type", "Z type"):
+                arg.update(choices=axes)
+            value, choices = arg["value"], arg["choices"]
+            if choices and isinstance(value, int) and not isinstance(value, bool):
+                arg["value"] = choices[value]  # an index-typed control's value is its label, as in A1111
         out.append({"name": script.title.lower(), "is_alwayson": False, "is_img2img": img2img, "args": args})
     return out
 

@@ -287,7 +287,7 @@ def _axis_keys(values: list[Json], kinds: Sequence[xa.Axis], a: int) -> dict[str
         return {}
     name = _AXIS_NAMES[a]
     text = values[3 * a + 1]
-    if axis.choices is not None and not values[17]:
+    if axis.choices is not None and not values[17] and values[3 * a + 2]:
         text = xa.csv_line(values[3 * a + 2])  # A1111 list_to_csv_string of the dropdown
     keys: dict[str, object] = {f"{name} Type": axis.label, f"{name} Values": text}
     if axis.label in ("Seed", "Var. seed") and not values[12]:

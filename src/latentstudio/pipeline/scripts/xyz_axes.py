@@ -5,9 +5,10 @@ An axis type is chosen by its index in the tab's list (A1111's ``current_axis_op
 but the other tab's own), as A1111's API takes it; its label works too. Values are a CSV line, each item
 stripped; for whole-number axes ``a-b`` (step 1), ``a-b (+s)`` and ``a-b [n]`` (n evenly spaced, truncated),
 for decimal axes the same with ``np.arange`` / ``np.linspace``; an axis with choices reads its dropdown
-list unless ``csv_mode``. Axis types that change what this server does not have (Image CFG Scale, Styles,
-UniPC Order, Face restore, token merging, Skip Early CFG, Beta schedule, Always discard next-to-last
-sigma, Refiner, FP8 mode) are refused with the axis named.
+list unless ``csv_mode`` (or when that list is empty: the text then, where A1111 has no values). Axis
+types that change what this server does not have (Image CFG Scale, Styles, UniPC Order, Face restore,
+token merging, Skip Early CFG, Beta schedule, Always discard next-to-last sigma, Refiner, FP8 mode) are
+refused with the axis named.
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ def axis_values(axis: Axis, text: str, dropdown: Sequence[str], csv_mode: bool) 
     ValueError for an item that is not of the axis's kind."""
     if axis.label == "Nothing":
         return [0]
-    items = list(dropdown) if axis.choices is not None and not csv_mode else csv_items(text)
+    # an empty dropdown list falls back to the text (A1111 would have no values: an error there)
+    items = list(dropdown) if axis.choices is not None and not csv_mode and dropdown else csv_items(text)
     if axis.kind in ("int", "float"):
         typed = int if axis.kind == "int" else float
         return [typed(v) for v in _expand(items, axis.kind)]
