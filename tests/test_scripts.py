@@ -140,6 +140,7 @@ def test_sd_upscale_plan_follows_a1111_seeds_and_tiles() -> None:
         (["", 8, 7, 2], "script_args.2"),
         (["", 8, "Lanczos", "2"], "script_args.3"),
         (["", 8, "Lanczos", 2, "extra"], "script_args"),
+        (["", 40, "Lanczos", 16], "script_args.1"),  # 1024² in 48² tiles 8 apart: over 4096 generations
     ],
 )
 def test_sd_upscale_bad_args_name_the_argument(args: list[Any], field: str) -> None:
@@ -453,6 +454,9 @@ def test_xyz_prompt_axes() -> None:
         (_xyz((7, "zebra, dog")), "script_args.1"),  # Prompt S/R must find its first value
         (_xyz((9, "Euler, Nope")), "script_args.1"),  # Sampler
         (_xyz((99, "1")), "script_args.0"),
+        (_xyz((4, "1-1000000000")), "script_args.1"),  # refused before the values are built
+        (_xyz((6, "0-1000000 (+0.001)")), "script_args.1"),
+        (_xyz((4, "1-2 [100000000]")), "script_args.1"),
     ],
 )
 def test_xyz_bad_axes_are_refused(args: list[Any], field: str) -> None:
@@ -589,3 +593,13 @@ def test_outpainting_mk2_refuses_a_growth_the_pass_cannot_hold() -> None:
     with pytest.raises(FieldError) as e:
         _scripted(params, "outpainting mk2", ["", 32, 4, ["down"], 1.0, 0.05])  # grows 64 in a 64 pass
     assert e.value.field == "script_args.1"
+
+
+def test_prompts_from_file_tiling_lines() -> None:
+    from latentstudio.pipeline.params import TilingMode
+
+    base = GenerationParams("p", width=64, height=64, seed=3)
+    recorder = Recorder()
+    args = [False, False, "start", "--tiling true --prompt a\n--tiling false --prompt b\nc"]
+    run_script(_scripted(base, "prompts from file or textbox", args), recorder.context())
+    assert [c.tiling for c in recorder.calls] == [TilingMode.BOTH, TilingMode.NONE, TilingMode.NONE]

@@ -24,11 +24,13 @@ from latentstudio.pipeline.params import Policy, ResolvedParams
 from latentstudio.pipeline.run import GenerationResult
 
 Json = Any  # a JSON value as the request carried it
+MAX_GENERATIONS = 4096  # the most generations one script job may plan (tiles × batches, loops, cells)
 Model = tuple[str | None, str | None]  # (checkpoint name, VAE choice) of one generation; None: the job's
 JOB_MODEL: Model = (None, None)
 
 __all__ = [
     "JOB_MODEL",
+    "MAX_GENERATIONS",
     "Json",
     "Model",
     "Script",
@@ -133,6 +135,12 @@ def check_number(
     if not low <= value <= high:
         raise FieldError(field, f"must be in [{low:g}, {high:g}], got {value!r}")
     return int(value) if integer or isinstance(value, int) else float(value)  # as sent: 1 stays 1
+
+
+def check_plan(count: int, field: str) -> None:
+    """Refuse a script that would run more than :data:`MAX_GENERATIONS` generations."""
+    if count > MAX_GENERATIONS:
+        raise FieldError(field, f"{count} generations; a script runs at most {MAX_GENERATIONS}")
 
 
 def check_choice(values: list[Json], index: int, choices: Sequence[str]) -> str:

@@ -30,6 +30,7 @@ from latentstudio.pipeline.scripts.base import (
     ScriptEnv,
     check_choice,
     check_number,
+    check_plan,
     combined_result,
     single,
     with_script_keys,
@@ -68,6 +69,7 @@ class Loopback(Script):
 
     def check(self, values: list[Json], params: ResolvedParams, policy: Policy, env: ScriptEnv) -> list[Json]:
         loops = check_number(values, 0, 1, 1000, integer=True)
+        check_plan(int(loops) * params.n_iter, "script_args.0")
         final = check_number(values, 1, 0, 1)
         curve = check_choice(values, 2, CURVES)
         interrogate = check_choice(values, 3, INTERROGATORS)

@@ -28,6 +28,7 @@ from latentstudio.pipeline.scripts.base import (
     ScriptContext,
     ScriptEnv,
     check_number,
+    check_plan,
     combined_result,
     single,
 )
@@ -94,6 +95,8 @@ class PoorMansOutpainting(Script):
                              f"{params.width}x{params.height} (width, height)")  # fmt: skip
         assert params.init_image is not None
         canvas = outpaint_canvas(params.init_image, int(pixels), int(blur), direction)[0]
+        tiles = split_tiles(canvas.width, canvas.height, params.width, params.height, int(pixels)).count
+        check_plan(tiles, "script_args.0")
         if max(canvas.size) > policy.max_side * 4:
             raise FieldError(
                 "script_args.0", f"the outpainted picture would be {canvas.width}x{canvas.height}"

@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 
 from latentstudio.core import FieldError
-from latentstudio.pipeline.params import Policy, ResolvedParams
+from latentstudio.pipeline.params import Policy, ResolvedParams, TilingMode
 from latentstudio.pipeline.run import GenerationResult
 from latentstudio.pipeline.scripts.base import (
     JOB_MODEL,
@@ -142,8 +142,9 @@ def line_params(
             raise FieldError(field, f"line {line}: --sampler_name: {e}") from None
         if named is not None:
             changes["scheduler"] = named
-    if "tiling" in changes and not hasattr(params, "tiling"):
-        raise FieldError(field, f"line {line}: --tiling: not supported")
+    if "tiling" in changes:  # A1111's tiling: both axes (the job's own axes when it already tiles)
+        wrap = params.tiling if params.tiling is not TilingMode.NONE else TilingMode.BOTH
+        changes["tiling"] = wrap if changes["tiling"] else TilingMode.NONE
     changes.setdefault("seed", seed)
     changes["prompt"] = _joined(options.get("prompt"), params.prompt, position)
     changes["negative_prompt"] = _joined(options.get("negative_prompt"), params.negative_prompt, position)

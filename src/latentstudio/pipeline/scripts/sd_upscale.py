@@ -31,6 +31,7 @@ from latentstudio.pipeline.scripts.base import (
     ScriptContext,
     ScriptEnv,
     check_number,
+    check_plan,
     combined_result,
     single,
     with_script_keys,
@@ -126,6 +127,9 @@ class SdUpscale(Script):
         if not (1 <= width <= policy.max_side * 4 and 1 <= height <= policy.max_side * 4):
             raise FieldError("script_args.3", f"the upscaled image would be {width}x{height}; each side "
                              f"must be within [1, {policy.max_side * 4}]")  # fmt: skip
+        check_plan(
+            split_tiles(width, height, tile_w, tile_h, int(overlap)).count * params.n_iter, "script_args.1"
+        )
         return [values[0], overlap, upscaler, scale]  # the name: the list may change before the job runs
 
     def run(

@@ -209,6 +209,12 @@ def _num(text: str) -> str:
     return text.replace(" ", "")
 
 
+def _room(out: list[Any], count: float) -> None:
+    """Refuse before building more than :data:`MAX_VALUES` values (a range like 1-1000000000)."""
+    if len(out) + count > MAX_VALUES:
+        raise ValueError(f"more than {MAX_VALUES} values")
+
+
 def _expand(items: list[str], kind: str) -> list[Any]:
     """A1111's ranges: whole-number ``a-b``, ``a-b (+s)``, ``a-b [n]``; decimal likewise."""
     out: list[Any] = []
@@ -219,23 +225,28 @@ def _expand(items: list[str], kind: str) -> list[Any]:
             step = int(_num(m.group(3))) if m.group(3) is not None else 1
             if step == 0:
                 raise ValueError(f"{item}: a step of 0")
-            out += list(range(int(_num(m.group(1))), int(_num(m.group(2))) + 1, step))
-        elif kind == "int" and mc is not None:
-            num = int(mc.group(3)) if mc.group(3) is not None else 1
-            out += [int(x) for x in np.linspace(int(_num(mc.group(1))), int(_num(mc.group(2))), num).tolist()]
+            values = range(int(_num(m.group(1))), int(_num(m.group(2))) + 1, step)
+            _room(out, len(values))
+            out += list(values)
+        elif mc is not None:
+            num = int(float(mc.group(3))) if mc.group(3) is not None else 1
+            _room(out, num)
+            if kind == "int":
+                out += [
+                    int(x) for x in np.linspace(int(_num(mc.group(1))), int(_num(mc.group(2))), num).tolist()
+                ]
+            else:
+                out += np.linspace(float(_num(mc.group(1))), float(_num(mc.group(2))), num).tolist()
         elif m is not None:
             start, end = float(_num(m.group(1))), float(_num(m.group(2)))
             fstep = float(_num(m.group(3))) if m.group(3) is not None else 1.0
             if fstep == 0:
                 raise ValueError(f"{item}: a step of 0")
+            _room(out, max(0.0, (end + fstep - start) / fstep))
             out += np.arange(start, end + fstep, fstep).tolist()
-        elif mc is not None:
-            num = int(float(mc.group(3))) if mc.group(3) is not None else 1
-            out += np.linspace(float(_num(mc.group(1))), float(_num(mc.group(2))), num).tolist()
         else:
+            _room(out, 1)
             out.append(item)
-        if len(out) > MAX_VALUES:
-            raise ValueError(f"more than {MAX_VALUES} values")
     return out
 
 
