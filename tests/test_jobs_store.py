@@ -116,7 +116,13 @@ def test_codec_round_trips_every_field_exactly() -> None:
         if getattr(perturbed, f.name) == getattr(defaults, f.name)
     ]
     units = {f"control.{i}.{name}" for i in range(2) for name in ("image", "mask")}
-    assert set(input_pngs(perturbed)) == {"init_image", "inpaint.mask", "inpaint.latent_mask", *units}
+    assert set(input_pngs(perturbed)) == {
+        "init_image",
+        "inpaint.mask",
+        "inpaint.latent_mask",
+        "hires.firstpass_image",
+        *units,
+    }
     assert "mask" not in json.loads(params_to_json(perturbed))["inpaint"]  # images live beside the row
 
 

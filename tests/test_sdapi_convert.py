@@ -212,7 +212,6 @@ def test_bad_overrides_name_the_key(overrides: dict[str, Any], field: str) -> No
         ({"script_name": "sd upscale"}, "script_name"),
         ({"alwayson_scripts": {"adetailer": {"args": []}}}, "alwayson_scripts.adetailer"),
         ({"refiner_checkpoint": "a"}, "refiner_checkpoint"),
-        ({"firstpass_image": "AAAA"}, "firstpass_image"),
         ({"s_churn": -1.0, "sampler_name": "Euler"}, "s_churn"),
         ({"width": 100}, "width"),
         ({"disable_extra_networks": True, "prompt": "a <lora:x:1>"}, "disable_extra_networks"),
@@ -229,7 +228,7 @@ def test_fields_without_effect_are_accepted() -> None:
         "s_churn": 1.0, "s_tmin": 0.5, "s_tmax": 3.0, "force_task_id": "task(x)", "comments": {"a": 1},
         "do_not_save_samples": True, "hr_upscaler": "Latent", "hr_scale": 4.0, "script_args": [1, 2],
         "refiner_checkpoint": "None", "sampler_name": "Euler a", "denoising_strength": 0.0,
-        "disable_extra_networks": True,
+        "disable_extra_networks": True, "firstpass_image": "AAAA",  # without enable_hr: ignored (A1111)
     }  # fmt: skip
     params = prepare(_txt(**fields), STORED, CATALOG).spec.params  # Euler a takes no churn: ignored
     assert params.sampler == "Euler a"

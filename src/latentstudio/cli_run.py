@@ -61,6 +61,7 @@ def load_models(manager: Any, info: Any, params: ResolvedParams) -> Loaded:
         check_model(params, components, hires_model)
     inputs = {
         "embeddings": manager.embeddings(components), "loras": manager.lora_networks,
+        "hypernetworks": manager.hypernetworks,
         "hires_model": hires_model, "controls": control_models.load(components.unet),
         "annotator_roots": control_models.library.annotator_roots,
     }  # fmt: skip

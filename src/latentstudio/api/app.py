@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from latentstudio.api import health, native, sdapi
 from latentstudio.api.errors import install_error_handlers
+from latentstudio.api.sdapi.options import tile_upscalers_by_options
 from latentstudio.api.security import BasicAuthMiddleware, BodyLimitMiddleware, parse_credentials
 from latentstudio.api.state import Services, build_services, get_services
 from latentstudio.config import Settings
@@ -30,6 +31,7 @@ def create_app(settings: Settings, mount: Callable[[FastAPI], None] | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_services(settings)
+        tile_upscalers_by_options(state.jobs.worker.upscalers, settings.data_dir)
         state.jobs.start()
         app.state.services = state
         try:

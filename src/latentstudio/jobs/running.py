@@ -290,6 +290,7 @@ class JobRunner:
                 params, used, identity=named, on_step=on_step, control=control,
                 embeddings=self.manager.embeddings(used), cache=self._cache,
                 loras=self.manager.lora_networks, upscaler=self._upscale, hires_model=hires_model,
+                hypernetworks=self.manager.hypernetworks,
                 controls=[self.controls.load(self.controls.find(unit.model), used.unet)
                           for unit in params.control],
                 annotator_roots=self.controls.annotator_roots,

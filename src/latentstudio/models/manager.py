@@ -26,6 +26,7 @@ from latentstudio.models.embeddings import EmbeddingDatabase
 from latentstudio.models.families import FamilyInfo
 from latentstudio.models.files import MODEL_SUFFIXES, ModelFileError, read_tensor_file
 from latentstudio.models.hashes import HashCache, legacy_hash, short_hash
+from latentstudio.models.hypernetworks import HypernetworkLibrary
 from latentstudio.models.lora import LoraLibrary, LoraNetworks
 
 VAE_AUTOMATIC = "Automatic"
@@ -93,6 +94,8 @@ class ModelManager:
         """The LoRA files (thread-safe: listings may come from any thread)."""
         self.lora_networks = LoraNetworks(self.lora_library)
         """Applies LoRAs to loaded models: only for the thread that runs jobs (``pipeline.run(loras=…)``)."""
+        self.hypernetworks = HypernetworkLibrary(settings.models_dir / "hypernetworks")
+        """The ``<hypernet:…>`` files (A1111's ``models/hypernetworks``; thread-safe)."""
 
     # -- discovery -------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -104,6 +107,7 @@ class ModelManager:
             self._families.clear()
             self._unusable.clear()
         self.lora_library.refresh()
+        self.hypernetworks.refresh()
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints under ``<models_dir>/Stable-diffusion``, natural-sorted; when there are none, the

@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
 from latentstudio.core import FieldError
 from latentstudio.models.loader import Components
+from latentstudio.pipeline import vae
+from latentstudio.pipeline.images import from_pil, to_pil
 from latentstudio.pipeline.infotexts import ModelIdentity
 from latentstudio.pipeline.params import GenerationParams, Hires, target_size
 
@@ -168,3 +171,43 @@ def resize_pixels(image: Image.Image, upscaler: str, width: int, height: int) ->
         if image.size != dest:
             image = image.resize(dest, resample=lanczos)
     return image if image.size == (width, height) else image.resize((width, height), resample=lanczos)
+
+
+def init_latents(  # noqa: PLR0917 - both checkpoints, the source, the plan and the pixel upscaler
+    first: Components,
+    second: Components,
+    source: torch.Tensor | Image.Image,
+    plan: HiresPlan,
+    upscaler: PixelUpscaler,
+    batch: int,
+) -> torch.Tensor:
+    """The second pass's init latents ``[B, C, H/8, W/8]`` (B: the first-pass latents' batch, or ``batch``
+    copies of a firstpass image) at the hires size, from the first pass's latents ``[B, C, h, w]`` or from
+    A1111's ``firstpass_image``, which stands for the first pass's result (``sample``: no first pass runs).
+
+    A latent mode interpolates latents; a firstpass image is first encoded, at its own size, by the
+    ``first`` checkpoint's VAE (A1111 encodes it before switching to the hires checkpoint). A pixel upscaler
+    works on the images the ``first`` checkpoint's VAE decodes (or on the firstpass image, through A1111's
+    8-bit → [-1, 1] → 8-bit round trip), which the ``second``'s encodes again."""
+    image = source.convert("RGB") if isinstance(source, Image.Image) else None
+    if image is not None and min(image.size) < 8:
+        raise FieldError(
+            "hires.firstpass_image", f"must be at least 8x8 pixels, got {image.width}x{image.height}"
+        )
+    if plan.latent_mode is not None:
+        latents = vae.vae_encode(first, from_pil(image)) if image is not None else source
+        assert isinstance(latents, torch.Tensor)
+        upscaled = truncate(upscale_latents(latents, plan), plan)
+    else:
+        images = [_round_trip(image)] if image is not None else to_pil(vae.decode(first, source))  # type: ignore[arg-type]
+        resized = [upscaler(im, plan.upscaler, plan.width, plan.height) for im in images]
+        upscaled = truncate(torch.cat([vae.vae_encode(second, from_pil(im)) for im in resized]), plan)
+    return upscaled.expand(batch, -1, -1, -1).contiguous() if image is not None else upscaled
+
+
+def _round_trip(image: Image.Image) -> Image.Image:
+    """A1111's firstpass image in the pixel-upscaler branch: 8-bit → float32 [-1, 1] → clamped [0, 1] → ×255
+    truncated to 8 bits (values 1…63 come back one lower; the float32 steps are A1111's)."""
+    x = np.asarray(image, dtype=np.float32) / np.float32(255.0) * np.float32(2.0) - np.float32(1.0)
+    y = np.clip((x + np.float32(1.0)) / np.float32(2.0), 0.0, 1.0).astype(np.float32)
+    return Image.fromarray((np.float32(255.0) * y).astype(np.uint8), "RGB")

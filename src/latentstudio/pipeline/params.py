@@ -87,6 +87,7 @@ class Hires:
     negative_prompt: str = ""
     denoising_strength: float = 0.7  # A1111's UI default for the hires pass
     checkpoint: str | None = None  # another checkpoint of the same family for the second pass
+    firstpass_image: Image.Image | None = None  # A1111 firstpass_image: stands for the first pass's result
 
 
 @dataclass(frozen=True)

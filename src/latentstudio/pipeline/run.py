@@ -20,12 +20,14 @@ from PIL import Image
 from latentstudio import infotext
 from latentstudio.control.networks import ControlNetwork
 from latentstudio.models.embeddings import EmbeddingDatabase
+from latentstudio.models.hypernetworks import HypernetworkLibrary
 from latentstudio.models.loader import Components
 from latentstudio.models.lora import Activation, LoraNetworks, LoraRequest
 from latentstudio.pipeline import color, control_post, hires, infotexts, inpaint, texts, tiling, vae
 from latentstudio.pipeline import control as cn
+from latentstudio.pipeline import hypernets as hn
 from latentstudio.pipeline.hires import HiresModel, PixelUpscaler
-from latentstudio.pipeline.images import from_pil, latent_preview, to_pil
+from latentstudio.pipeline.images import latent_preview
 from latentstudio.pipeline.infotexts import ModelIdentity
 from latentstudio.pipeline.params import GenerationParams, Hires, ResolvedParams
 from latentstudio.pipeline.passes import (
@@ -95,6 +97,7 @@ def run(
     embeddings: EmbeddingDatabase | None = None,
     cache: ConditioningCache | None = None,
     loras: LoraNetworks | None = None,
+    hypernetworks: HypernetworkLibrary | None = None,  # the <hypernet:…> tags' files (pipeline.hypernets)
     upscaler: PixelUpscaler = hires.resize_pixels,
     hires_model: HiresModel | None = None,
     controls: Sequence[ControlNetwork] = (),
@@ -120,7 +123,8 @@ def run(
     # 2. networks (the prompt's LoRAs) and tiling (circular padding), in force until this job returns
     requests, warnings = texts.network_requests(params, have_loras=loras is not None)
     applied = loras.applied(components, requests) if loras is not None else nullcontext(Activation())
-    with applied as networks, tiling.seamless(params.tiling, components, hires_model):
+    hooked = hn.applied(hypernetworks, params, [components, hires_model, *controls], warnings)
+    with applied as networks, tiling.seamless(params.tiling, components, hires_model), hooked:
         return _generate(
             params, components, identity=identity, on_step=on_step, control=control or StepControl(),
             text=texts.Texts(embeddings, cache or ConditioningCache(), networks.text_key), networks=networks,
@@ -258,14 +262,19 @@ def _sample_batch(
     """One batch through the first pass and, unless stopped, the hires pass: ``(latents, stopped, padding
     used, the checkpoint whose VAE decodes them)``. ``rng``: the batch's noise at a latent shape."""
     switch.use(first.components)
-    noise = rng(vae.latent_shape(first.components, params))
-    latents, stopped, padded = run_pass(
-        first.sampling, first.denoiser, params, control, noise, init, progress
-    )
+    fixed = params.hires.firstpass_image if params.hires is not None else None  # replaces the first pass
+    latents, stopped, padded = torch.empty(0), False, set[str]()
+    if fixed is None or second is None:
+        noise = rng(vae.latent_shape(first.components, params))
+        latents, stopped, padded = run_pass(
+            first.sampling, first.denoiser, params, control, noise, init, progress
+        )
     decoder = first.components
     if second is not None and not stopped:
-        stage = second.stage
-        upscaled = _upscale_for_hires(first.components, stage.components, latents, second.plan, upscaler)
+        stage, source = second.stage, latents if fixed is None else fixed
+        upscaled = hires.init_latents(
+            first.components, stage.components, source, second.plan, upscaler, params.batch_size
+        )
         noise = rng((upscaled.shape[1], upscaled.shape[2], upscaled.shape[3]))
         progress = dataclasses.replace(progress, offset=progress.offset + first.sampling.steps)
         switch.use(stage.components)
@@ -373,23 +382,3 @@ def _controlled(
     encode, inpainting = partial(vae.vae_encode, stage.components), stage.components.info.inpainting
     units = cn.pass_units(detected, size, kind, encode, inpainting=inpainting) if detected else []
     return dataclasses.replace(stage, sampling=dataclasses.replace(stage.sampling, control=tuple(units)))
-
-
-def _upscale_for_hires(
-    first: Components,
-    second: Components,
-    latents: torch.Tensor,
-    plan: hires.HiresPlan,
-    upscaler: PixelUpscaler,
-) -> torch.Tensor:
-    """First-pass latents ``[B, C, h, w]`` → the second pass's init latents at the hires size: a latent
-    mode interpolates them; a pixel upscaler works on the images the ``first`` checkpoint's VAE decodes,
-    which the ``second``'s encodes again (A1111 switches the model in between)."""
-    if plan.latent_mode is not None:
-        return hires.truncate(hires.upscale_latents(latents, plan), plan)
-    upscaled = [
-        upscaler(image, plan.upscaler, plan.width, plan.height)
-        for image in to_pil(vae.decode(first, latents))
-    ]
-    encoded = torch.cat([vae.vae_encode(second, from_pil(image)) for image in upscaled])
-    return hires.truncate(encoded, plan)

@@ -97,14 +97,14 @@ def conditionings(  # noqa: PLR0917 - one pass's text inputs
 
 def network_requests(params: GenerationParams, *, have_loras: bool) -> tuple[list[LoraRequest], list[str]]:
     """The prompt's ``<lora:…>``/``<lyco:…>`` tags, and a warning for each tag that is not applied: other
-    kinds (hypernetworks), LoRAs when the job has no LoRA source, and any tag in the negative prompt (A1111
-    reads networks from the prompt only)."""
+    kinds, LoRAs when the job has no LoRA source, and any tag in the negative prompt (A1111 reads networks
+    from the prompt only). Hypernetwork tags are :mod:`latentstudio.pipeline.hypernets`' to warn about."""
     _, networks = extract_networks(strip_comments(params.prompt))
     _, negative = extract_networks(strip_comments(params.negative_prompt))
     warnings: list[str] = []
     for kind, entries in networks.items():
         is_lora = kind in ("lora", "lyco")
-        if is_lora and have_loras:
+        if (is_lora and have_loras) or kind == "hypernet":
             continue
         reason = "no LoRA folder for this job" if is_lora else f"{kind!r} networks are not supported"
         warnings.extend(f"<{kind}:{':'.join(args)}> ignored: {reason}" for args in entries)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,8 @@ class UpscalerRegistry:
         self.device = device or torch.device("cpu")
         self.dtype = dtype
         self.tiling = tiling
+        # read before each model run when set (A1111 reads opts.ESRGAN_tile / _overlap at upscale time)
+        self.tiling_source: Callable[[], Tiling | None] | None = None
         self.cache_size = cache_size
         self._lock = threading.Lock()
         self._infos: list[UpscalerInfo] | None = None
@@ -200,10 +203,19 @@ class UpscalerRegistry:
     def run_model(self, name: str, image: Image.Image) -> Image.Image:
         """One pass of the model upscaler ``name`` over an RGB image (×the model's own scale), tiled."""
         model = self.model(name)
-        tiling = self.tiling
+        tiling = self.tiling_source() if self.tiling_source is not None else self.tiling
         if tiling is not None and self.max_tile_output is not None:
             tiling = tiling_for_scale(tiling, int(model.scale), self.max_tile_output)
         return apply_model(model, image, tiling)
+
+
+def tiling_from_options(tile: int, overlap: int) -> Tiling | None:
+    """A1111's ``ESRGAN_tile`` / ``ESRGAN_tile_overlap`` as a :class:`Tiling`: 0 (or less) is no tiling
+    (``upscaler_utils.upscale_with_model``); a tile under 8 px becomes 8 and the overlap stays below it."""
+    if tile <= 0:
+        return None
+    size = max(tile, 8)
+    return Tiling(size, min(max(overlap, 0), size - 1))
 
 
 def tiling_for_scale(tiling: Tiling, scale: int, max_output: int) -> Tiling:

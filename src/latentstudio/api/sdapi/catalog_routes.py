@@ -117,9 +117,10 @@ def face_restorers(svc: ServicesDep) -> list[dict[str, Any]]:
     return [{"name": f.name, "cmd_dir": f.cmd_dir} for f in svc.jobs.face_restorers()]
 
 
-@router.get("/hypernetworks", summary="Hypernetworks (none)")
-def hypernetworks() -> list[dict[str, Any]]:
-    return []
+@router.get("/hypernetworks", summary="Hypernetwork files in models/hypernetworks")
+def hypernetworks(svc: ServicesDep) -> list[dict[str, Any]]:
+    """``[{name, path}]``: the ``*.pt`` files below the folder, in A1111's order."""
+    return [{"name": name, "path": str(path)} for name, path in svc.manager.hypernetworks.files().items()]
 
 
 @router.get("/realesrgan-models", summary="The model files in models/RealESRGAN")

@@ -4,8 +4,8 @@ Per field (reference/a1111-compat.md §1.4–1.6, §6): honoured fields become :
 fields that cannot change the picture are accepted and ignored (``force_task_id``, ``comments``,
 ``do_not_save_*``, ``image_cfg_scale`` with a non-edit model, the churn fields (``s_churn``, ``s_tmin``,
 ``s_tmax``, ``s_noise``) for samplers A1111 does not pass them to,
-``hr_*`` with ``enable_hr`` false, mask settings without a mask); anything that would make the picture
-differ from A1111's is refused with a 422 naming the field: ``firstpass_image``, face restoration,
+``hr_*`` and ``firstpass_image`` with ``enable_hr`` false, mask settings without a mask); anything that
+would make the picture differ from A1111's is refused with a 422 naming the field: face restoration,
 refiner, alwayson scripts but the ControlNet extension's units, several init images,
 ``disable_extra_networks`` with network tags in the prompt, unknown samplers,
 schedulers, styles, checkpoints (``hr_checkpoint_name`` too), VAEs and options.
@@ -126,6 +126,11 @@ def effective_options(
     """(stored options overlaid with the checked ``override_settings``, the checked overrides)."""
     prefix = "override_settings."
     checked = catalog.check_models(opts.check(overrides or {}, prefix), prefix)
+    for key in ("ESRGAN_tile", "ESRGAN_tile_overlap"):  # read by the upscalers from the stored options
+        if key in checked and checked[key] != stored[key]:
+            raise FieldError(
+                f"{prefix}{key}", "a stored setting only here: set it with POST /sdapi/v1/options"
+            )
     return {**stored, **checked}, checked
 
 
@@ -135,7 +140,6 @@ def refuse_unsupported(req: GenerationRequest, options: Mapping[str, opts.Value]
     refusals: list[tuple[bool, str, str]] = [
         (bool(restore), "restore_faces", "face restoration is not supported"),
         (req.refiner_checkpoint not in (None, "", "None"), "refiner_checkpoint", "refiner is not supported"),
-        (req.firstpass_image is not None, "firstpass_image", "hires fix is not supported"),
     ]
     if isinstance(req, Img2ImgRequest):
         refusals += [
@@ -189,9 +193,18 @@ def request_field(field_name: str, control: Control = ((), (), "")) -> str:
     return _PARAM_FIELDS.get(field_name, field_name)
 
 
-def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: ServerCatalog) -> Hires:
-    """The hires-fix fields of a txt2img request (A1111's "Use same …" labels mean the first pass's)."""
+def _hires(
+    req: Txt2ImgRequest,
+    options: Mapping[str, opts.Value],
+    catalog: ServerCatalog,
+    firstpass: Image.Image | None,
+) -> Hires:
+    """The hires-fix fields of a txt2img request (A1111's "Use same …" labels mean the first pass's);
+    ``firstpass``: the decoded ``firstpass_image``."""
     same = (None, "", "Use same sampler", "Use same scheduler", "Use same checkpoint")
+    if firstpass is not None and not (min(firstpass.size) >= 8 and max(firstpass.size) <= catalog.max_side):
+        raise FieldError("firstpass_image", f"each side must be within [8, {catalog.max_side}] pixels, got "
+                         f"{firstpass.width}x{firstpass.height}")  # fmt: skip
     checkpoint = None
     if req.hr_checkpoint_name not in same:
         checkpoint = catalog.checkpoint(str(req.hr_checkpoint_name), "hr_checkpoint_name").name
@@ -201,7 +214,7 @@ def _hires(req: Txt2ImgRequest, options: Mapping[str, opts.Value], catalog: Serv
         scale=req.hr_scale, resize_x=req.hr_resize_x, resize_y=req.hr_resize_y,
         upscaler=req.hr_upscaler or str(options.get("latent_upscale_default_mode", "Latent")),
         steps=req.hr_second_pass_steps, sampler=sampler, scheduler=scheduler, prompt=req.hr_prompt,
-        negative_prompt=req.hr_negative_prompt, checkpoint=checkpoint,
+        negative_prompt=req.hr_negative_prompt, checkpoint=checkpoint, firstpass_image=firstpass,
         denoising_strength=0.75 if req.denoising_strength is None else req.denoising_strength,
     )  # fmt: skip
 
@@ -271,6 +284,7 @@ def generation_params(
     *,
     control: Control = ((), (), ""),
     latent_mask: Image.Image | None = None,
+    firstpass: Image.Image | None = None,
 ) -> ResolvedParams:
     """The request's parameters, resolved once (:meth:`GenerationParams.resolved`) under the options."""
     prompt, negative = _styled(req, catalog.styles)
@@ -286,7 +300,7 @@ def generation_params(
         if mask is not None:
             extra.update(_inpainting(req, mask, options, latent_mask))
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
-        extra["hires"] = _hires(req, options, catalog)
+        extra["hires"] = _hires(req, options, catalog, firstpass)  # else firstpass_image is ignored (A1111)
     params = GenerationParams(
         prompt=prompt, negative_prompt=negative, scheduler=req.scheduler or "Automatic",
         sampler=req.sampler_name or req.sampler_index or DEFAULT_SAMPLER, steps=req.steps,
@@ -351,6 +365,7 @@ def prepare(
     *,
     control: Control = ((), (), ""),
     latent_mask: Image.Image | None = None,
+    firstpass: Image.Image | None = None,
 ) -> Prepared:
     """Everything a txt2img / img2img request needs to be queued (``init_images``, ``mask`` and
     ``latent_mask`` decoded by the caller; as A1111, a latent mask without a mask is ignored).
@@ -367,7 +382,9 @@ def prepare(
             raise FieldError("mask", "the mask image could not be read")
         if req.mask and req.latent_mask and latent_mask is None:
             raise FieldError("latent_mask", "the latent mask image could not be read")
-    params = generation_params(req, options, catalog, init, mask, control=control, latent_mask=latent_mask)
+    params = generation_params(
+        req, options, catalog, init, mask, control=control, latent_mask=latent_mask, firstpass=firstpass
+    )
     checkpoint = options["sd_model_checkpoint"]
     spec = JobSpec(
         JobKind.IMG2IMG if init is not None else JobKind.TXT2IMG,

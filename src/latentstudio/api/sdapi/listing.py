@@ -203,6 +203,7 @@ def cmd_flags(settings: Settings) -> dict[str, Any]:
         "ckpt_dir": str(models / "Stable-diffusion"),
         "vae_dir": str(models / "VAE"),
         "lora_dir": str(models / "Lora"),
+        "hypernetwork_dir": str(models / "hypernetworks"),
         "embeddings_dir": str(settings.resolved_embeddings_dir().resolve()),
         "styles_file": [str((settings.data_dir / STYLES_FILE).resolve())],
         "use_cpu": ["all"] if settings.device == "cpu" else [],

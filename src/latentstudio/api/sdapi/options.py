@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Literal
 
 from latentstudio.core import FieldError
+from latentstudio.postprocess.tiling import Tiling
+from latentstudio.postprocess.upscalers import DEFAULT_TILING, UpscalerRegistry, tiling_from_options
 from latentstudio.storage import private_dir, private_file
 
 OPTIONS_FILE = "sdapi-options.json"
@@ -195,7 +197,7 @@ CATALOG: dict[str, OptionSpec] = {
         _O("face_restoration_model", "CodeFormer"),
         _O("code_former_weight", 0.5, low=0.0, high=1.0),
         _O("upscaler_for_img2img", None),
-        _O("ESRGAN_tile", 192, low=0, high=4096),
+        _O("ESRGAN_tile", 192, low=0, high=4096),  # model upscalers' tiles: read at run time (api.state)
         _O("ESRGAN_tile_overlap", 8, low=0, high=512),
         _O("quicksettings_list", ["sd_model_checkpoint"]),
         _O("hide_samplers", []),
@@ -291,3 +293,18 @@ class OptionsStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def tile_upscalers_by_options(registry: UpscalerRegistry, data_dir: Path) -> None:
+    """Model upscalers tile as the stored ``ESRGAN_tile`` / ``ESRGAN_tile_overlap`` say, read at each run
+    as A1111 reads its options at upscale time (0: untiled)."""
+    store = OptionsStore(data_dir)
+
+    def tiling() -> Tiling | None:
+        values = store.load()
+        tile, overlap = values["ESRGAN_tile"], values["ESRGAN_tile_overlap"]
+        if isinstance(tile, int) and isinstance(overlap, int):
+            return tiling_from_options(tile, overlap)
+        return DEFAULT_TILING
+
+    registry.tiling_source = tiling

@@ -96,12 +96,17 @@ def _queue(
         mask = decode_image(req.mask, "mask", max_pixels=svc.settings.max_image_pixels)
         if req.latent_mask:  # A1111 ignores a latent mask without a mask
             latent_mask = _decode(svc, req.latent_mask, "latent_mask")
+    firstpass = None  # A1111 reads it only with enable_hr
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr and req.firstpass_image:
+        firstpass = _decode(svc, req.firstpass_image, "firstpass_image")
     where, args = control_args(req)
     units, indices = parse_units(args, where, partial(_decode, svc))
     upscalers = [u.name for u in svc.jobs.upscalers()] if req.script_name else []
     catalog = listing.catalog(svc.manager, svc.settings, upscalers)
     control = (units, indices, where)
-    prepared = prepare(req, stored, catalog, images, mask, control=control, latent_mask=latent_mask)
+    prepared = prepare(
+        req, stored, catalog, images, mask, control=control, latent_mask=latent_mask, firstpass=firstpass
+    )
     try:
         record = svc.jobs.submit(prepared.spec)
     except FieldError as e:  # the models the spec names, checked by the service: A1111's field names
