@@ -603,3 +603,15 @@ def test_prompts_from_file_tiling_lines() -> None:
     args = [False, False, "start", "--tiling true --prompt a\n--tiling false --prompt b\nc"]
     run_script(_scripted(base, "prompts from file or textbox", args), recorder.context())
     assert [c.tiling for c in recorder.calls] == [TilingMode.BOTH, TilingMode.NONE, TilingMode.NONE]
+
+
+def test_poor_mans_canvas_rounds_an_axis_it_does_not_grow() -> None:
+    from latentstudio.pipeline.scripts.poor_mans import outpaint_canvas
+
+    canvas, mask, _, sides = outpaint_canvas(_noise_image(100, 40), 32, 4, ["down"])
+    assert canvas.size == (128, 128)  # A1111: target_w = ceil(100 / 64) · 64 even without left/right
+    assert sides == (0, 0, 0, 88)
+    # A1111 keeps everything above the new bottom strip, the empty right strip too (its rectangle runs to the
+    # canvas edge on a side that does not grow)
+    assert np.asarray(mask)[:32, 100:].max() == 0  # down to 128 − 88 − 2·blur
+    assert np.asarray(mask)[-40:].min() == 255

@@ -35,7 +35,7 @@ from latentstudio.pipeline.scripts.base import (
     single,
 )
 from latentstudio.pipeline.scripts.grid import image_grid
-from latentstudio.pipeline.scripts.poor_mans import SIDES
+from latentstudio.pipeline.scripts.poor_mans import SIDES, growth
 from latentstudio.samplers.noise import resolve_seed
 
 __all__ = ["OutpaintingMk2", "matched_noise"]
@@ -134,20 +134,8 @@ def _plan(size: tuple[int, int], grow: int, side: str, blur: int, tile: tuple[in
 
 def _growth(image: Image.Image, pixels: int, direction: list[str]) -> list[tuple[str, int]]:
     """The sides to grow, in A1111's order, with their growth (the canvas rounded up to 64s)."""
-    left, right, up, down = (pixels if side in direction else 0 for side in SIDES)
-    width, height = (
-        math.ceil((image.width + left + right) / 64) * 64,
-        math.ceil((image.height + up + down) / 64) * 64,
-    )
-    if left > 0:
-        left = left * (width - image.width) // (left + right)
-    if right > 0:
-        right = width - image.width - left
-    if up > 0:
-        up = up * (height - image.height) // (up + down)
-    if down > 0:
-        down = height - image.height - up
-    return [(side, grow) for side, grow in zip(SIDES, (left, right, up, down), strict=True) if grow > 0]
+    sides = growth(image.size, pixels, direction)
+    return [(side, grow) for side, grow in zip(SIDES, sides, strict=True) if grow > 0]
 
 
 class OutpaintingMk2(Script):

@@ -34,27 +34,37 @@ from latentstudio.pipeline.scripts.base import (
 )
 from latentstudio.pipeline.scripts.sd_upscale import combine_tiles, split_tiles
 
-__all__ = ["PoorMansOutpainting", "outpaint_canvas"]
+__all__ = ["SIDES", "PoorMansOutpainting", "growth", "outpaint_canvas"]
 
 FILLS = ("fill", "original", "latent noise", "latent nothing")
 SIDES = ("left", "right", "up", "down")
+
+
+def growth(size: tuple[int, int], pixels: int, direction: list[str]) -> tuple[int, int, int, int]:
+    """``(left, right, up, down)`` growth of a picture of ``size`` by ``pixels`` on the ``direction`` sides,
+    as both A1111 outpainting scripts compute it: each axis rounded up to a multiple of 64, the growth split
+    between the two sides of an axis in proportion."""
+    left, right, up, down = (pixels if side in direction else 0 for side in SIDES)
+    width = math.ceil((size[0] + left + right) / 64) * 64
+    height = math.ceil((size[1] + up + down) / 64) * 64
+    if left > 0:
+        left = left * (width - size[0]) // (left + right)
+    if right > 0:
+        right = width - size[0] - left
+    if up > 0:
+        up = up * (height - size[1]) // (up + down)
+    if down > 0:
+        down = height - size[1] - up
+    return left, right, up, down
 
 
 def outpaint_canvas(
     image: Image.Image, pixels: int, blur: int, direction: list[str]
 ) -> tuple[Image.Image, Image.Image, Image.Image, tuple[int, int, int, int]]:
     """``(canvas, mask, latent_mask, (left, right, up, down))`` of A1111's script for ``image``."""
-    left, right, up, down = (pixels if side in direction else 0 for side in SIDES)
-    width = math.ceil((image.width + left + right) / 64) * 64
+    left, right, up, down = growth(image.size, pixels, direction)
+    width = math.ceil((image.width + left + right) / 64) * 64  # a side not grown is still rounded up
     height = math.ceil((image.height + up + down) / 64) * 64
-    if left > 0:
-        left = left * (width - image.width) // (left + right)
-    if right > 0:
-        right = width - image.width - left
-    if up > 0:
-        up = up * (height - image.height) // (up + down)
-    if down > 0:
-        down = height - image.height - up
     canvas = Image.new("RGB", (width, height))
     canvas.paste(image, (left, up))
 
