@@ -35,6 +35,7 @@ from latentstudio.pipeline.scripts.base import (
     single,
     with_script_keys,
 )
+from latentstudio.pipeline.scripts.grid import image_grid
 
 __all__ = ["Loopback", "loop_strength"]
 
@@ -113,10 +114,7 @@ class Loopback(Script):
         text = with_script_keys(results[0].infotexts[0], keys) if results and results[0].infotexts else ""
         images, texts = list(history), [text] * len(history)
         if len(history) > 1:
-            grid = Image.new("RGB", (sum(im.width for im in history), history[0].height))
-            for k, image in enumerate(history):
-                grid.paste(image, (k * history[0].width, 0))
-            images, texts = [grid, *images], [text, *texts]
+            images, texts = [image_grid(history, rows=1), *images], [text, *texts]
         count = len(images)
         firsts, subseeds = [params.seed] * count, [params.subseed] * count
         combined = combined_result(params, results, images=images, infotexts=texts, seeds=firsts,

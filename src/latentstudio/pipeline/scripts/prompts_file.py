@@ -25,8 +25,6 @@ import math
 import shlex
 from typing import Any
 
-from PIL import Image
-
 from latentstudio.core import FieldError
 from latentstudio.pipeline.params import Policy, ResolvedParams, TilingMode
 from latentstudio.pipeline.run import GenerationResult
@@ -41,6 +39,7 @@ from latentstudio.pipeline.scripts.base import (
     combined_result,
     single,
 )
+from latentstudio.pipeline.scripts.grid import image_grid
 from latentstudio.samplers import resolve_sampler
 from latentstudio.samplers.noise import resolve_seed
 
@@ -208,13 +207,7 @@ class PromptsFromFile(Script):
 def _with_combined(result: GenerationResult, text: str) -> GenerationResult:
     """A1111's ``make_combined``: a grid of every image first (``image_grid`` with batch size 1), its
     infotext every image's joined by newlines."""
-    count = len(result.images)
-    rows = max(1, min(round(math.sqrt(count)), count))
-    cols = math.ceil(count / rows)
-    width, height = result.images[0].size
-    grid = Image.new("RGB", (cols * width, rows * height), "black")
-    for i, image in enumerate(result.images):
-        grid.paste(image, (i % cols * width, i // cols * height))
+    grid = image_grid(result.images, rows=round(math.sqrt(len(result.images))))
     return dataclasses.replace(
         result, images=[grid, *result.images], infotexts=["\n".join(result.infotexts), *result.infotexts],
         seeds=[-1, *result.seeds], subseeds=[-1, *result.subseeds],
